@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""The notebook's model and recipe in PyTorch: rnvp's reference for parity tests and benchmarks.
+
+The classes below follow `shared/docs/notebook.md` ("Going with the Flow", R_NVP and stacked_NVP):
+same module structure, same state_dict keys, same maths. Written for this project.
+
+Usage:
+  reference.py parity --out DIR [--layers N | --single] [--d 2 --k 1 --hidden 8] [--seed 0] [--dtype f32|f64]
+      builds the model with fixed (seeded) weights, writes DIR/weights/<state_dict key>.npy, inputs and
+      the model's outputs (forward triple, inverse) as .npy files for rnvp to compare against.
+"""
+import argparse
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import MultivariateNormal
+
+
+class R_NVP(nn.Module):
+    """One affine coupling layer, as in the notebook."""
+
+    def __init__(self, d, k, hidden, dtype=torch.float32):
+        super().__init__()
+        self.d, self.k = d, k
+        self.sig_net = nn.Sequential(nn.Linear(k, hidden), nn.LeakyReLU(), nn.Linear(hidden, d - k))
+        self.mu_net = nn.Sequential(nn.Linear(k, hidden), nn.LeakyReLU(), nn.Linear(hidden, d - k))
+        self.base_dist = MultivariateNormal(torch.zeros(d, dtype=dtype), torch.eye(d, dtype=dtype),
+                                           validate_args=False)  # the notebook validates: it raises on inf
+
+    def forward(self, x, flip=False):
+        x1, x2 = x[:, :self.k], x[:, self.k:]
+        if flip:
+            x2, x1 = x1, x2
+        sig = self.sig_net(x1)
+        z1, z2 = x1, x2 * torch.exp(sig) + self.mu_net(x1)
+        if flip:
+            z2, z1 = z1, z2
+        z_hat = torch.cat([z1, z2], dim=-1)
+        log_pz = self.base_dist.log_prob(z_hat)
+        log_jacob = sig.sum(-1)
+        return z_hat, log_pz, log_jacob
+
+    def inverse(self, Z, flip=False):
+        z1, z2 = Z[:, :self.k], Z[:, self.k:]
+        if flip:
+            z2, z1 = z1, z2
+        x1 = z1
+        x2 = (z2 - self.mu_net(z1)) * torch.exp(-self.sig_net(z1))
+        if flip:
+            x2, x1 = x1, x2
+        return torch.cat([x1, x2], -1)
+
+
+class stacked_NVP(nn.Module):
+    """n coupling layers with alternating flips, as in the notebook."""
+
+    def __init__(self, d, k, hidden, n, dtype=torch.float32):
+        super().__init__()
+        self.bijectors = nn.ModuleList([R_NVP(d, k, hidden, dtype) for _ in range(n)])
+        self.flips = [i % 2 == 1 for i in range(n)]
+
+    def forward(self, x):
+        log_jacobs = []
+        for bijector, f in zip(self.bijectors, self.flips):
+            x, log_pz, lj = bijector(x, flip=f)
+            log_jacobs.append(lj)
+        return x, log_pz, sum(log_jacobs)
+
+    def inverse(self, z):
+        for bijector, f in zip(reversed(self.bijectors), reversed(self.flips)):
+            z = bijector.inverse(z, flip=f)
+        return z
+
+
+def make_moons(n, noise, rng):
+    """scikit-learn's make_moons (shuffled), without the scikit-learn dependency."""
+    n_out = n // 2
+    n_in = n - n_out
+    t_out = np.linspace(0, math.pi, n_out)
+    t_in = np.linspace(0, math.pi, n_in)
+    x = np.concatenate([np.cos(t_out), 1 - np.cos(t_in)])
+    y = np.concatenate([np.sin(t_out), 1 - np.sin(t_in) - 0.5])
+    X = np.stack([x, y], axis=1)
+    X = X[rng.permutation(n)]
+    return X + rng.normal(scale=noise, size=X.shape)
+
+
+def standardize(X):
+    return (X - X.mean(0)) / X.std(0)
+
+
+def save(dirname, name, t):
+    np.save(os.path.join(dirname, name + ".npy"), t.detach().cpu().numpy())
+
+
+def cmd_parity(a):
+    torch.manual_seed(a.seed)
+    dtype = torch.float64 if a.dtype == "f64" else torch.float32
+    if a.single:
+        model = R_NVP(a.d, a.k, a.hidden, dtype)
+    else:
+        model = stacked_NVP(a.d, a.k, a.hidden, a.layers, dtype)
+    model = model.to(dtype)
+    with torch.no_grad():  # larger weights than the default so that the flow is far from the identity
+        for p in model.parameters():
+            p.mul_(a.scale)
+    os.makedirs(os.path.join(a.out, "weights"), exist_ok=True)
+    for key, t in model.state_dict().items():
+        save(os.path.join(a.out, "weights"), key, t)
+    x = torch.randn(a.n, a.d, dtype=dtype)
+    # a few points far outside the data, where exp(sig) can overflow in float32
+    far = torch.tensor([[-0.33, -3.64], [40.0, -40.0], [1e3, 1e3], [-1e4, 5.0]], dtype=dtype)
+    if a.d == 2:
+        x = torch.cat([x, far])
+    z_in = torch.randn(a.n, a.d, dtype=dtype)
+    with torch.no_grad():
+        if a.single:
+            z, log_pz, log_jacob = model(x, flip=a.flip)
+            x_inv = model.inverse(z_in, flip=a.flip)
+        else:
+            z, log_pz, log_jacob = model(x)
+            x_inv = model.inverse(z_in)
+    for name, t in [("x", x), ("z", z), ("log_pz", log_pz), ("log_jacob", log_jacob),
+                    ("z_in", z_in), ("x_inv", x_inv)]:
+        save(a.out, name, t)
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("parity", help="write weights, inputs and outputs of a seeded model as .npy")
+    q.add_argument("--out", required=True)
+    q.add_argument("--d", type=int, default=2)
+    q.add_argument("--k", type=int, default=1)
+    q.add_argument("--hidden", type=int, default=8)
+    q.add_argument("--layers", type=int, default=3)
+    q.add_argument("--single", action="store_true", help="one R_NVP instead of stacked_NVP")
+    q.add_argument("--flip", action="store_true", help="with --single: call it with flip=True")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--n", type=int, default=64)
+    q.add_argument("--scale", type=float, default=1.5, help="multiply every parameter by this")
+    q.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    a = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
+    {"parity": cmd_parity}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

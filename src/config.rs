@@ -1,0 +1,130 @@
+//! The flow's architecture: what the notebook passes to `R_NVP(d, k, hidden)` and
+//! `stacked_NVP(d, k, hidden, n)`, plus which of the two it is.
+use crate::error::{Error, Result};
+
+/// How the coupling layers are named in the variable store (and in PyTorch's state_dict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `stacked_NVP`: layers under `bijectors.{i}.`, flips alternating from `false`.
+    Stacked,
+    /// A single `R_NVP` at the root (`sig_net.0.weight`, ...), used without flip.
+    Single,
+}
+
+/// Initialisation of the coupling networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Init {
+    /// PyTorch's default for `nn.Linear` (the notebook's): weight and bias uniform in ±1/√fan_in.
+    #[default]
+    Pytorch,
+    /// As `Pytorch`, but the last Linear of every `sig_net` and `mu_net` is zero, so the untrained
+    /// flow is the identity and deep stacks start stable.
+    Identity,
+}
+
+/// The architecture of an R-NVP flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// Dimension of the data.
+    pub d: i64,
+    /// Columns that condition an unflipped layer (`x[:, :k]`); the other `d - k` are transformed.
+    pub k: i64,
+    /// Hidden units of each conditioner network.
+    pub hidden: i64,
+    /// Number of coupling layers (1 for `Layout::Single`).
+    pub layers: i64,
+    /// Stacked (`bijectors.{i}`) or a single layer at the root.
+    pub layout: Layout,
+    /// Initialisation of freshly built weights.
+    pub init: Init,
+}
+
+impl FlowConfig {
+    /// A `stacked_NVP(d, k, hidden, layers)`.
+    pub fn stacked(d: i64, k: i64, hidden: i64, layers: i64) -> Self {
+        FlowConfig { d, k, hidden, layers, layout: Layout::Stacked, init: Init::Pytorch }
+    }
+
+    /// A single `R_NVP(d, k, hidden)`.
+    pub fn single(d: i64, k: i64, hidden: i64) -> Self {
+        FlowConfig { d, k, hidden, layers: 1, layout: Layout::Single, init: Init::Pytorch }
+    }
+
+    /// The notebook's two-moons model: `stacked_NVP(2, 1, 512, layers)`.
+    pub fn notebook(layers: i64) -> Self {
+        Self::stacked(2, 1, 512, layers)
+    }
+
+    /// The same configuration with another initialisation.
+    pub fn with_init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+
+    /// Checks that the flow can be built: `d ≥ 2`, `1 ≤ k < d`, `hidden ≥ 1`, `layers ≥ 1`
+    /// (exactly 1 for a single layer).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if self.d < 2 {
+            return bad(format!("d = {} (the data needs at least 2 dimensions)", self.d));
+        }
+        if self.k < 1 || self.k >= self.d {
+            return bad(format!("k = {} is outside 1..{} (for d = {})", self.k, self.d - 1, self.d));
+        }
+        if self.hidden < 1 {
+            return bad(format!("hidden = {} (needs at least 1 hidden unit)", self.hidden));
+        }
+        if self.layers < 1 {
+            return bad(format!("layers = {} (needs at least 1 coupling layer)", self.layers));
+        }
+        if self.layout == Layout::Single && self.layers != 1 {
+            return bad(format!("a single R_NVP has 1 layer, not {}", self.layers));
+        }
+        Ok(())
+    }
+
+    /// Whether layer `i` is flipped (the notebook's `i % 2 == 1`).
+    pub fn flip(&self, i: i64) -> bool {
+        i % 2 == 1
+    }
+
+    /// Columns that condition a layer: `k` unflipped, the last `d - k` flipped.
+    pub fn cond_dim(&self, flip: bool) -> i64 {
+        if flip {
+            self.d - self.k
+        } else {
+            self.k
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_rejects_each_invalid_configuration() {
+        assert!(FlowConfig::stacked(2, 1, 8, 3).validate().is_ok());
+        assert!(FlowConfig::single(5, 2, 8).validate().is_ok());
+        for (cfg, word) in [
+            (FlowConfig::stacked(1, 1, 8, 3), "d = 1"),
+            (FlowConfig::stacked(2, 0, 8, 3), "k = 0"),
+            (FlowConfig::stacked(2, 2, 8, 3), "k = 2"),
+            (FlowConfig::stacked(3, -1, 8, 3), "k = -1"),
+            (FlowConfig::stacked(2, 1, 0, 3), "hidden = 0"),
+            (FlowConfig::stacked(2, 1, 8, 0), "layers = 0"),
+            (FlowConfig { layers: 2, ..FlowConfig::single(2, 1, 8) }, "single R_NVP"),
+        ] {
+            let err = cfg.validate().expect_err(word).to_string();
+            assert!(err.contains(word), "{err} should mention {word}");
+        }
+    }
+
+    #[test]
+    fn flips_alternate_from_false_and_condition_on_the_right_columns() {
+        let cfg = FlowConfig::stacked(5, 2, 8, 4);
+        assert_eq!((0..4).map(|i| cfg.flip(i)).collect::<Vec<_>>(), [false, true, false, true]);
+        assert_eq!(cfg.cond_dim(false), 2);
+        assert_eq!(cfg.cond_dim(true), 3);
+    }
+}

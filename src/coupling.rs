@@ -1,0 +1,166 @@
+//! `RNvp`: one affine coupling layer, the notebook's `R_NVP`.
+//!
+//! With `x₁` the conditioning columns and `x₂` the others,
+//! `z₁ = x₁`, `z₂ = x₂ ⊙ exp(σ(x₁)) + μ(x₁)`, and `log|det ∂z/∂x| = Σ σ(x₁)`;
+//! the inverse is `x₂ = (z₂ − μ(z₁)) ⊙ exp(−σ(z₁))`. Unflipped, `x₁ = x[:, :k]`; flipped, the two
+//! parts swap roles and `x₁` is the last `d − k` columns.
+use crate::base;
+use crate::config::Init;
+use crate::error::{Error, Result};
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// One R-NVP coupling layer with the notebook's `sig_net` and `mu_net`
+/// (`Linear(c, hidden) → LeakyReLU(0.01) → Linear(hidden, d − c)`, `c` conditioning columns).
+///
+/// Its variables are named like the notebook's state_dict: `sig_net.0.weight`, `sig_net.0.bias`,
+/// `sig_net.2.weight`, `sig_net.2.bias` and the same for `mu_net`, under the path it is built on.
+#[derive(Debug)]
+pub struct RNvp {
+    sig_net: nn::Sequential,
+    mu_net: nn::Sequential,
+    d: i64,
+    k: i64,
+    /// Width of the conditioner's input: `k` for a layer built unflipped, `d − k` flipped.
+    cond: i64,
+    /// `sig_net.0.weight`, to read the layer's dtype and device.
+    probe: Tensor,
+}
+
+/// A conditioner network `Linear(c, hidden) → LeakyReLU(0.01) → Linear(hidden, out)` at `p`,
+/// with variables `p.0.{weight,bias}` and `p.2.{weight,bias}`.
+fn conditioner(p: nn::Path, c: i64, hidden: i64, out: i64, init: Init) -> (nn::Sequential, Tensor) {
+    let pytorch_default = |fan_in: i64| {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let u = nn::Init::Uniform { lo: -bound, up: bound };
+        nn::LinearConfig { ws_init: u, bs_init: Some(u), bias: true }
+    };
+    let last = match init {
+        Init::Pytorch => pytorch_default(hidden),
+        Init::Identity => nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        },
+    };
+    let first = nn::linear(&p / 0, c, hidden, pytorch_default(c));
+    let probe = first.ws.shallow_clone();
+    let net = nn::seq().add(first).add_fn(|xs| xs.leaky_relu()).add(nn::linear(&p / 2, hidden, out, last));
+    (net, probe)
+}
+
+impl RNvp {
+    /// The notebook's `R_NVP(d, k, hidden)`: conditions on `x[:, :k]` (and, when `k = d − k`, can
+    /// also be called flipped).
+    pub fn new(p: &nn::Path, d: i64, k: i64, hidden: i64) -> Result<Self> {
+        Self::build(p, d, k, hidden, false, Init::Pytorch)
+    }
+
+    /// A layer built for the given flip: flipped, its networks take the last `d − k` columns and
+    /// output `k` (the generalisation of the notebook to `k ≠ d − k`).
+    pub fn build(p: &nn::Path, d: i64, k: i64, hidden: i64, flip: bool, init: Init) -> Result<Self> {
+        let cfg = crate::config::FlowConfig::single(d, k, hidden);
+        cfg.validate()?;
+        let cond = cfg.cond_dim(flip);
+        let (sig_net, probe) = conditioner(p / "sig_net", cond, hidden, d - cond, init);
+        let (mu_net, _) = conditioner(p / "mu_net", cond, hidden, d - cond, init);
+        Ok(RNvp { sig_net, mu_net, d, k, cond, probe })
+    }
+
+    /// Data dimension `d`.
+    pub fn d(&self) -> i64 {
+        self.d
+    }
+
+    /// Split point `k`.
+    pub fn k(&self) -> i64 {
+        self.k
+    }
+
+    /// `sig_net.0.weight` (its dtype and device are the layer's).
+    pub(crate) fn probe(&self) -> &Tensor {
+        &self.probe
+    }
+
+    /// The conditioner networks `(sig_net, mu_net)`.
+    pub fn nets(&self) -> (&nn::Sequential, &nn::Sequential) {
+        (&self.sig_net, &self.mu_net)
+    }
+
+    /// The notebook's `forward(x, flip)`: `(z, log_pz, log_jacob)` with `log_pz = log N(z; 0, I)`
+    /// and `log_jacob = Σ σ`, one value per row. Keeps the autograd graph (used for training).
+    pub fn forward(&self, xs: &Tensor, flip: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        self.check(xs, "input", flip)?;
+        let (zs, log_jacob) = self.transform(xs, flip);
+        let log_pz = base::log_prob(&zs);
+        Ok((zs, log_pz, log_jacob))
+    }
+
+    /// The notebook's `inverse(z, flip)`.
+    pub fn inverse(&self, zs: &Tensor, flip: bool) -> Result<Tensor> {
+        self.check(zs, "latent", flip)?;
+        Ok(self.untransform(zs, flip))
+    }
+
+    /// Checks shape, dtype, device and that this layer can run with `flip`.
+    pub(crate) fn check(&self, xs: &Tensor, what: &str, flip: bool) -> Result<()> {
+        if self.cond != (if flip { self.d - self.k } else { self.k }) {
+            return Err(Error::InvalidConfig(format!(
+                "this layer was built with flip = {} and k = {} ≠ d − k = {}: it cannot run with flip = {flip}",
+                !flip,
+                self.k,
+                self.d - self.k
+            )));
+        }
+        check_input(xs, what, self.d, &self.probe)
+    }
+
+    /// The columns `(conditioning, transformed)` of `xs` for `flip`.
+    fn split(&self, xs: &Tensor, flip: bool) -> (Tensor, Tensor) {
+        let (a, b) = (xs.narrow(1, 0, self.k), xs.narrow(1, self.k, self.d - self.k));
+        if flip {
+            (b, a)
+        } else {
+            (a, b)
+        }
+    }
+
+    fn merge(&self, cond: &Tensor, other: &Tensor, flip: bool) -> Tensor {
+        if flip {
+            Tensor::cat(&[other, cond], -1)
+        } else {
+            Tensor::cat(&[cond, other], -1)
+        }
+    }
+
+    /// `(z, log|det J|)` without input checks.
+    pub(crate) fn transform(&self, xs: &Tensor, flip: bool) -> (Tensor, Tensor) {
+        let (x1, x2) = self.split(xs, flip);
+        let sig = self.sig_net.forward(&x1);
+        let z2 = x2 * sig.exp() + self.mu_net.forward(&x1);
+        let log_det = sig.sum_dim_intlist(-1, false, None);
+        (self.merge(&x1, &z2, flip), log_det)
+    }
+
+    /// The inverse map without input checks.
+    pub(crate) fn untransform(&self, zs: &Tensor, flip: bool) -> Tensor {
+        let (z1, z2) = self.split(zs, flip);
+        let x2 = (z2 - self.mu_net.forward(&z1)) * self.sig_net.forward(&z1).neg().exp();
+        self.merge(&z1, &x2, flip)
+    }
+}
+
+/// Checks that `xs` is `[n, d]` with the dtype and device of `like` (a model weight).
+pub(crate) fn check_input(xs: &Tensor, what: &str, d: i64, like: &Tensor) -> Result<()> {
+    let size = xs.size();
+    if size.len() != 2 || size[1] != d {
+        return Err(Error::Shape { what: what.into(), expected: format!("[n, {d}]"), found: size });
+    }
+    if xs.kind() != like.kind() {
+        return Err(Error::Kind { what: what.into(), expected: like.kind(), found: xs.kind() });
+    }
+    if xs.device() != like.device() {
+        return Err(Error::Device { what: what.into(), expected: like.device(), found: xs.device() });
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! `StackedNvp`, the notebook's `stacked_NVP`, and `Flow`, a model that owns its variables.
+//!
+//! Direction, as in the notebook: `forward` maps data `x` to latent `z`, `inverse` maps `z` to `x`,
+//! and `log p(x) = log N(f(x); 0, I) + Σᵢ log|det ∂zᵢ/∂zᵢ₋₁|`. Sampling is `inverse(N(0, I))`.
+use crate::base;
+use crate::config::{FlowConfig, Layout};
+use crate::coupling::{check_input, RNvp};
+use crate::error::Result;
+use tch::{nn, Device, Kind, Tensor};
+
+/// A stack of coupling layers with alternating flips (the notebook's `stacked_NVP`), or a single
+/// `R_NVP` when the configuration's layout is `Layout::Single`.
+#[derive(Debug)]
+pub struct StackedNvp {
+    bijectors: Vec<RNvp>,
+    flips: Vec<bool>,
+    cfg: FlowConfig,
+    probe: Tensor,
+}
+
+impl StackedNvp {
+    /// Builds the flow's variables under `p`: `bijectors.{i}.sig_net.0.weight`, ... (stacked) or
+    /// `sig_net.0.weight`, ... (single).
+    pub fn new(p: &nn::Path, cfg: &FlowConfig) -> Result<Self> {
+        cfg.validate()?;
+        let flips: Vec<bool> = (0..cfg.layers).map(|i| cfg.flip(i)).collect();
+        let bijectors = flips
+            .iter()
+            .enumerate()
+            .map(|(i, &flip)| match cfg.layout {
+                Layout::Stacked => {
+                    RNvp::build(&(p / "bijectors" / i), cfg.d, cfg.k, cfg.hidden, flip, cfg.init)
+                }
+                Layout::Single => RNvp::build(p, cfg.d, cfg.k, cfg.hidden, flip, cfg.init),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let probe = bijectors[0].probe().shallow_clone(); // invariant: validate() ensures layers ≥ 1
+        Ok(StackedNvp { bijectors, flips, cfg: *cfg, probe })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &FlowConfig {
+        &self.cfg
+    }
+
+    /// The coupling layers, in forward order.
+    pub fn bijectors(&self) -> &[RNvp] {
+        &self.bijectors
+    }
+
+    /// The flips, in forward order (`false, true, false, …`).
+    pub fn flips(&self) -> &[bool] {
+        &self.flips
+    }
+
+    /// The dtype of the weights (and so of the inputs the flow takes).
+    pub fn kind(&self) -> Kind {
+        self.probe.kind()
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> Device {
+        self.probe.device()
+    }
+
+    /// Checks that `xs` is `[n, d]` with the model's dtype and device.
+    pub fn check(&self, xs: &Tensor, what: &str) -> Result<()> {
+        check_input(xs, what, self.cfg.d, &self.probe)
+    }
+
+    /// The notebook's `forward(x)`: `(z, log_pz, log_jacob)` with `log_pz = log N(z; 0, I)` of the
+    /// final `z` (computed once) and `log_jacob` the sum of the layers' log-determinants.
+    /// Keeps the autograd graph: `loss = −(log_pz + log_jacob).mean()` trains the flow.
+    pub fn forward(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        self.check(xs, "input")?;
+        let (zs, log_jacob) = self.transform(xs);
+        let log_pz = base::log_prob(&zs);
+        Ok((zs, log_pz, log_jacob))
+    }
+
+    /// The notebook's `inverse(z)`: the layers in reverse order, each inverted with its flip.
+    pub fn inverse(&self, zs: &Tensor) -> Result<Tensor> {
+        self.check(zs, "latent")?;
+        Ok(self.untransform(zs))
+    }
+
+    /// `log p(x)`, one value per row, without autograd.
+    pub fn log_prob(&self, xs: &Tensor) -> Result<Tensor> {
+        self.check(xs, "input")?;
+        Ok(tch::no_grad(|| {
+            let (zs, log_jacob) = self.transform(xs);
+            base::log_prob(&zs) + log_jacob
+        }))
+    }
+
+    /// `z = f(x)` without autograd.
+    pub fn encode(&self, xs: &Tensor) -> Result<Tensor> {
+        self.check(xs, "input")?;
+        Ok(tch::no_grad(|| self.transform(xs).0))
+    }
+
+    /// `x = f⁻¹(z)` without autograd.
+    pub fn decode(&self, zs: &Tensor) -> Result<Tensor> {
+        self.check(zs, "latent")?;
+        Ok(tch::no_grad(|| self.untransform(zs)))
+    }
+
+    /// `n` samples `f⁻¹(z)`, `z ~ N(0, I)`, drawn with libtorch's generator (seed it with
+    /// `tch::manual_seed`).
+    pub fn sample(&self, n: i64) -> Result<Tensor> {
+        if n < 0 {
+            return Err(crate::Error::InvalidConfig(format!("cannot draw {n} samples")));
+        }
+        let zs = base::sample(n, self.cfg.d, self.kind(), self.device());
+        Ok(tch::no_grad(|| self.untransform(&zs)))
+    }
+
+    /// `(z, Σ log|det|)` through all layers, without input checks.
+    pub(crate) fn transform(&self, xs: &Tensor) -> (Tensor, Tensor) {
+        let mut zs = xs.shallow_clone();
+        let mut log_det: Option<Tensor> = None;
+        for (layer, &flip) in self.bijectors.iter().zip(&self.flips) {
+            let (next, ld) = layer.transform(&zs, flip);
+            zs = next;
+            log_det = Some(match log_det {
+                None => ld,
+                Some(acc) => acc + ld,
+            });
+        }
+        (zs, log_det.expect("invariant: at least one layer"))
+    }
+
+    /// The inverse through all layers, without input checks.
+    pub(crate) fn untransform(&self, zs: &Tensor) -> Tensor {
+        let mut xs = zs.shallow_clone();
+        for (layer, &flip) in self.bijectors.iter().zip(&self.flips).rev() {
+            xs = layer.untransform(&xs, flip);
+        }
+        xs
+    }
+}
+
+/// A flow that owns its variables: a [`StackedNvp`] in its own `VarStore`.
+///
+/// Derefs to the [`StackedNvp`], so `flow.log_prob(&xs)`, `flow.sample(n)`, ... work directly.
+#[derive(Debug)]
+pub struct Flow {
+    vs: nn::VarStore,
+    net: StackedNvp,
+}
+
+impl Flow {
+    /// A freshly initialised flow on `device` with weights of dtype `kind` (`Float` or `Double`).
+    pub fn new(cfg: &FlowConfig, device: Device, kind: Kind) -> Result<Self> {
+        if !matches!(kind, Kind::Float | Kind::Double) {
+            return Err(crate::Error::InvalidConfig(format!(
+                "dtype {kind:?}: rnvp computes in Float (f32) or Double (f64)"
+            )));
+        }
+        let mut vs = nn::VarStore::new(device);
+        let net = StackedNvp::new(&vs.root(), cfg)?;
+        vs.set_kind(kind);
+        Ok(Flow { vs, net })
+    }
+
+    /// The variable store (names are the notebook's state_dict keys).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The variable store, mutably (to load weights, change dtype or device, build an optimizer).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+}
+
+impl std::ops::Deref for Flow {
+    type Target = StackedNvp;
+    fn deref(&self) -> &StackedNvp {
+        &self.net
+    }
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Kind, Tensor};
+
+/// The python with PyTorch that `scripts/setup` prepared (or `RNVP_PYTHON`).
+pub fn python() -> PathBuf {
+    let p = std::env::var("RNVP_PYTHON")
+        .ok()
+        .or_else(|| option_env!("RNVP_PYTHON").map(String::from))
+        .expect("RNVP_PYTHON is not set: run scripts/setup");
+    let p = PathBuf::from(p);
+    assert!(p.exists(), "{} does not exist: run scripts/setup", p.display());
+    p
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/reference.py ARGS` with the reference python; panics with its stderr on failure.
+pub fn reference(args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(repo().join("scripts/reference.py"))
+        .args(args)
+        .output()
+        .expect("cannot start the reference python");
+    assert!(out.status.success(), "reference.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh empty directory under the target directory, unique per test name.
+pub fn tmp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Reads a `.npy` file written by numpy.
+pub fn npy(path: impl AsRef<Path>) -> Tensor {
+    let path = path.as_ref();
+    Tensor::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Element-wise comparison as f64: finite values within `atol + rtol·|want|`, non-finite values
+/// identical (same infinity, NaN where NaN). Returns the largest error on finite values.
+pub fn assert_close(got: &Tensor, want: &Tensor, atol: f64, rtol: f64, what: &str) -> f64 {
+    assert_eq!(got.size(), want.size(), "{what}: shapes differ");
+    let g = Vec::<f64>::try_from(got.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    let w = Vec::<f64>::try_from(want.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    let mut worst = 0f64;
+    for (i, (g, w)) in g.iter().zip(&w).enumerate() {
+        if w.is_finite() {
+            let err = (g - w).abs();
+            assert!(err <= atol + rtol * w.abs(), "{what}[{i}]: got {g}, want {w} (error {err:e})");
+            worst = worst.max(err);
+        } else {
+            assert!((w.is_nan() && g.is_nan()) || g == w, "{what}[{i}]: got {g}, want the non-finite {w}");
+        }
+    }
+    worst
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    f64::try_from((a - b).abs().max()).unwrap()
+}
+
+/// Copies `DIR/<name>.npy` into each variable of `vs` (names and shapes checked both ways),
+/// converting to the variable's dtype.
+pub fn load_npy_weights(vs: &tch::nn::VarStore, dir: &Path) {
+    let vars = vs.variables();
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".npy").to_string())
+        .collect();
+    files.sort();
+    let mut names: Vec<String> = vars.keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, files, "variable names differ from the reference state_dict keys");
+    tch::no_grad(|| {
+        for (name, mut var) in vars {
+            let src = npy(dir.join(format!("{name}.npy")));
+            assert_eq!(var.size(), src.size(), "{name}: shape");
+            var.copy_(&src.to_kind(var.kind()));
+        }
+    });
+}
