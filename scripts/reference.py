@@ -8,6 +8,11 @@ Usage:
   reference.py parity --out DIR [--layers N | --single] [--d 2 --k 1 --hidden 8] [--seed 0] [--dtype f32|f64]
       builds the model with fixed (seeded) weights, writes DIR/weights/<state_dict key>.npy, inputs and
       the model's outputs (forward triple, inverse) as .npy files for rnvp to compare against.
+  reference.py adam --weights DIR --batches B.npy --out DIR [--lr 1e-3 --gamma 0.999]
+      the notebook's training loop (Adam + ExponentialLR) from given weights on given batches;
+      writes DIR/losses.npy and DIR/weights/.
+  reference.py moons --n N [--noise 0] [--no-shuffle] --out X.npy
+      scikit-learn's make_moons.
 """
 import argparse
 import math
@@ -129,6 +134,49 @@ def cmd_parity(a):
         save(a.out, name, t)
 
 
+def load_weights_dir(dirname, dtype=torch.float32):
+    """A stacked_NVP or R_NVP built from DIR/<state_dict key>.npy (architecture from names/shapes)."""
+    sd = {f[:-4]: torch.from_numpy(np.load(os.path.join(dirname, f))) for f in os.listdir(dirname)}
+    single = "sig_net.0.weight" in sd
+    pre = "" if single else "bijectors.0."
+    hidden, k = sd[pre + "sig_net.0.weight"].shape
+    d = k + sd[pre + "sig_net.2.weight"].shape[0]
+    if single:
+        model = R_NVP(d, k, hidden, dtype)
+    else:
+        n = len({key.split(".")[1] for key in sd})
+        model = stacked_NVP(d, k, hidden, n, dtype)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def cmd_adam(a):
+    """The notebook's training loop on given batches: Adam(lr), ExponentialLR(gamma)."""
+    model = load_weights_dir(a.weights)
+    batches = torch.from_numpy(np.load(a.batches))
+    optim = torch.optim.Adam(model.parameters(), lr=a.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optim, a.gamma)
+    losses = []
+    for X in batches:
+        optim.zero_grad()
+        z, log_pz, log_jacob = model(X)
+        loss = (-log_pz - log_jacob).mean()
+        losses.append(loss.item())
+        loss.backward()
+        optim.step()
+        scheduler.step()
+    os.makedirs(os.path.join(a.out, "weights"), exist_ok=True)
+    np.save(os.path.join(a.out, "losses.npy"), np.array(losses))
+    for key, t in model.state_dict().items():
+        save(os.path.join(a.out, "weights"), key, t)
+
+
+def cmd_moons(a):
+    from sklearn.datasets import make_moons
+    X, _ = make_moons(a.n, noise=a.noise, shuffle=not a.no_shuffle, random_state=0)
+    np.save(a.out, X)
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -144,9 +192,20 @@ def main(argv):
     q.add_argument("--n", type=int, default=64)
     q.add_argument("--scale", type=float, default=1.5, help="multiply every parameter by this")
     q.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    q = sub.add_parser("adam", help="train given weights on given batches with the notebook's optimizer")
+    q.add_argument("--weights", required=True, help="directory of <state_dict key>.npy")
+    q.add_argument("--batches", required=True, help=".npy of shape [steps, batch, d]")
+    q.add_argument("--lr", type=float, default=1e-3)
+    q.add_argument("--gamma", type=float, default=0.999)
+    q.add_argument("--out", required=True)
+    q = sub.add_parser("moons", help="scikit-learn's make_moons as .npy")
+    q.add_argument("--n", type=int, required=True)
+    q.add_argument("--noise", type=float, default=0.0)
+    q.add_argument("--no-shuffle", action="store_true")
+    q.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
-    {"parity": cmd_parity}[a.cmd](a)
+    {"parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons}[a.cmd](a)
 
 
 if __name__ == "__main__":

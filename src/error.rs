@@ -15,6 +15,8 @@ pub enum Error {
     Device { what: String, expected: tch::Device, found: tch::Device },
     /// Malformed or unreadable input data (a file, a row, a value).
     Data(String),
+    /// A figure that could not be drawn or written.
+    Plot(String),
     /// A libtorch failure.
     Torch(tch::TchError),
     /// An I/O failure, with the path it concerns.
@@ -38,6 +40,7 @@ impl fmt::Display for Error {
                 write!(f, "{what}: expected a tensor on {expected:?}, found one on {found:?}")
             }
             Error::Data(m) => write!(f, "{m}"),
+            Error::Plot(m) => write!(f, "plot: {m}"),
             Error::Torch(e) => write!(f, "libtorch: {}", first_line(&e.to_string())),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
         }

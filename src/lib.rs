@@ -20,10 +20,16 @@
 #![deny(missing_docs)]
 
 pub mod base;
+pub mod checkpoint;
 pub mod config;
 pub mod coupling;
+pub mod data;
+pub mod device;
 pub mod error;
+pub mod figures;
 pub mod flow;
+pub mod plot;
+pub mod train;
 
 pub use config::{FlowConfig, Init, Layout};
 pub use coupling::RNvp;

@@ -1,1 +1,460 @@
-fn main() {}
+//! The `rnvp` command: parses flags (cli.rs) and calls the library.
+mod cli;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use cli::{Cli, Command, Compute};
+use indicatif::{ProgressBar, ProgressStyle};
+use rnvp::checkpoint::Checkpoint;
+use rnvp::data::{self, io, DataSpec, Matrix, Rng, Scaler};
+use rnvp::device::{parse_device, parse_kind};
+use rnvp::figures::Figures;
+use rnvp::train::{best_path, Event, TrainConfig, TrainData, Trainer};
+use rnvp::{Flow, FlowConfig, Init};
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use tch::{Device, Kind};
+
+fn main() -> ExitCode {
+    // libtorch failures surface as panics in tch's infallible ops: report them in one line.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown error");
+        eprintln!("error: internal: {}", rnvp::error::first_line(msg));
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            eprintln!("{}", rnvp::error::first_line(&text));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", rnvp::error::first_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
+        Command::Sample(a) => sample(a),
+        Command::LogProb(a) => map(a, Map::LogProb),
+        Command::Encode(a) => map(a, Map::Encode),
+        Command::Decode(a) => map(a, Map::Decode),
+        Command::Plot(a) => plot(a),
+        Command::Inspect(a) => inspect(a),
+        Command::Datasets => {
+            for set in data::ToySet::all() {
+                println!("{:<16} {}", set.name(), set.description());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Device and dtype from the flags (and the thread count applied).
+fn compute(c: &Compute) -> Result<(Device, Kind)> {
+    if let Some(t) = c.threads {
+        if t < 1 {
+            bail!("--threads {t}: needs at least 1 thread");
+        }
+        tch::set_num_threads(t);
+    }
+    Ok((parse_device(&c.device)?, parse_kind(&c.dtype)?))
+}
+
+fn load_flow(path: &Path, c: &Compute) -> Result<(Flow, Checkpoint)> {
+    let (device, kind) = compute(c)?;
+    let ck = Checkpoint::load(path)?;
+    let flow = ck.to_flow(device, kind).with_context(|| format!("loading {}", path.display()))?;
+    Ok((flow, ck))
+}
+
+/// Reads rows for a model of dimension `d`.
+fn read_rows(path: &Path, d: i64) -> Result<Matrix> {
+    let m = io::read_matrix(path)?;
+    if m.cols as i64 != d {
+        bail!("{}: {} columns, but the model expects {d}", path.display(), m.cols);
+    }
+    Ok(m)
+}
+
+fn header(prefix: &str, d: usize) -> Vec<String> {
+    (0..d).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Writes rows to `out` (.csv or .npy) or as CSV to stdout.
+fn write_rows(out: Option<&Path>, m: &Matrix, header: &[String]) -> Result<()> {
+    match out {
+        Some(p) => Ok(io::write_matrix(p, m, header)?),
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            match io::write_csv(&mut w, m, header).and_then(|_| w.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+fn non_negative(name: &str, v: i64) -> Result<usize> {
+    if v < 0 {
+        bail!("{name} {v}: must not be negative");
+    }
+    Ok(v as usize)
+}
+
+fn positive(name: &str, v: i64) -> Result<i64> {
+    if v < 1 {
+        bail!("{name} {v}: must be at least 1");
+    }
+    Ok(v)
+}
+
+/// Toy points: `n` drawn with `seed`, standardized on themselves (as the notebook does).
+fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: u64) -> Result<Matrix> {
+    let noise = noise.unwrap_or(set.default_noise());
+    if !(noise.is_finite() && noise >= 0.0) {
+        bail!("--noise {noise}: must be a non-negative number");
+    }
+    Ok(data::scaler::standardize(&set.sample(n, noise, &mut Rng::new(seed)))?)
+}
+
+fn train(a: cli::TrainArgs) -> Result<()> {
+    let (device, kind) = compute(&a.compute)?;
+    let spec = DataSpec::parse(&a.data)?;
+    let cfg = TrainConfig {
+        steps: non_negative("--steps", a.steps)?,
+        batch_size: positive("--batch-size", a.batch_size)? as usize,
+        lr: a.lr,
+        gamma: a.gamma,
+        seed: a.seed,
+        clip_grad: a.clip_grad,
+        val_every: positive("--val-every", a.val_every)? as usize,
+        val_fraction: a.val_fraction,
+        ..TrainConfig::default()
+    };
+    cfg.validate()?;
+    let init = match a.init.as_str() {
+        "pytorch" => Init::Pytorch,
+        "identity" => Init::Identity,
+        o => bail!("--init {o}: expected pytorch or identity"),
+    };
+    let (train_data, scaler) = match &spec {
+        DataSpec::Toy(set) => {
+            let noise = a.noise.unwrap_or(set.default_noise());
+            if !(noise.is_finite() && noise >= 0.0) {
+                bail!("--noise {noise}: must be a non-negative number");
+            }
+            (TrainData::Toy { set: *set, noise }, None)
+        }
+        DataSpec::File(p) => {
+            let m = io::read_matrix(p)?;
+            if m.cols < 2 {
+                bail!("{}: {} column(s); a flow needs at least 2", p.display(), m.cols);
+            }
+            let (d, s) = TrainData::from_table(&m, cfg.val_fraction, cfg.seed)
+                .with_context(|| format!("preparing {}", p.display()))?;
+            (d, Some(s))
+        }
+    };
+    let d = train_data.dim() as i64;
+    let resume = match &a.resume {
+        Some(p) => Some(Checkpoint::load(p)?),
+        None => None,
+    };
+    let flow_cfg = match &resume {
+        Some(ck) => {
+            if ck.config.d != d {
+                bail!(
+                    "--resume {}: the checkpoint has d = {}, the data has {d} columns",
+                    a.resume.as_ref().unwrap().display(),
+                    ck.config.d
+                );
+            }
+            ck.config
+        }
+        None => FlowConfig::stacked(
+            d,
+            a.k.unwrap_or(d / 2),
+            positive("--hidden", a.hidden)?,
+            positive("--layers", a.layers)?,
+        )
+        .with_init(init),
+    };
+    flow_cfg.validate()?;
+    tch::manual_seed(a.seed as i64);
+    let flow = Flow::new(&flow_cfg, device, kind)?;
+    let optimizer = match &resume {
+        Some(ck) => {
+            rnvp::checkpoint::load_weights(&flow, &ck.tensors)?;
+            Some(ck.optimizer.as_ref().context("--resume: the checkpoint has no optimizer state")?)
+        }
+        None => None,
+    };
+    let start = optimizer.map_or(0, |o| o.step.max(0) as usize);
+    if start >= cfg.steps && cfg.steps > 0 {
+        bail!("--resume: the checkpoint is at step {start}; ask for more --steps than that");
+    }
+    let mut info = serde_json::Map::new();
+    info.insert("data".into(), json!(spec.name()));
+    let trainer = Trainer {
+        flow: &flow,
+        data: &train_data,
+        cfg: &cfg,
+        scaler: scaler.clone(),
+        out: Some(a.out.clone()),
+        info,
+    };
+
+    let pb = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new((cfg.steps - start) as u64) };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg} {per_sec} ETA {eta}")
+            .expect("invariant: a valid template")
+            .progress_chars("=> "),
+    );
+    let quiet = a.quiet;
+    eprintln!(
+        "training {} on {} ({} layers, hidden {}, d = {d}, k = {}) for {} steps on {device:?}",
+        if flow_cfg.layers == 1 {
+            "1 coupling layer".to_string()
+        } else {
+            format!("{} coupling layers", flow_cfg.layers)
+        },
+        spec.name(),
+        flow_cfg.layers,
+        flow_cfg.hidden,
+        flow_cfg.k,
+        cfg.steps - start
+    );
+    let report = trainer.run(optimizer, |ev| match ev {
+        Event::Step { loss, .. } => {
+            pb.inc(1);
+            pb.set_message(format!("loss {loss:.4}"));
+        }
+        Event::Validation { step, nll, best } => {
+            if !quiet {
+                pb.suspend(|| {
+                    eprintln!(
+                        "step {step:>6}: validation NLL {nll:.4} nats{}",
+                        if best { " (best)" } else { "" }
+                    )
+                });
+            }
+        }
+    })?;
+    pb.finish_and_clear();
+    if let Some(log) = &a.log {
+        io::write_atomic(log, report.csv().as_bytes())?;
+    }
+    if let Some((step, loss)) = report.diverged {
+        bail!(
+            "the loss became {loss} at step {step}: training stopped; {} keeps the last good checkpoint (try a lower --lr, --clip-grad or --init identity)",
+            a.out.display()
+        );
+    }
+    if report.losses.is_empty() {
+        bail!("no training steps were run (--steps {})", cfg.steps);
+    }
+    if let Some(dir) = &a.plot_dir {
+        let points = match &spec {
+            DataSpec::Toy(set) => toy_points(*set, a.noise, 3000, a.seed.wrapping_add(1))?,
+            DataSpec::File(p) => io::read_matrix(p)?,
+        };
+        let label = format!("{} layers", flow_cfg.layers);
+        Figures {
+            flow: &flow,
+            scaler: scaler.as_ref(),
+            data: Some(&points),
+            report: Some(&report),
+            floor: None,
+            label: &label,
+            n_samples: 3000,
+        }
+        .draw(dir)?;
+    }
+    let last = report.losses.last().copied().unwrap_or(f64::NAN);
+    let (best_step, best_nll) = report.best.unwrap_or((0, f64::NAN));
+    println!(
+        "trained {} steps in {:.1} s ({:.0} steps/s): final loss {last:.4}, validation NLL {best_nll:.4} nats (best, step {best_step}) -> {} (best: {})",
+        report.losses.len(),
+        report.seconds,
+        report.steps_per_second(),
+        a.out.display(),
+        best_path(&a.out).display()
+    );
+    Ok(())
+}
+
+fn eval(a: cli::EvalArgs) -> Result<()> {
+    let (flow, ck) = load_flow(&a.checkpoint, &a.compute)?;
+    let n = non_negative("-n", a.n)?;
+    let spec = DataSpec::parse(&a.data)?;
+    let (points, scaler) = match &spec {
+        DataSpec::Toy(set) => {
+            if n == 0 {
+                bail!("-n 0: nothing to evaluate");
+            }
+            (toy_points(*set, a.noise, n, a.seed)?, None)
+        }
+        DataSpec::File(p) => {
+            let m = read_rows(p, flow.config().d)?;
+            match &ck.scaler {
+                Some(s) => (s.transform(&m)?, Some(s)),
+                None => (m, None),
+            }
+        }
+    };
+    if flow.config().d != points.cols as i64 {
+        bail!("{}: the data has {} columns, the model expects {}", spec.name(), points.cols, flow.config().d);
+    }
+    let nll = rnvp::train::mean_nll(&flow, &points, scaler)?;
+    if a.json {
+        println!("{}", json!({ "nll": nll, "n": points.rows, "data": spec.name() }));
+    } else {
+        println!("NLL {nll:.6} nats ({} points of {})", points.rows, spec.name());
+    }
+    Ok(())
+}
+
+fn sample(a: cli::SampleArgs) -> Result<()> {
+    let n = non_negative("-n", a.n)?;
+    let (flow, ck) = load_flow(&a.checkpoint, &a.compute)?;
+    tch::manual_seed(a.seed as i64);
+    let mut xs = data::from_tensor(&flow.sample(n as i64)?)?;
+    if let Some(s) = &ck.scaler {
+        xs = s.inverse(&xs)?;
+    }
+    if let Some(png) = &a.png {
+        let xy: Vec<[f64; 2]> = (0..xs.rows).map(|i| [xs.row(i)[0], xs.row(i)[1]]).collect();
+        rnvp::plot::scatter(png, "Samples X = F^-1(Z)", "x₀", "x₁", &[("samples", &xy)])?;
+    }
+    write_rows(a.out.as_deref(), &xs, &header("x", xs.cols))
+}
+
+#[derive(Clone, Copy)]
+enum Map {
+    LogProb,
+    Encode,
+    Decode,
+}
+
+fn map(a: cli::MapArgs, what: Map) -> Result<()> {
+    let (flow, ck) = load_flow(&a.checkpoint, &a.compute)?;
+    let d = flow.config().d;
+    let m = read_rows(&a.input, d)?;
+    let (kind, device) = (flow.kind(), flow.device());
+    let (out, head) = match what {
+        Map::LogProb | Map::Encode => {
+            let xs = match &ck.scaler {
+                Some(s) => s.transform(&m)?,
+                None => m,
+            };
+            let t = data::to_tensor(&xs, kind, device)?;
+            if let Map::LogProb = what {
+                let shift = ck.scaler.as_ref().map_or(0.0, Scaler::log_det);
+                let lp = data::from_tensor(&flow.log_prob(&t)?.unsqueeze(1))?;
+                let lp = Matrix::new(lp.rows, 1, lp.data.iter().map(|v| v + shift).collect())?;
+                (lp, vec!["log_prob".to_string()])
+            } else {
+                (data::from_tensor(&flow.encode(&t)?)?, header("z", d as usize))
+            }
+        }
+        Map::Decode => {
+            let mut xs = data::from_tensor(&flow.decode(&data::to_tensor(&m, kind, device)?)?)?;
+            if let Some(s) = &ck.scaler {
+                xs = s.inverse(&xs)?;
+            }
+            (xs, header("x", d as usize))
+        }
+    };
+    write_rows(a.out.as_deref(), &out, &head)
+}
+
+fn plot(a: cli::PlotArgs) -> Result<()> {
+    let (flow, ck) = load_flow(&a.checkpoint, &a.compute)?;
+    let n = non_negative("-n", a.n)?;
+    let points = match a.data.as_deref().map(DataSpec::parse).transpose()? {
+        Some(DataSpec::Toy(set)) => Some(toy_points(set, None, n, a.seed.wrapping_add(1))?),
+        Some(DataSpec::File(p)) => Some(read_rows(&p, flow.config().d)?),
+        None => None,
+    };
+    tch::manual_seed(a.seed as i64);
+    let written = Figures {
+        flow: &flow,
+        scaler: ck.scaler.as_ref(),
+        data: points.as_ref(),
+        report: None,
+        floor: None,
+        label: "",
+        n_samples: n as i64,
+    }
+    .draw(&a.out_dir)?;
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(())
+}
+
+fn inspect(a: cli::InspectArgs) -> Result<()> {
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let c = ck.config;
+    let tensors: Vec<_> = ck
+        .tensors
+        .iter()
+        .map(|(n, t)| json!({ "name": n, "dtype": format!("{:?}", t.kind()), "shape": t.size() }))
+        .collect();
+    if a.json {
+        let mut v = json!({
+            "format": "safetensors", "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
+            "layout": rnvp::checkpoint::config_json(&c)["layout"], "tensors": tensors,
+            "parameters": ck.tensors.values().map(|t| t.numel()).sum::<usize>(),
+            "optimizer_state": ck.optimizer.is_some(), "info": ck.info,
+        });
+        if let Some(s) = &ck.scaler {
+            v["scaler"] = json!({ "mean": s.mean, "std": s.std });
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{}: safetensors", a.checkpoint.display());
+    println!(
+        "architecture: {} d = {}, k = {}, hidden = {}, layers = {}",
+        if c.layout == rnvp::Layout::Single { "R_NVP" } else { "stacked_NVP" },
+        c.d,
+        c.k,
+        c.hidden,
+        c.layers
+    );
+    println!("parameters: {}", ck.tensors.values().map(|t| t.numel()).sum::<usize>());
+    if let Some(s) = &ck.scaler {
+        println!("scaler: mean {:?}, std {:?}", s.mean, s.std);
+    }
+    if let Some(o) = &ck.optimizer {
+        println!("optimizer state: Adam, step {}", o.step);
+    }
+    if !ck.info.is_empty() {
+        println!("info: {}", serde_json::Value::Object(ck.info.clone()));
+    }
+    for (n, t) in &ck.tensors {
+        println!("  {n:<32} {:<7} {:?}", format!("{:?}", t.kind()), t.size());
+    }
+    Ok(())
+}

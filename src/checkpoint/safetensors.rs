@@ -1,0 +1,171 @@
+//! The safetensors format: an 8-byte little-endian header length, a JSON header
+//! (`{"name": {"dtype", "shape", "data_offsets"}, "__metadata__": {string: string}}`), then the
+//! raw little-endian tensor data. rnvp keeps its configuration, scaler and training information as
+//! JSON strings in `__metadata__`, and Adam's moments as `optimizer.exp_avg.<name>` and
+//! `optimizer.exp_avg_sq.<name>` tensors.
+use super::{config_from_json, infer_config, Checkpoint, OptimizerState};
+use crate::data::Scaler;
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+const EXP_AVG: &str = "optimizer.exp_avg.";
+const EXP_AVG_SQ: &str = "optimizer.exp_avg_sq.";
+/// Larger headers are refused (rnvp's are a few kB).
+const MAX_HEADER: u64 = 100 << 20;
+
+fn dtype_of(kind: Kind) -> Result<(&'static str, usize)> {
+    Ok(match kind {
+        Kind::Float => ("F32", 4),
+        Kind::Double => ("F64", 8),
+        Kind::Half => ("F16", 2),
+        Kind::BFloat16 => ("BF16", 2),
+        k => return Err(Error::Data(format!("cannot store a {k:?} tensor"))),
+    })
+}
+
+fn kind_of(dtype: &str) -> Option<(Kind, usize)> {
+    Some(match dtype {
+        "F32" => (Kind::Float, 4),
+        "F64" => (Kind::Double, 8),
+        "F16" => (Kind::Half, 2),
+        "BF16" => (Kind::BFloat16, 2),
+        _ => return None,
+    })
+}
+
+/// The checkpoint as safetensors bytes.
+pub fn encode(ck: &Checkpoint) -> Result<Vec<u8>> {
+    let mut named: Vec<(String, &Tensor)> = ck.tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+    if let Some(o) = &ck.optimizer {
+        named.extend(o.exp_avg.iter().map(|(n, t)| (format!("{EXP_AVG}{n}"), t)));
+        named.extend(o.exp_avg_sq.iter().map(|(n, t)| (format!("{EXP_AVG_SQ}{n}"), t)));
+    }
+    let mut header = Map::new();
+    let mut data: Vec<u8> = vec![];
+    for (name, t) in named {
+        let (dtype, size) = dtype_of(t.kind())?;
+        let t = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+        let numel = t.numel();
+        let start = data.len();
+        data.resize(start + numel * size, 0);
+        t.f_copy_data_u8(&mut data[start..], numel)?;
+        header.insert(
+            name,
+            serde_json::json!({ "dtype": dtype, "shape": t.size(), "data_offsets": [start, data.len()] }),
+        );
+    }
+    let meta: Map<String, Value> =
+        ck.metadata().into_iter().map(|(k, v)| (k, Value::String(v.to_string()))).collect();
+    header.insert("__metadata__".into(), Value::Object(meta));
+    let mut text = Value::Object(header).to_string().into_bytes();
+    while (8 + text.len()) % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + data.len());
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+/// Parses safetensors bytes; `name` is used in messages.
+pub fn decode(bytes: &[u8], name: &str) -> Result<Checkpoint> {
+    let bad = |m: String| Error::Data(format!("{name}: {m}"));
+    let len_bytes: [u8; 8] =
+        bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| bad("truncated".into()))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER || header_len > (bytes.len() - 8) as u64 {
+        return Err(bad(format!("header length {header_len} exceeds the file ({} bytes)", bytes.len())));
+    }
+    let header_end = 8 + header_len as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..header_end])
+        .map_err(|e| bad(format!("safetensors header is not valid JSON: {e}")))?;
+    let Value::Object(header) = header else { return Err(bad("safetensors header is not an object".into())) };
+    let data = &bytes[header_end..];
+
+    let mut meta = Map::new();
+    let mut tensors = BTreeMap::new();
+    let mut exp_avg = BTreeMap::new();
+    let mut exp_avg_sq = BTreeMap::new();
+    for (key, entry) in &header {
+        if key == "__metadata__" {
+            let Value::Object(m) = entry else { return Err(bad("__metadata__ is not an object".into())) };
+            for (k, v) in m {
+                let text = v.as_str().ok_or_else(|| bad(format!("metadata '{k}' is not a string")))?;
+                meta.insert(k.clone(), serde_json::from_str(text).unwrap_or(Value::String(text.into())));
+            }
+            continue;
+        }
+        let t = tensor(entry, data).map_err(|m| bad(format!("tensor '{key}': {m}")))?;
+        if let Some(n) = key.strip_prefix(EXP_AVG) {
+            exp_avg.insert(n.to_string(), t);
+        } else if let Some(n) = key.strip_prefix(EXP_AVG_SQ) {
+            exp_avg_sq.insert(n.to_string(), t);
+        } else {
+            tensors.insert(key.clone(), t);
+        }
+    }
+    let config = match meta.get("config") {
+        Some(c) => config_from_json(c).map_err(|e| bad(e.to_string()))?,
+        None => infer_config(&tensors).map_err(|e| bad(e.to_string()))?,
+    };
+    let scaler = match meta.get("scaler") {
+        Some(s) => Some(scaler_from_json(s, config.d).map_err(|m| bad(format!("scaler: {m}")))?),
+        None => None,
+    };
+    let optimizer = match meta.get("optimizer_step").and_then(Value::as_i64) {
+        Some(step) => Some(OptimizerState { step, exp_avg, exp_avg_sq }),
+        None => None,
+    };
+    let info = match meta.get("info") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    Ok(Checkpoint { config, scaler, tensors, optimizer, info })
+}
+
+/// One tensor entry of the header, checked against the data section.
+fn tensor(entry: &Value, data: &[u8]) -> std::result::Result<Tensor, String> {
+    let dtype = entry.get("dtype").and_then(Value::as_str).ok_or("no dtype")?;
+    let (kind, size) =
+        kind_of(dtype).ok_or_else(|| format!("dtype {dtype} is not supported (F32, F64, F16, BF16)"))?;
+    let shape: Vec<i64> = entry
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or("no shape")?
+        .iter()
+        .map(|v| v.as_i64().filter(|&v| v >= 0).ok_or_else(|| format!("bad dimension {v}")))
+        .collect::<std::result::Result<_, _>>()?;
+    let offsets = entry.get("data_offsets").and_then(Value::as_array).ok_or("no data_offsets")?;
+    let (start, end) = match offsets.as_slice() {
+        [a, b] => (a.as_u64().ok_or("bad offset")?, b.as_u64().ok_or("bad offset")?),
+        _ => return Err("data_offsets must have two entries".into()),
+    };
+    let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or("shape overflows")?;
+    let nbytes = numel.checked_mul(size as u64).ok_or("shape overflows")?;
+    if start > end || end > data.len() as u64 || end - start != nbytes {
+        return Err(format!(
+            "data_offsets [{start}, {end}] do not fit shape {shape:?} ({nbytes} bytes) in {} bytes of data",
+            data.len()
+        ));
+    }
+    Tensor::f_from_data_size(&data[start as usize..end as usize], &shape, kind).map_err(|e| e.to_string())
+}
+
+fn scaler_from_json(v: &Value, d: i64) -> std::result::Result<Scaler, String> {
+    let vec = |k: &str| -> std::result::Result<Vec<f64>, String> {
+        v.get(k)
+            .and_then(Value::as_array)
+            .ok_or(format!("no '{k}'"))?
+            .iter()
+            .map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or(format!("bad value in '{k}'")))
+            .collect()
+    };
+    let (mean, std) = (vec("mean")?, vec("std")?);
+    if mean.len() as i64 != d || std.len() as i64 != d || std.iter().any(|s| *s <= 0.0) {
+        return Err(format!("expected {d} means and {d} positive stds"));
+    }
+    Ok(Scaler { mean, std })
+}

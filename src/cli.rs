@@ -1,0 +1,238 @@
+//! The command line: clap types only (main.rs dispatches).
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// R-NVP normalizing flows on libtorch: train, sample, score and plot the model of the
+/// "Going with the Flow" notebook.
+#[derive(Parser, Debug)]
+#[command(
+    name = "rnvp",
+    version,
+    after_help = "Example:\n  rnvp train --data two-moons --out moons.safetensors --plot-dir out/moons\n  rnvp sample --checkpoint moons.safetensors -n 1000 --out samples.csv"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a flow on a toy set or on your data (CSV or .npy).
+    #[command(
+        after_help = "Examples:\n  rnvp train --data two-moons --out moons.safetensors --plot-dir out/moons\n  rnvp train --data my.csv --layers 6 --steps 5000 --out my.safetensors --log loss.csv\n  rnvp train --data two-moons --out moons.safetensors --resume moons.safetensors --steps 2000"
+    )]
+    Train(TrainArgs),
+    /// Mean negative log-likelihood (nats) of a data set under a trained flow.
+    #[command(
+        after_help = "Example:\n  rnvp eval --checkpoint moons.safetensors --data two-moons -n 20000 --json"
+    )]
+    Eval(EvalArgs),
+    /// Draw samples x = F⁻¹(z), z ~ N(0, I).
+    #[command(
+        after_help = "Example:\n  rnvp sample --checkpoint moons.safetensors -n 5000 --out samples.npy --png samples.png"
+    )]
+    Sample(SampleArgs),
+    /// log p(x) of each row of a file.
+    #[command(
+        after_help = "Example:\n  rnvp log-prob --checkpoint moons.safetensors --input points.csv --out log_p.csv"
+    )]
+    LogProb(MapArgs),
+    /// Map data to latents: z = F(x), one row per input row.
+    #[command(
+        after_help = "Example:\n  rnvp encode --checkpoint moons.safetensors --input points.csv --out z.csv"
+    )]
+    Encode(MapArgs),
+    /// Map latents to data: x = F⁻¹(z), one row per input row.
+    #[command(
+        after_help = "Example:\n  rnvp decode --checkpoint moons.safetensors --input z.csv --out x.csv"
+    )]
+    Decode(MapArgs),
+    /// Draw the flow's figures (samples, latents, density) as PNG files.
+    #[command(
+        after_help = "Example:\n  rnvp plot --checkpoint moons.safetensors --data two-moons --out-dir out/moons"
+    )]
+    Plot(PlotArgs),
+    /// Show a checkpoint's format, tensors and architecture.
+    #[command(after_help = "Example:\n  rnvp inspect moons.safetensors --json")]
+    Inspect(InspectArgs),
+    /// List the built-in toy data sets.
+    Datasets,
+}
+
+/// Where and how to compute.
+#[derive(Args, Debug, Clone)]
+pub struct Compute {
+    /// auto (CUDA when present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Precision: f32 or f64.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A toy set (two-moons, circles, eight-gaussians, checkerboard, pinwheel, two-spirals) or a
+    /// .csv / .npy file with one sample per row.
+    #[arg(long)]
+    pub data: String,
+    /// Checkpoint to write (.safetensors); the best validation model goes beside it as
+    /// <name>.best.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Coupling layers.
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
+    pub layers: i64,
+    /// Hidden units of each sig_net / mu_net.
+    #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
+    pub hidden: i64,
+    /// Conditioning columns of an unflipped layer [default: d/2].
+    #[arg(long, allow_negative_numbers = true)]
+    pub k: Option<i64>,
+    /// Optimizer steps (total, also when resuming).
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
+    pub steps: i64,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
+    pub batch_size: i64,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// ExponentialLR decay per step.
+    #[arg(long, default_value_t = 0.999, allow_negative_numbers = true)]
+    pub gamma: f64,
+    /// Noise of a toy set [default: the set's own, 0.05 for two-moons].
+    #[arg(long, allow_negative_numbers = true)]
+    pub noise: Option<f64>,
+    /// Seed of the weights and batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Clip the gradients' global norm to this value.
+    #[arg(long, allow_negative_numbers = true)]
+    pub clip_grad: Option<f64>,
+    /// Validate and checkpoint every this many steps.
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub val_every: i64,
+    /// Fraction of a file's rows held out for validation.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    pub val_fraction: f64,
+    /// Initialisation: pytorch (the notebook's) or identity (zero last layers).
+    #[arg(long, default_value = "pytorch")]
+    pub init: String,
+    /// Write the loss curve here as CSV (step,loss,val_nll).
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Draw the figures into this directory.
+    #[arg(long)]
+    pub plot_dir: Option<PathBuf>,
+    /// Continue from this checkpoint (weights, optimizer state and step).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The trained flow.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A toy set (fresh points) or a .csv / .npy file.
+    #[arg(long)]
+    pub data: String,
+    /// Points drawn from a toy set.
+    #[arg(short, default_value_t = 20_000, allow_negative_numbers = true)]
+    pub n: i64,
+    /// Noise of a toy set [default: the set's own].
+    #[arg(long, allow_negative_numbers = true)]
+    pub noise: Option<f64>,
+    /// Seed of the drawn points.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// The trained flow.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Number of samples.
+    #[arg(short, allow_negative_numbers = true)]
+    pub n: i64,
+    /// Seed of the base samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output file (.csv or .npy) [default: CSV on stdout].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also draw the samples into this PNG.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+#[derive(Args, Debug)]
+pub struct MapArgs {
+    /// The trained flow.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Input rows (.csv or .npy).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output file (.csv or .npy) [default: CSV on stdout].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// The trained flow.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Data to draw with the flow: a toy set or a .csv / .npy file.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Directory for the PNG files.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Points drawn from the flow and from a toy set.
+    #[arg(short, default_value_t = 3000, allow_negative_numbers = true)]
+    pub n: i64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The checkpoint.
+    pub checkpoint: PathBuf,
+    /// Print a JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

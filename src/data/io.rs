@@ -1,0 +1,711 @@
+//! Reading and writing data matrices as CSV or `.npy` files.
+//!
+//! Readers never trust sizes from a file: every error names the file and the problem, and nothing
+//! is allocated before the declared size has been checked against the bytes present.
+use super::Matrix;
+use crate::error::{io_err, Error, Result};
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The supported file formats.
+enum Format {
+    Csv,
+    Npy,
+}
+
+fn format_of(path: &Path) -> Result<Format> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("csv") => Ok(Format::Csv),
+        Some("npy") => Ok(Format::Npy),
+        Some(e) => {
+            Err(Error::Data(format!("{}: unknown extension '.{e}' (expected .csv or .npy)", path.display())))
+        }
+        None => Err(Error::Data(format!("{}: no file extension (expected .csv or .npy)", path.display()))),
+    }
+}
+
+/// Reads a `.csv` or `.npy` file (chosen by extension) as a matrix.
+pub fn read_matrix(path: &Path) -> Result<Matrix> {
+    let format = format_of(path)?;
+    let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
+    let name = path.display().to_string();
+    match format {
+        Format::Csv => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| Error::Data(format!("{name}: not valid UTF-8 text")))?;
+            parse_csv(text, &name)
+        }
+        Format::Npy => parse_npy(&bytes, &name),
+    }
+}
+
+/// Writes `m` as `.csv` (with `header`, if not empty) or as float64 `.npy`, chosen by the
+/// extension of `path`, atomically (see [`write_atomic`]).
+pub fn write_matrix(path: &Path, m: &Matrix, header: &[String]) -> Result<()> {
+    let bytes = match format_of(path)? {
+        Format::Csv => csv_string(m, header).into_bytes(),
+        Format::Npy => npy_bytes(m, false),
+    };
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it over `path`, so
+/// that `path` holds either its old content or all of `bytes`. On failure the temporary file is
+/// removed and the error names `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let not_a_file = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name");
+    let file_name = path.file_name().ok_or_else(|| io_err(path, not_a_file()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = File::options().write(true).create_new(true).open(&tmp).map_err(|e| io_err(path, e))?;
+    let written = file.write_all(bytes).and_then(|_| file.sync_all());
+    drop(file);
+    match written.and_then(|_| fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(io_err(path, e))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSV
+
+/// Parses comma-separated numbers. The first non-blank line is a header (and skipped) when one
+/// of its fields is neither empty nor a number. Fields are trimmed, blank lines skipped, `\r\n`
+/// line ends accepted. Errors give `name`, the 1-based line and column, and the problem.
+pub fn parse_csv(text: &str, name: &str) -> Result<Matrix> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut cols = None;
+    let mut rows = 0;
+    let mut data = Vec::new();
+    for (k, line) in text.split('\n').enumerate() {
+        let line_no = k + 1;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        match cols {
+            None => {
+                cols = Some(fields.len());
+                if fields.iter().any(|f| !f.is_empty() && f.parse::<f64>().is_err()) {
+                    continue; // a header
+                }
+            }
+            Some(expected) if fields.len() != expected => {
+                return Err(Error::Data(format!(
+                    "{name}:{line_no}: expected {expected} columns, found {}",
+                    fields.len()
+                )));
+            }
+            Some(_) => {}
+        }
+        push_row(&mut data, &fields, name, line_no)?;
+        rows += 1;
+    }
+    match cols {
+        Some(cols) if rows > 0 => Ok(Matrix { rows, cols, data }),
+        _ => Err(Error::Data(format!("{name}: no data rows"))),
+    }
+}
+
+fn push_row(data: &mut Vec<f64>, fields: &[&str], name: &str, line: usize) -> Result<()> {
+    for (j, field) in fields.iter().enumerate() {
+        let col = j + 1;
+        if field.is_empty() {
+            return Err(Error::Data(format!("{name}:{line}:{col}: empty field")));
+        }
+        let v: f64 = field.parse().map_err(|_| {
+            Error::Data(format!("{name}:{line}:{col}: cannot parse '{field:.60}' as a number"))
+        })?;
+        if !v.is_finite() {
+            return Err(Error::Data(format!("{name}:{line}:{col}: non-finite value '{field}'")));
+        }
+        data.push(v);
+    }
+    Ok(())
+}
+
+/// `m` as CSV text: the header line (if `header` is not empty), then one line per row, values
+/// written so that they parse back to the same `f64`.
+pub fn csv_string(m: &Matrix, header: &[String]) -> String {
+    let mut out = String::new();
+    push_header(&mut out, header);
+    for i in 0..m.rows {
+        push_csv_row(&mut out, m.row(i));
+    }
+    out
+}
+
+/// Writes `m` as CSV (see [`csv_string`]) to `w`, row by row.
+pub fn write_csv<W: Write>(w: W, m: &Matrix, header: &[String]) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::new(w);
+    let mut line = String::new();
+    push_header(&mut line, header);
+    w.write_all(line.as_bytes())?;
+    for i in 0..m.rows {
+        line.clear();
+        push_csv_row(&mut line, m.row(i));
+        w.write_all(line.as_bytes())?;
+    }
+    w.flush()
+}
+
+fn push_header(out: &mut String, header: &[String]) {
+    if !header.is_empty() {
+        out.push_str(&header.join(","));
+        out.push('\n');
+    }
+}
+
+fn push_csv_row(out: &mut String, row: &[f64]) {
+    for (j, &v) in row.iter().enumerate() {
+        if j > 0 {
+            out.push(',');
+        }
+        // Both forms print the shortest digits that round-trip; `{:e}` keeps extremes short.
+        let _ = if v == 0.0 || (1e-5..1e16).contains(&v.abs()) {
+            write!(out, "{v}")
+        } else {
+            write!(out, "{v:e}")
+        };
+    }
+    out.push('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// NPY
+
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Parses a `.npy` file (format 1.0, 2.0 or 3.0) holding a 2-D float32 or float64 array, little-
+/// or big-endian, C or Fortran order. Values must be finite.
+pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Matrix> {
+    let err = |msg: String| Error::Data(format!("{name}: {msg}"));
+    if bytes.len() < 8 || &bytes[..6] != NPY_MAGIC {
+        return Err(err("not a .npy file (bad magic)".into()));
+    }
+    let (major, minor) = (bytes[6], bytes[7]);
+    let (header_len, start) = match major {
+        1 if bytes.len() >= 10 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        1..=3 => return Err(err("truncated header".into())),
+        _ => return Err(err(format!("unsupported .npy format version {major}.{minor}"))),
+    };
+    let header = bytes
+        .get(start..)
+        .and_then(|b| b.get(..header_len))
+        .ok_or_else(|| err(format!("truncated header: {header_len} bytes declared")))?;
+    let header = std::str::from_utf8(header).map_err(|_| err("header is not text".into()))?;
+    let dict = HeaderParser { s: header.as_bytes(), pos: 0 }
+        .dict()
+        .map_err(|why| err(format!("malformed header ({why}): {:.120}", header.trim_end())))?;
+    let get = |key: &str| {
+        dict.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .ok_or_else(|| err(format!("header has no '{key}'")))
+    };
+
+    let (big_endian, itemsize) = match get("descr")? {
+        Value::Str(d) => match d.as_str() {
+            "<f4" => (false, 4),
+            "<f8" => (false, 8),
+            ">f4" => (true, 4),
+            ">f8" => (true, 8),
+            _ => return Err(err(format!("dtype '{d}' is not supported (float32 '<f4' or float64 '<f8')"))),
+        },
+        _ => return Err(err("structured dtype is not supported (float32 '<f4' or float64 '<f8')".into())),
+    };
+    let Value::Bool(fortran) = *get("fortran_order")? else {
+        return Err(err("header's 'fortran_order' is not True or False".into()));
+    };
+    let Value::Tuple(shape) = get("shape")? else {
+        return Err(err("header's 'shape' is not a tuple".into()));
+    };
+    let dims: Vec<usize> = shape
+        .iter()
+        .map(|v| match v {
+            Value::Int(k) => Ok(*k),
+            _ => Err(err("header's 'shape' holds a non-integer".into())),
+        })
+        .collect::<Result<_>>()?;
+    let shape_str = match dims.as_slice() {
+        [k] => format!("({k},)"),
+        _ => format!("({})", dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+    };
+    let &[rows, cols] = dims.as_slice() else {
+        return Err(err(format!("shape {shape_str} is not 2-D [n, d]")));
+    };
+
+    let data = &bytes[start + header_len..];
+    let expected = rows
+        .checked_mul(cols)
+        .and_then(|k| k.checked_mul(itemsize))
+        .ok_or_else(|| err(format!("shape {shape_str} is too large")))?;
+    if data.len() < expected {
+        return Err(err(format!("truncated: expected {expected} bytes of data, found {}", data.len())));
+    }
+    if data.len() > expected {
+        return Err(err(format!("expected {expected} bytes of data, found {} (trailing bytes)", data.len())));
+    }
+    if rows == 0 {
+        return Err(err("no data rows".into()));
+    }
+    if cols == 0 {
+        return Err(err(format!("shape {shape_str} has no columns")));
+    }
+
+    let values: Vec<f64> = data
+        .chunks_exact(itemsize)
+        .map(|c| match (itemsize, big_endian) {
+            (4, false) => f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            (4, true) => f64::from(f32::from_be_bytes([c[0], c[1], c[2], c[3]])),
+            (_, false) => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+            (_, true) => f64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    // Element (i, j) sits at i·cols + j in C order and at j·rows + i in Fortran order.
+    let at = |i: usize, j: usize| if fortran { values[j * rows + i] } else { values[i * cols + j] };
+    let mut out = Vec::with_capacity(values.len());
+    for i in 0..rows {
+        for j in 0..cols {
+            let v = at(i, j);
+            if !v.is_finite() {
+                return Err(err(format!("non-finite value {v} at [{i}, {j}]")));
+            }
+            out.push(v);
+        }
+    }
+    Ok(Matrix { rows, cols, data: out })
+}
+
+/// `m` as a format 1.0 `.npy` file in C order, as `np.save` writes it: float32 (`'<f4'`, values
+/// rounded) when `f32`, else float64 (`'<f8'`).
+pub fn npy_bytes(m: &Matrix, f32: bool) -> Vec<u8> {
+    let descr = if f32 { "<f4" } else { "<f8" };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}), }}", m.rows, m.cols);
+    // numpy leaves room for the row count to grow to 21 digits, then pads with spaces so that
+    // magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    header.push_str(&" ".repeat(21usize.saturating_sub(m.rows.to_string().len())));
+    header.push_str(&" ".repeat(64 - (10 + header.len() + 1) % 64));
+    header.push('\n');
+    let itemsize = if f32 { 4 } else { 8 };
+    let mut out = Vec::with_capacity(10 + header.len() + m.data.len() * itemsize);
+    out.extend_from_slice(NPY_MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    // The header is under 200 bytes: the dict above with two integers of at most 20 digits.
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for &v in &m.data {
+        if f32 {
+            out.extend_from_slice(&(v as f32).to_le_bytes());
+        } else {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// A value of the Python literal in a `.npy` header.
+#[derive(Debug, PartialEq)]
+enum Value {
+    Str(String),
+    Bool(bool),
+    Int(usize),
+    Tuple(Vec<Value>),
+}
+
+/// A parser for the header dict: string keys; values that are strings, `True`/`False`,
+/// non-negative integers, or tuples/lists of those (nested at most [`HeaderParser::MAX_DEPTH`]).
+struct HeaderParser<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl HeaderParser<'_> {
+    const MAX_DEPTH: usize = 8;
+
+    fn dict(mut self) -> std::result::Result<Vec<(String, Value)>, String> {
+        self.expect(b'{')?;
+        let mut items = Vec::new();
+        loop {
+            if self.eat(b'}') {
+                break;
+            }
+            let Value::Str(key) = self.value(0)? else {
+                return Err(format!("a key that is not a string at byte {}", self.pos));
+            };
+            self.expect(b':')?;
+            items.push((key, self.value(0)?));
+            if !self.eat(b',') {
+                self.expect(b'}')?;
+                break;
+            }
+        }
+        self.skip_ws();
+        if self.pos == self.s.len() {
+            Ok(items)
+        } else {
+            Err(format!("unexpected text after the dict at byte {}", self.pos))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> std::result::Result<Value, String> {
+        self.skip_ws();
+        let start = self.pos;
+        match self.s.get(start) {
+            Some(&q @ (b'\'' | b'"')) => {
+                self.pos += 1;
+                while let Some(&c) = self.s.get(self.pos) {
+                    self.pos += if c == b'\\' { 2 } else { 1 };
+                    if c == q {
+                        let text = &self.s[start + 1..self.pos - 1];
+                        return Ok(Value::Str(String::from_utf8_lossy(text).into_owned()));
+                    }
+                }
+                Err(format!("unterminated string at byte {start}"))
+            }
+            Some(&open @ (b'(' | b'[')) if depth < Self::MAX_DEPTH => {
+                let close = if open == b'(' { b')' } else { b']' };
+                self.pos += 1;
+                let mut items = Vec::new();
+                loop {
+                    if self.eat(close) {
+                        return Ok(Value::Tuple(items));
+                    }
+                    items.push(self.value(depth + 1)?);
+                    if !self.eat(b',') {
+                        self.expect(close)?;
+                        return Ok(Value::Tuple(items));
+                    }
+                }
+            }
+            Some(b'(' | b'[') => Err(format!("nesting deeper than {} at byte {start}", Self::MAX_DEPTH)),
+            Some(c) if c.is_ascii_digit() => {
+                while self.s.get(self.pos).is_some_and(u8::is_ascii_digit) {
+                    self.pos += 1;
+                }
+                let digits = std::str::from_utf8(&self.s[start..self.pos]).unwrap_or_default();
+                self.eat(b'L'); // Python 2 long
+                digits.parse().map(Value::Int).map_err(|_| format!("integer {digits} is too large"))
+            }
+            _ => {
+                for (word, b) in [("True", true), ("False", false)] {
+                    if self.s[start..].starts_with(word.as_bytes()) {
+                        self.pos += word.len();
+                        return Ok(Value::Bool(b));
+                    }
+                }
+                Err(format!("unexpected character at byte {start}"))
+            }
+        }
+    }
+
+    fn skip_ws(&mut self) {
+        while self.s.get(self.pos).is_some_and(u8::is_ascii_whitespace) {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        self.skip_ws();
+        let hit = self.s.get(self.pos) == Some(&c);
+        self.pos += usize::from(hit);
+        hit
+    }
+
+    fn expect(&mut self, c: u8) -> std::result::Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!("expected '{}' at byte {}", c as char, self.pos))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn msg<T: std::fmt::Debug>(r: Result<T>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    fn mat(rows: usize, cols: usize, data: &[f64]) -> Matrix {
+        Matrix::new(rows, cols, data.to_vec()).unwrap()
+    }
+
+    /// A fresh, empty directory under the system temp dir.
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rnvp-io-{}-{test}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A .npy file laid out as numpy writes it, with the given version, header dict and data.
+    fn npy(major: u8, dict: &str, data: &[u8]) -> Vec<u8> {
+        let prefix = if major == 1 { 10 } else { 12 };
+        let mut header = dict.to_string();
+        header.push_str(&" ".repeat(63 - (prefix + dict.len()) % 64));
+        header.push('\n');
+        let mut out = NPY_MAGIC.to_vec();
+        out.extend_from_slice(&[major, 0]);
+        if major == 1 {
+            out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn dict(descr: &str, fortran: bool, shape: &str) -> String {
+        let f = if fortran { "True" } else { "False" };
+        format!("{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape}, }}")
+    }
+
+    #[test]
+    fn csv_round_trips_with_and_without_header() {
+        let m = mat(3, 2, &[0.1, -2.5, 1e-300, 1e300, -0.0, 123456789.125]);
+        let header = vec!["x".to_string(), "y".to_string()];
+        let text = csv_string(&m, &header);
+        assert!(text.starts_with("x,y\n0.1,-2.5\n"), "{text}");
+        assert_eq!(parse_csv(&text, "a.csv").unwrap(), m);
+        let text = csv_string(&m, &[]);
+        assert!(text.starts_with("0.1,-2.5\n"), "{text}");
+        assert_eq!(parse_csv(&text, "a.csv").unwrap(), m);
+        let mut buf = Vec::new();
+        write_csv(&mut buf, &m, &header).unwrap();
+        assert_eq!(String::from_utf8(buf).unwrap(), csv_string(&m, &header));
+    }
+
+    #[test]
+    fn csv_values_round_trip_bit_for_bit() {
+        let vals = [f64::MAX, f64::MIN_POSITIVE, 5e-324, 1.0 / 3.0, -1e16, 1e-5, 9.999999999999999e-6, 0.0];
+        let m = mat(1, vals.len(), &vals);
+        let back = parse_csv(&csv_string(&m, &[]), "v.csv").unwrap();
+        for (a, b) in m.data.iter().zip(&back.data) {
+            assert_eq!(a.to_bits(), b.to_bits(), "{a} came back as {b}");
+        }
+    }
+
+    #[test]
+    fn csv_header_blank_lines_crlf_and_spaces() {
+        let m = parse_csv("\u{feff}\n  a , b\r\n\r\n 1 , 2\r\n3,4e1\n\n", "t.csv").unwrap();
+        assert_eq!(m, mat(2, 2, &[1.0, 2.0, 3.0, 40.0]));
+        // A first line of numbers is data; a header may have empty names.
+        assert_eq!(parse_csv("1,2\n3,4", "t.csv").unwrap().rows, 2);
+        assert_eq!(parse_csv("x,\n3,4", "t.csv").unwrap(), mat(1, 2, &[3.0, 4.0]));
+    }
+
+    #[test]
+    fn csv_errors_give_line_column_and_problem() {
+        let cases = [
+            ("x,y\n1,2\n3,abc\n", "d.csv:3:2: cannot parse 'abc' as a number"),
+            ("x,y,z\n\n1,2\n", "d.csv:3: expected 3 columns, found 2"),
+            ("1,2\n3,4,5\n", "d.csv:2: expected 2 columns, found 3"),
+            ("1,2\n3, nan\n", "d.csv:2:2: non-finite value 'nan'"),
+            ("inf,2\n", "d.csv:1:1: non-finite value 'inf'"),
+            ("1,2\n-1e999,0\n", "d.csv:2:1: non-finite value '-1e999'"),
+            ("1,,2\n", "d.csv:1:2: empty field"),
+            ("a,b\n1,2\n3,\n", "d.csv:3:2: empty field"),
+            ("a,b\n\n", "d.csv: no data rows"),
+            ("", "d.csv: no data rows"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(msg(parse_csv(text, "d.csv")), want, "input {text:?}");
+        }
+    }
+
+    #[test]
+    fn npy_round_trips_f64_exactly_and_f32_within_precision() {
+        let m = mat(3, 2, &[0.1, -2.5, 1e-30, 3e30, -0.0, 1.0 / 3.0]);
+        assert_eq!(parse_npy(&npy_bytes(&m, false), "m.npy").unwrap(), m);
+        let back = parse_npy(&npy_bytes(&m, true), "m.npy").unwrap();
+        assert_eq!((back.rows, back.cols), (3, 2));
+        for (a, b) in m.data.iter().zip(&back.data) {
+            assert!((a - b).abs() <= a.abs() * f64::from(f32::EPSILON), "{a} vs {b}");
+        }
+        let big = mat(1000, 3, &(0..3000).map(|k| k as f64 * 0.37).collect::<Vec<_>>());
+        assert_eq!(parse_npy(&npy_bytes(&big, false), "big.npy").unwrap(), big);
+    }
+
+    #[test]
+    fn npy_bytes_are_what_numpy_writes() {
+        // np.save(f, np.arange(6.0).reshape(2, 3) / 4): 118-byte header, 128 bytes before the data.
+        let m = mat(2, 3, &[0.0, 0.25, 0.5, 0.75, 1.0, 1.25]);
+        let bytes = npy_bytes(&m, false);
+        let mut want = b"\x93NUMPY\x01\x00v\x00".to_vec();
+        want.extend_from_slice(dict("<f8", false, "(2, 3)").as_bytes());
+        want.extend_from_slice(&[b' '; 58]);
+        want.push(b'\n');
+        assert_eq!(&bytes[..128], &want[..]);
+        assert_eq!(&bytes[136..144], &0.25f64.to_le_bytes());
+        assert_eq!(bytes.len(), 128 + 48);
+        assert_eq!(npy_bytes(&m, true).len(), 128 + 24);
+        for rows in [1, 9, 10, 12345678901234] {
+            let m = Matrix { rows, cols: 0, data: vec![] };
+            let b = npy_bytes(&m, true);
+            assert_eq!(b.len() % 64, 0, "rows {rows}");
+            assert_eq!(b.last(), Some(&b'\n'));
+        }
+    }
+
+    #[test]
+    fn npy_reads_numpy_layouts() {
+        let want = mat(2, 3, &[0.0, 0.25, 0.5, 0.75, 1.0, 1.25]);
+        let le8: Vec<u8> = want.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let be8: Vec<u8> = want.data.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let be4: Vec<u8> = want.data.iter().flat_map(|&v| (v as f32).to_be_bytes()).collect();
+        // Fortran order stores the columns one after the other.
+        let fortran: Vec<u8> =
+            [0.0f64, 0.75, 0.25, 1.0, 0.5, 1.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let files = [
+            npy(1, &dict("<f8", false, "(2, 3)"), &le8),
+            npy(2, &dict("<f8", false, "(2, 3)"), &le8),
+            npy(3, &dict("<f8", false, "(2, 3)"), &le8),
+            npy(1, &dict(">f8", false, "(2, 3)"), &be8),
+            npy(1, &dict(">f4", false, "(2, 3)"), &be4),
+            npy(1, &dict("<f8", true, "(2, 3)"), &fortran),
+            npy(1, "{'shape': (2L, 3L), 'fortran_order': False, \"descr\": '<f8'}", &le8),
+        ];
+        for (k, f) in files.iter().enumerate() {
+            assert_eq!(parse_npy(f, "n.npy").unwrap(), want, "file {k}");
+        }
+    }
+
+    #[test]
+    fn npy_errors_name_the_problem() {
+        let d8 = [0u8; 48];
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"PK\x03\x04 not numpy".to_vec(), "n.npy: not a .npy file (bad magic)"),
+            (b"\x93NUMP".to_vec(), "n.npy: not a .npy file (bad magic)"),
+            (
+                npy(1, &dict("<f8", false, "(2, 3)"), &d8[..40]),
+                "n.npy: truncated: expected 48 bytes of data, found 40",
+            ),
+            (
+                npy(1, &dict("<f8", false, "(100, 1)"), &[0; 123]),
+                "n.npy: truncated: expected 800 bytes of data, found 123",
+            ),
+            (
+                npy(1, &dict("<f8", false, "(2, 3)"), &[0; 50]),
+                "n.npy: expected 48 bytes of data, found 50 (trailing bytes)",
+            ),
+            (
+                npy(1, &dict("<i8", false, "(2, 3)"), &d8),
+                "n.npy: dtype '<i8' is not supported (float32 '<f4' or float64 '<f8')",
+            ),
+            (
+                npy(1, "{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (2,)}", &d8[..16]),
+                "n.npy: structured dtype is not supported (float32 '<f4' or float64 '<f8')",
+            ),
+            (npy(1, &dict("<f8", false, "(5,)"), &d8[..40]), "n.npy: shape (5,) is not 2-D [n, d]"),
+            (npy(1, &dict("<f8", false, "(2, 3, 1)"), &d8), "n.npy: shape (2, 3, 1) is not 2-D [n, d]"),
+            (npy(1, &dict("<f8", false, "()"), &d8[..8]), "n.npy: shape () is not 2-D [n, d]"),
+            (
+                npy(1, &dict("<f8", false, "(1000000000000000000, 2)"), &d8),
+                "n.npy: truncated: expected 16000000000000000000 bytes of data, found 48",
+            ),
+            (
+                npy(1, &dict("<f8", false, "(10000000000000000000, 2)"), &d8),
+                "n.npy: shape (10000000000000000000, 2) is too large",
+            ),
+            (npy(1, &dict("<f8", false, "(0, 2)"), &[]), "n.npy: no data rows"),
+            (npy(1, &dict("<f8", false, "(3, 0)"), &[]), "n.npy: shape (3, 0) has no columns"),
+            (npy(1, "{'descr': '<f8', 'shape': (2, 3)}", &d8), "n.npy: header has no 'fortran_order'"),
+            (npy(4, &dict("<f8", false, "(2, 3)"), &d8), "n.npy: unsupported .npy format version 4.0"),
+            (b"\x93NUMPY\x01\x00\xff\x00{'descr'".to_vec(), "n.npy: truncated header: 255 bytes declared"),
+            (b"\x93NUMPY\x02\x00\x01".to_vec(), "n.npy: truncated header"),
+        ];
+        for (k, (bytes, want)) in cases.iter().enumerate() {
+            assert_eq!(&msg(parse_npy(bytes, "n.npy")), want, "case {k}");
+        }
+        let mut nan = 1.5f64.to_le_bytes().to_vec();
+        nan.extend_from_slice(&f64::NAN.to_le_bytes());
+        let m = msg(parse_npy(&npy(1, &dict("<f8", false, "(1, 2)"), &nan), "n.npy"));
+        assert_eq!(m, "n.npy: non-finite value NaN at [0, 1]");
+        let inf = f32::INFINITY.to_le_bytes();
+        let m = msg(parse_npy(&npy(1, &dict("<f4", true, "(1, 1)"), &inf), "n.npy"));
+        assert_eq!(m, "n.npy: non-finite value inf at [0, 0]");
+        for bad in [
+            "{'descr': '<f8'",
+            "{'descr' '<f8'}",
+            "{'shape': (1, -2)}",
+            "{'a': 1} x",
+            "{'a': 99999999999999999999999}",
+        ] {
+            let m = msg(parse_npy(&npy(1, bad, &[]), "n.npy"));
+            assert!(m.starts_with("n.npy: malformed header ("), "{bad}: {m}");
+        }
+        let deep = format!("{{'shape': {}1{}}}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(msg(parse_npy(&npy(2, &deep, &[]), "n.npy")).contains("nesting deeper than 8"));
+    }
+
+    #[test]
+    fn read_and_write_matrix_by_extension() {
+        let dir = scratch("by-extension");
+        let m = mat(2, 2, &[1.0, 2.5, -3.0, 4e-7]);
+        let header = vec!["a".to_string(), "b".to_string()];
+        for name in ["m.csv", "m.npy", "M.CSV"] {
+            let path = dir.join(name);
+            write_matrix(&path, &m, &header).unwrap();
+            assert_eq!(read_matrix(&path).unwrap(), m, "{name}");
+        }
+        assert!(fs::read_to_string(dir.join("m.csv")).unwrap().starts_with("a,b\n"));
+        let path = dir.join("m.xyz");
+        let want = format!("{}: unknown extension '.xyz' (expected .csv or .npy)", path.display());
+        assert_eq!(msg(read_matrix(&path)), want);
+        assert_eq!(msg(write_matrix(&path, &m, &[])), want);
+        assert!(msg(read_matrix(&dir.join("noext"))).contains("no file extension"));
+        let missing = dir.join("data.csv");
+        let m = msg(read_matrix(&missing));
+        assert!(m.starts_with(&format!("{}: ", missing.display())) && m.contains("os error"), "{m}");
+        fs::write(&missing, b"1,2\n\xff,3\n").unwrap();
+        assert_eq!(msg(read_matrix(&missing)), format!("{}: not valid UTF-8 text", missing.display()));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn write_atomic_replaces_or_leaves_everything_as_it_was() {
+        let dir = scratch("atomic");
+        let path = dir.join("x.csv");
+        fs::write(&path, "old").unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+
+        let missing = dir.join("out").join("x.csv");
+        let m = msg(write_atomic(&missing, b"data"));
+        assert!(m.starts_with(&format!("{}: ", missing.display())) && m.contains("os error"), "{m}");
+        // Renaming over a non-empty directory fails after the temporary file was written.
+        let blocked = dir.join("sub");
+        fs::create_dir(&blocked).unwrap();
+        fs::write(blocked.join("keep"), "kept").unwrap();
+        assert!(msg(write_atomic(&blocked, b"data")).starts_with(&blocked.display().to_string()));
+        assert_eq!(fs::read_to_string(blocked.join("keep")).unwrap(), "kept");
+
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["sub", "x.csv"], "temporary files left behind");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,93 @@
+//! Data: the toy sets flow papers use, CSV/NPY files, and the standardizing scaler.
+pub mod io;
+pub mod rng;
+pub mod scaler;
+pub mod toy;
+
+pub use rng::Rng;
+pub use scaler::Scaler;
+pub use toy::ToySet;
+
+use crate::error::{Error, Result};
+
+/// A row-major `rows × cols` table of `f64` (one sample per row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    /// Number of rows (samples).
+    pub rows: usize,
+    /// Number of columns (dimensions).
+    pub cols: usize,
+    /// `rows * cols` values, row after row.
+    pub data: Vec<f64>,
+}
+
+impl Matrix {
+    /// A matrix from row-major values; errors when `data.len() != rows * cols`.
+    pub fn new(rows: usize, cols: usize, data: Vec<f64>) -> Result<Self> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(Error::Data(format!(
+                "a {rows} × {cols} matrix needs {} values, found {}",
+                rows.saturating_mul(cols),
+                data.len()
+            )));
+        }
+        Ok(Matrix { rows, cols, data })
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f64] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// The matrix as a `[rows, cols]` tensor of `kind` on `device`.
+pub fn to_tensor(m: &Matrix, kind: tch::Kind, device: tch::Device) -> Result<tch::Tensor> {
+    let t = tch::Tensor::from_slice(&m.data).f_view([m.rows as i64, m.cols as i64])?;
+    Ok(t.f_to_kind(kind)?.f_to_device(device)?)
+}
+
+/// A `[n, d]` tensor (any float dtype, any device) as a matrix.
+pub fn from_tensor(t: &tch::Tensor) -> Result<Matrix> {
+    let size = t.size();
+    if size.len() != 2 {
+        return Err(Error::Shape { what: "tensor".into(), expected: "[n, d]".into(), found: size });
+    }
+    let flat = t.f_to_device(tch::Device::Cpu)?.f_to_kind(tch::Kind::Double)?.f_contiguous()?.f_view([-1])?;
+    let data = Vec::<f64>::try_from(&flat)?;
+    Matrix::new(size[0] as usize, size[1] as usize, data)
+}
+
+/// What `--data` names: a built-in toy set or a file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSpec {
+    /// A generated set.
+    Toy(ToySet),
+    /// A .csv or .npy file.
+    File(std::path::PathBuf),
+}
+
+impl DataSpec {
+    /// A toy set's name, or a path ending in `.csv` / `.npy`.
+    pub fn parse(s: &str) -> Result<DataSpec> {
+        if let Some(set) = ToySet::from_name(s) {
+            return Ok(DataSpec::Toy(set));
+        }
+        let path = std::path::PathBuf::from(s);
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("csv") | Some("npy") => Ok(DataSpec::File(path)),
+            Some(ext) => Err(Error::Data(format!("{s}: unknown extension '.{ext}' (expected .csv or .npy)"))),
+            None => Err(Error::Data(format!(
+                "unknown data set '{s}' (expected one of {} or a .csv / .npy file)",
+                ToySet::all().iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// A short name for messages and titles.
+    pub fn name(&self) -> String {
+        match self {
+            DataSpec::Toy(t) => t.name().to_string(),
+            DataSpec::File(p) => p.display().to_string(),
+        }
+    }
+}

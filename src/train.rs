@@ -1,0 +1,445 @@
+//! Training: the notebook's recipe (Adam, ExponentialLR stepped every iteration, loss
+//! `−mean(log p(x))`), seeded batches, validation, checkpoints and resuming.
+use crate::checkpoint::{Checkpoint, OptimizerState};
+use crate::data::{self, Matrix, Rng, Scaler, ToySet};
+use crate::error::{Error, Result};
+use crate::flow::Flow;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Hyper-parameters of a training run. `Default` is the notebook's recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Optimizer steps in total (a resumed run continues up to this step).
+    pub steps: usize,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Adam's initial learning rate.
+    pub lr: f64,
+    /// ExponentialLR decay per step: `lr_t = lr · γ^t`.
+    pub gamma: f64,
+    /// Seed for the initial weights and every batch.
+    pub seed: u64,
+    /// Clip the gradients' global L2 norm to this value.
+    pub clip_grad: Option<f64>,
+    /// Validate (and checkpoint) every this many steps, and at the last step.
+    pub val_every: usize,
+    /// Validation points drawn for a generated data set.
+    pub val_size: usize,
+    /// Fraction of a file's rows held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            batch_size: 512,
+            lr: 1e-3,
+            gamma: 0.999,
+            seed: 0,
+            clip_grad: None,
+            val_every: 100,
+            val_size: 20_000,
+            val_fraction: 0.1,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value is usable.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidConfig(m.to_string()));
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(&format!("learning rate {} must be positive", self.lr));
+        }
+        if !(self.gamma.is_finite() && self.gamma > 0.0 && self.gamma <= 1.0) {
+            return bad(&format!("gamma {} must be in (0, 1]", self.gamma));
+        }
+        if self.clip_grad.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return bad("gradient clipping needs a positive norm");
+        }
+        if self.val_every == 0 || self.val_size == 0 {
+            return bad("validation interval and size must be at least 1");
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            return bad(&format!("validation fraction {} must be in (0, 1)", self.val_fraction));
+        }
+        Ok(())
+    }
+}
+
+/// Mixes a seed with a counter (SplitMix64's finaliser), so each step has its own stream.
+fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Where batches come from.
+#[derive(Debug, Clone)]
+pub enum TrainData {
+    /// A generated set: a fresh batch every step, each standardized on itself (as the notebook).
+    Toy {
+        /// The set.
+        set: ToySet,
+        /// Its noise parameter.
+        noise: f64,
+    },
+    /// A fixed table, already standardized: epochs of shuffled batches.
+    Table {
+        /// Training rows.
+        train: Matrix,
+        /// Held-out rows.
+        val: Matrix,
+    },
+}
+
+impl TrainData {
+    /// Splits a data file's rows into training and validation (seeded shuffle), fits the scaler on
+    /// the training rows and standardizes both.
+    pub fn from_table(m: &Matrix, val_fraction: f64, seed: u64) -> Result<(TrainData, Scaler)> {
+        let n_val = ((m.rows as f64) * val_fraction).round().max(1.0) as usize;
+        if m.rows < n_val + 2 {
+            return Err(Error::Data(format!("{} rows are too few to train and validate on", m.rows)));
+        }
+        let perm = Rng::new(mix(seed, u64::MAX - 1)).permutation(m.rows);
+        let pick = |idx: &[usize]| {
+            let data = idx.iter().flat_map(|&i| m.row(i).iter().copied()).collect();
+            Matrix::new(idx.len(), m.cols, data)
+        };
+        let (val_idx, train_idx) = perm.split_at(n_val);
+        let (train, val) = (pick(train_idx)?, pick(val_idx)?);
+        let scaler = Scaler::fit(&train)?;
+        Ok((TrainData::Table { train: scaler.transform(&train)?, val: scaler.transform(&val)? }, scaler))
+    }
+
+    /// Dimension of the data.
+    pub fn dim(&self) -> usize {
+        match self {
+            TrainData::Toy { .. } => 2,
+            TrainData::Table { train, .. } => train.cols,
+        }
+    }
+
+    /// The batch for `step` (0-based): a function of the seed and the step alone.
+    fn batch(
+        &self,
+        step: usize,
+        cfg: &TrainConfig,
+        epoch_perm: &mut Option<(usize, Vec<usize>)>,
+    ) -> Result<Matrix> {
+        match self {
+            TrainData::Toy { set, noise } => {
+                let mut rng = Rng::new(mix(cfg.seed, step as u64));
+                data::scaler::standardize(&set.sample(cfg.batch_size, *noise, &mut rng))
+            }
+            TrainData::Table { train, .. } => {
+                let per_epoch = train.rows.div_ceil(cfg.batch_size);
+                let (epoch, j) = (step / per_epoch, step % per_epoch);
+                if epoch_perm.as_ref().map(|(e, _)| *e) != Some(epoch) {
+                    let perm = Rng::new(mix(cfg.seed, epoch as u64)).permutation(train.rows);
+                    *epoch_perm = Some((epoch, perm));
+                }
+                let perm = &epoch_perm.as_ref().expect("invariant: set above").1;
+                let rows = &perm[j * cfg.batch_size..((j + 1) * cfg.batch_size).min(train.rows)];
+                let data = rows.iter().flat_map(|&i| train.row(i).iter().copied()).collect();
+                Matrix::new(rows.len(), train.cols, data)
+            }
+        }
+    }
+
+    /// The validation set (standardized).
+    pub fn validation(&self, cfg: &TrainConfig) -> Result<Matrix> {
+        match self {
+            TrainData::Toy { set, noise } => {
+                let mut rng = Rng::new(mix(cfg.seed, u64::MAX));
+                data::scaler::standardize(&set.sample(cfg.val_size, *noise, &mut rng))
+            }
+            TrainData::Table { val, .. } => Ok(val.clone()),
+        }
+    }
+}
+
+/// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8) and an ExponentialLR schedule.
+#[derive(Debug)]
+pub struct Adam {
+    vars: Vec<(String, Tensor)>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    step: i64,
+    lr0: f64,
+    gamma: f64,
+}
+
+impl Adam {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    /// An optimizer over every trainable variable of the flow (state from `resume` if given).
+    pub fn new(flow: &Flow, lr0: f64, gamma: f64, resume: Option<&OptimizerState>) -> Result<Self> {
+        let mut vars: Vec<(String, Tensor)> = flow.var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let (mut exp_avg, mut exp_avg_sq) = (vec![], vec![]);
+        for (name, v) in &vars {
+            let state = |m: Option<&BTreeMap<String, Tensor>>| -> Result<Tensor> {
+                match m.and_then(|m| m.get(name)) {
+                    Some(t) if t.size() == v.size() => Ok(t.f_to_kind(v.kind())?.f_to_device(v.device())?),
+                    Some(t) => Err(Error::Shape {
+                        what: format!("optimizer state of '{name}'"),
+                        expected: format!("{:?}", v.size()),
+                        found: t.size(),
+                    }),
+                    None if resume.is_some() => {
+                        Err(Error::Data(format!("the checkpoint has no optimizer state for '{name}'")))
+                    }
+                    None => Ok(v.zeros_like()),
+                }
+            };
+            exp_avg.push(state(resume.map(|r| &r.exp_avg))?);
+            exp_avg_sq.push(state(resume.map(|r| &r.exp_avg_sq))?);
+        }
+        Ok(Adam { vars, exp_avg, exp_avg_sq, step: resume.map_or(0, |r| r.step), lr0, gamma })
+    }
+
+    /// The learning rate of the next step, `lr₀ · γ^step`.
+    pub fn lr(&self) -> f64 {
+        self.lr0 * self.gamma.powi(self.step as i32)
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> i64 {
+        self.step
+    }
+
+    /// Clears the gradients.
+    pub fn zero_grad(&mut self) {
+        for (_, v) in &mut self.vars {
+            v.zero_grad();
+        }
+    }
+
+    /// Scales the gradients so that their global L2 norm is at most `max`; returns the norm.
+    pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> =
+                self.vars.iter().map(|(_, v)| v.grad()).filter(|g| g.defined()).collect();
+            let total: f64 =
+                grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+            let coef = max / (total + 1e-6);
+            if coef < 1.0 {
+                for mut g in grads {
+                    let _ = g.f_mul_scalar_(coef);
+                }
+            }
+            total
+        })
+    }
+
+    /// One Adam update (as `torch.optim.Adam`), then one scheduler step.
+    pub fn step(&mut self) {
+        self.step += 1;
+        let lr = self.lr0 * self.gamma.powi(self.step as i32 - 1);
+        let bc1 = 1.0 - Self::BETA1.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - Self::BETA2.powi(self.step as i32)).sqrt();
+        tch::no_grad(|| {
+            for (((_, v), m), s) in self.vars.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+                let g = v.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let _ = m.lerp_(&g, 1.0 - Self::BETA1);
+                let _ = s.f_mul_scalar_(Self::BETA2);
+                let _ = s.addcmul_(&g, &(&g * (1.0 - Self::BETA2)));
+                let denom = s.sqrt() / bc2_sqrt + Self::EPS;
+                let _ = v.addcdiv_(&(&*m * (-lr / bc1)), &denom);
+            }
+        });
+    }
+
+    /// The state, for a checkpoint (copied to the CPU).
+    pub fn state(&self) -> OptimizerState {
+        let copy = |ts: &[Tensor]| -> BTreeMap<String, Tensor> {
+            self.vars
+                .iter()
+                .zip(ts)
+                .map(|((n, _), t)| (n.clone(), t.to_device(tch::Device::Cpu).copy()))
+                .collect()
+        };
+        OptimizerState { step: self.step, exp_avg: copy(&self.exp_avg), exp_avg_sq: copy(&self.exp_avg_sq) }
+    }
+}
+
+/// What the trainer reports while it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    /// An optimizer step finished.
+    Step {
+        /// The step number (1-based).
+        step: usize,
+        /// The batch's loss (mean negative log-likelihood, nats).
+        loss: f64,
+        /// The learning rate used.
+        lr: f64,
+    },
+    /// A validation finished.
+    Validation {
+        /// The step number.
+        step: usize,
+        /// Mean negative log-likelihood of the validation set (nats, in the data's units).
+        nll: f64,
+        /// Whether it is the best so far.
+        best: bool,
+    },
+}
+
+/// The outcome of a training run.
+#[derive(Debug, Clone, Default)]
+pub struct TrainReport {
+    /// Step before the first step of this run (non-zero when resumed).
+    pub start_step: usize,
+    /// Training loss of each step of this run (`losses[i]` is step `start_step + i + 1`).
+    pub losses: Vec<f64>,
+    /// `(step, validation NLL)` at each validation.
+    pub val: Vec<(usize, f64)>,
+    /// The best validation `(step, NLL)`.
+    pub best: Option<(usize, f64)>,
+    /// `(step, loss)` where the loss stopped being finite; training stopped there.
+    pub diverged: Option<(usize, f64)>,
+    /// Seconds spent in the training loop.
+    pub seconds: f64,
+}
+
+impl TrainReport {
+    /// The loss curve as CSV: `step,loss,val_nll` (val_nll empty where no validation ran).
+    pub fn csv(&self) -> String {
+        let val: BTreeMap<usize, f64> = self.val.iter().copied().collect();
+        let mut s = String::from("step,loss,val_nll\n");
+        for (i, loss) in self.losses.iter().enumerate() {
+            let step = self.start_step + i + 1;
+            let v = val.get(&step).map(|v| v.to_string()).unwrap_or_default();
+            s.push_str(&format!("{step},{loss},{v}\n"));
+        }
+        s
+    }
+
+    /// Training steps per second.
+    pub fn steps_per_second(&self) -> f64 {
+        self.losses.len() as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Mean negative log-likelihood of `xs` (standardized rows) under the flow, in the data's units:
+/// `−mean(log p_model(xs)) − scaler.log_det()`.
+pub fn mean_nll(flow: &Flow, xs: &Matrix, scaler: Option<&Scaler>) -> Result<f64> {
+    let t = data::to_tensor(xs, flow.kind(), flow.device())?;
+    let lp = flow.log_prob(&t)?;
+    let nll = -lp.f_mean(Kind::Double)?.double_value(&[]);
+    Ok(nll - scaler.map_or(0.0, Scaler::log_det))
+}
+
+/// A training run: the flow, the data, the recipe, and where checkpoints go.
+pub struct Trainer<'a> {
+    /// The flow being trained.
+    pub flow: &'a Flow,
+    /// The batches.
+    pub data: &'a TrainData,
+    /// The recipe.
+    pub cfg: &'a TrainConfig,
+    /// The scaler stored with checkpoints (file data).
+    pub scaler: Option<Scaler>,
+    /// Write the latest state here (at every validation and at the end) and the best validation
+    /// model beside it as `<stem>.best.safetensors`.
+    pub out: Option<PathBuf>,
+    /// Extra information stored in checkpoints.
+    pub info: Map<String, Value>,
+}
+
+/// `model.safetensors` → `model.best.safetensors`.
+pub fn best_path(out: &Path) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext =
+        out.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "safetensors".into());
+    out.with_file_name(format!("{stem}.best.{ext}"))
+}
+
+impl Trainer<'_> {
+    fn save(&self, path: &Path, adam: Option<&Adam>, step: usize, val: Option<f64>) -> Result<()> {
+        let mut ck = Checkpoint::from_flow(self.flow, self.scaler.clone());
+        ck.optimizer = adam.map(Adam::state);
+        ck.info = self.info.clone();
+        ck.info.insert("step".into(), json!(step));
+        if let Some(v) = val {
+            ck.info.insert("val_nll".into(), json!(v));
+        }
+        ck.info.insert("lr".into(), json!(self.cfg.lr));
+        ck.info.insert("gamma".into(), json!(self.cfg.gamma));
+        ck.info.insert("seed".into(), json!(self.cfg.seed));
+        ck.info.insert("batch_size".into(), json!(self.cfg.batch_size));
+        ck.save(path)
+    }
+
+    /// Trains from the optimizer state in `resume` (or from scratch) up to `cfg.steps`, calling
+    /// `on_event` after every step and validation. A non-finite loss stops the run (reported in
+    /// `diverged`); the checkpoint on disk then stays the last good one.
+    pub fn run(
+        &self,
+        resume: Option<&OptimizerState>,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<TrainReport> {
+        self.cfg.validate()?;
+        let mut adam = Adam::new(self.flow, self.cfg.lr, self.cfg.gamma, resume)?;
+        let start = adam.steps() as usize;
+        let val_set = self.data.validation(self.cfg)?;
+        let mut report = TrainReport { start_step: start, ..Default::default() };
+        let mut best = f64::INFINITY;
+        let mut perm = None;
+        let t0 = Instant::now();
+        for step in start + 1..=self.cfg.steps {
+            let batch = self.data.batch(step - 1, self.cfg, &mut perm)?;
+            let xs = data::to_tensor(&batch, self.flow.kind(), self.flow.device())?;
+            let (_, log_pz, log_jacob) = self.flow.forward(&xs)?;
+            let loss = -(log_pz + log_jacob).f_mean(self.flow.kind())?;
+            let loss_value = loss.double_value(&[]);
+            if !loss_value.is_finite() {
+                report.diverged = Some((step, loss_value));
+                break;
+            }
+            let lr = adam.lr();
+            adam.zero_grad();
+            loss.backward();
+            if let Some(c) = self.cfg.clip_grad {
+                adam.clip_grad_norm(c);
+            }
+            adam.step();
+            report.losses.push(loss_value);
+            on_event(Event::Step { step, loss: loss_value, lr });
+            if step % self.cfg.val_every == 0 || step == self.cfg.steps {
+                let nll = mean_nll(self.flow, &val_set, self.scaler.as_ref())?;
+                let is_best = nll < best;
+                report.val.push((step, nll));
+                if let Some(out) = &self.out {
+                    self.save(out, Some(&adam), step, Some(nll))?;
+                    if is_best {
+                        self.save(&best_path(out), None, step, Some(nll))?;
+                    }
+                }
+                if is_best {
+                    best = nll;
+                    report.best = Some((step, nll));
+                }
+                on_event(Event::Validation { step, nll, best: is_best });
+            }
+        }
+        report.seconds = t0.elapsed().as_secs_f64();
+        Ok(report)
+    }
+}
