@@ -35,8 +35,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's message on one line: drop the usage and "--help" hints, join the rest
             let text = e.render().to_string();
-            eprintln!("{}", rnvp::error::first_line(&text));
+            let keep: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+                })
+                .collect();
+            eprintln!("{}", keep.join(" "));
             return ExitCode::from(2);
         }
     };
@@ -231,19 +239,21 @@ fn train(a: cli::TrainArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let quiet = a.quiet;
-    eprintln!(
-        "training {} on {} ({} layers, hidden {}, d = {d}, k = {}) for {} steps on {device:?}",
-        if flow_cfg.layers == 1 {
-            "1 coupling layer".to_string()
-        } else {
-            format!("{} coupling layers", flow_cfg.layers)
-        },
-        spec.name(),
-        flow_cfg.layers,
-        flow_cfg.hidden,
-        flow_cfg.k,
-        cfg.steps - start
-    );
+    if !quiet {
+        eprintln!(
+            "training {} on {} ({} layers, hidden {}, d = {d}, k = {}) for {} steps on {device:?}",
+            if flow_cfg.layers == 1 {
+                "1 coupling layer".to_string()
+            } else {
+                format!("{} coupling layers", flow_cfg.layers)
+            },
+            spec.name(),
+            flow_cfg.layers,
+            flow_cfg.hidden,
+            flow_cfg.k,
+            cfg.steps - start
+        );
+    }
     let report = trainer.run(optimizer, |ev| match ev {
         Event::Step { loss, .. } => {
             pb.inc(1);

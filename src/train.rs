@@ -402,6 +402,10 @@ impl Trainer<'_> {
         let mut report = TrainReport { start_step: start, ..Default::default() };
         let mut best = f64::INFINITY;
         let mut perm = None;
+        if let Some(out) = &self.out {
+            // fails early on an unwritable path, and is the last good state until the first validation
+            self.save(out, Some(&adam), start, None)?;
+        }
         let t0 = Instant::now();
         for step in start + 1..=self.cfg.steps {
             let batch = self.data.batch(step - 1, self.cfg, &mut perm)?;

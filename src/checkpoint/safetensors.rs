@@ -60,7 +60,7 @@ pub fn encode(ck: &Checkpoint) -> Result<Vec<u8>> {
         ck.metadata().into_iter().map(|(k, v)| (k, Value::String(v.to_string()))).collect();
     header.insert("__metadata__".into(), Value::Object(meta));
     let mut text = Value::Object(header).to_string().into_bytes();
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + data.len());
@@ -115,10 +115,11 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Checkpoint> {
         Some(s) => Some(scaler_from_json(s, config.d).map_err(|m| bad(format!("scaler: {m}")))?),
         None => None,
     };
-    let optimizer = match meta.get("optimizer_step").and_then(Value::as_i64) {
-        Some(step) => Some(OptimizerState { step, exp_avg, exp_avg_sq }),
-        None => None,
-    };
+    let optimizer = meta.get("optimizer_step").and_then(Value::as_i64).map(|step| OptimizerState {
+        step,
+        exp_avg,
+        exp_avg_sq,
+    });
     let info = match meta.get("info") {
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),

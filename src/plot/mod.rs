@@ -12,7 +12,8 @@
 //! ```no_run
 //! use rnvp::plot;
 //! let train = vec![3.0, 2.0, 1.5, 1.4];
-//! plot::loss_curve("loss.png".as_ref(), "Model Loss vs Epoch", &train, &[(4, 1.45)], None)?;
+//! let path = std::path::Path::new("loss.png");
+//! plot::loss_curve(path, "Model Loss vs Epoch", &train, &[(4, 1.45)], Some((1.131, "entropy 1.131")))?;
 //! # Ok::<(), rnvp::Error>(())
 //! ```
 use std::path::{Path, PathBuf};
@@ -92,15 +93,17 @@ impl Grid {
 /// Draws a training loss curve to the PNG file `path` (1000×700 px).
 ///
 /// `train[i]` is the training loss at step `i + 1`; it is drawn as a thin line with a bolder
-/// trailing moving average (of up to 50 steps) on top. `val` holds `(step, validation loss)`
-/// pairs, drawn as markers joined by a line. `floor` is an optional dashed horizontal reference
-/// line with its legend label (e.g. the data's entropy). The x axis is "step", the y axis
+/// trailing moving average on top (over up to 50 steps, of the values clipped to the plotted
+/// range, so one huge spike does not dominate it). `val` holds `(step, validation loss)` pairs,
+/// drawn as markers joined by a line. `floor` is an optional dashed horizontal reference line
+/// with its legend label (e.g. the data's entropy). The x axis is "step", the y axis
 /// "loss (nats)".
 ///
-/// Non-finite values are skipped. The y range covers the later 90 % of the steps (up to their
-/// 99th percentile), the validation losses of that part and the floor, so a huge initial loss does
-/// not flatten the converged part; values outside it are drawn at the edge, and the legend says
-/// how many were clipped.
+/// Non-finite values are skipped. The y range is robust: it covers the later 90 % of the steps
+/// (minimum to 99th percentile), their validation losses and the floor, extended towards the
+/// early (spike-filtered) losses by at most 1.5 times that span, so a huge initial loss does not
+/// flatten the converged part. Values beyond the range are drawn at its edge, and the legend
+/// says how many there are.
 pub fn loss_curve(
     path: &Path,
     title: &str,
@@ -191,7 +194,7 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let name = path
         .file_name()
-        .ok_or_else(|| Error::Plot(format!("{}: not a file name", path.display())))?
+        .ok_or_else(|| Error::Plot(format!("{:?} is not a file path", path.display().to_string())))?
         .to_string_lossy();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = format!(".{name}.tmp-{}-{n}.png", std::process::id());
@@ -270,37 +273,62 @@ fn draw_note<DB: DrawingBackend>(
 // Loss curve
 
 /// The robust y range of a loss curve (before padding), `None` when there is no finite value.
+///
+/// The core is the later 90 % of the training steps (minimum to 99th percentile), their
+/// validation losses and the floor. It is extended towards the early part of the run (spikes
+/// removed by a 5-step running median, plus all validation losses) by at most 1.5 times its own
+/// span on either side, so a high start stays visible unless it would squash the rest.
 fn loss_y_range(train: &[f64], val: &[(usize, f64)], floor: Option<f64>) -> Option<(f64, f64)> {
     let skip = train.len() / 10;
+    let finite_val = || val.iter().map(|v| v.1).filter(|v| v.is_finite());
     let mut later: Vec<f64> = train[skip..].iter().copied().filter(|v| v.is_finite()).collect();
     if later.is_empty() {
         later = train.iter().copied().filter(|v| v.is_finite()).collect();
     }
     later.sort_by(f64::total_cmp);
-    let mut lo = f64::INFINITY;
-    let mut hi = f64::NEG_INFINITY;
-    if let (Some(&first), Some(_)) = (later.first(), later.last()) {
-        lo = first;
-        hi = quantile(&later, 0.99);
-    }
-    // Validation losses of the later part count fully (all of them when there is no training loss).
-    let later_val = val.iter().filter(|(s, v)| v.is_finite() && (*s > skip || train.is_empty()));
-    for &(_, v) in later_val {
+    let (mut lo, mut hi) = match later.first() {
+        Some(&first) => (first, quantile(&later, 0.99)),
+        None => (f64::INFINITY, f64::NEG_INFINITY),
+    };
+    // Validation losses of the later part (all of them when there is no training loss).
+    for &(_, v) in val.iter().filter(|(s, v)| v.is_finite() && (*s > skip || later.is_empty())) {
         lo = lo.min(v);
         hi = hi.max(v);
-    }
-    if lo > hi {
-        // Only early validation losses are finite.
-        for &(_, v) in val.iter().filter(|(_, v)| v.is_finite()) {
-            lo = lo.min(v);
-            hi = hi.max(v);
-        }
     }
     if let Some(f) = floor.filter(|f| f.is_finite()) {
         lo = lo.min(f);
         hi = hi.max(f);
     }
-    (lo <= hi).then_some((lo, hi))
+    if lo > hi {
+        // Only early validation losses are finite.
+        lo = finite_val().fold(f64::INFINITY, f64::min);
+        hi = finite_val().fold(f64::NEG_INFINITY, f64::max);
+        return (lo <= hi).then_some((lo, hi));
+    }
+    let smooth = running_median(train, 2);
+    let finite_all = || smooth.iter().copied().filter(|v| v.is_finite()).chain(finite_val());
+    let all_hi = finite_all().fold(f64::NEG_INFINITY, f64::max);
+    let all_lo = finite_all().fold(f64::INFINITY, f64::min);
+    let reach = 1.5 * (hi - lo);
+    Some((lo.min(all_lo.max(lo - reach)), hi.max(all_hi.min(hi + reach))))
+}
+
+/// The median of the finite values within `half` steps of each step (NaN where there are none).
+fn running_median(values: &[f64], half: usize) -> Vec<f64> {
+    let mut window = Vec::with_capacity(2 * half + 1);
+    (0..values.len())
+        .map(|i| {
+            window.clear();
+            let end = (i + half + 1).min(values.len());
+            window.extend(values[i.saturating_sub(half)..end].iter().copied().filter(|v| v.is_finite()));
+            window.sort_by(f64::total_cmp);
+            match window.len() {
+                0 => f64::NAN,
+                n if n % 2 == 1 => window[n / 2],
+                n => (window[n / 2 - 1] + window[n / 2]) / 2.0,
+            }
+        })
+        .collect()
 }
 
 /// Trailing moving average over `w` steps of the finite values (NaN where fewer than half are).
@@ -325,21 +353,9 @@ fn moving_average(values: &[f64], w: usize) -> Vec<f64> {
     out
 }
 
-/// The runs of consecutive finite `(x, y)` points, with `y` clamped into `[lo, hi]`.
-fn finite_runs(points: impl Iterator<Item = (f64, f64)>, lo: f64, hi: f64) -> Vec<Vec<(f64, f64)>> {
-    let mut runs = vec![];
-    let mut run = vec![];
-    for (x, y) in points {
-        if x.is_finite() && y.is_finite() {
-            run.push((x, y.clamp(lo, hi)));
-        } else if !run.is_empty() {
-            runs.push(std::mem::take(&mut run));
-        }
-    }
-    if !run.is_empty() {
-        runs.push(run);
-    }
-    runs
+/// The finite `(x, y)` points (non-finite ones skipped), with `y` clamped into `[lo, hi]`.
+fn finite_clamped(points: impl Iterator<Item = (f64, f64)>, lo: f64, hi: f64) -> Vec<(f64, f64)> {
+    points.filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| (x, y.clamp(lo, hi))).collect()
 }
 
 fn draw_loss<DB: DrawingBackend>(
@@ -354,6 +370,7 @@ fn draw_loss<DB: DrawingBackend>(
     let max_step = val.iter().map(|v| v.0).max().unwrap_or(0).max(train.len());
     let x_hi = if max_step >= 10 { max_step as f64 } else { max_step as f64 + 1.0 };
     let (y_lo, y_hi) = y_range.unwrap_or((0.0, 1.0));
+    let y_decimals = decimals(y_hi - y_lo, 10);
     let mut chart = ChartBuilder::on(&area)
         .margin_left(10)
         .margin_right(30)
@@ -370,7 +387,7 @@ fn draw_loss<DB: DrawingBackend>(
         .x_labels(10)
         .y_labels(10)
         .x_label_formatter(&|v| tick_label(*v))
-        .y_label_formatter(&|v| tick_label(*v))
+        .y_label_formatter(&|v| fixed_label(*v, y_decimals))
         .bold_line_style(BLACK.mix(0.12))
         .light_line_style(BLACK.mix(0.04))
         .draw()?;
@@ -380,26 +397,33 @@ fn draw_loss<DB: DrawingBackend>(
     }
 
     let train_colour = PALETTE[0];
-    let thin = train_colour.mix(0.35).stroke_width(1);
+    // A moving average (drawn bold) once there are enough steps; the raw loss is then drawn thin.
+    let w = (train.len() / 10).min(50);
+    let thin = if w >= 3 { train_colour.mix(0.35).stroke_width(1) } else { train_colour.stroke_width(2) };
     let steps = || (1..).map(|s| s as f64);
-    for (i, run) in finite_runs(steps().zip(train.iter().copied()), y_lo, y_hi).into_iter().enumerate() {
-        let series = chart.draw_series(LineSeries::new(run, thin))?;
-        if i == 0 {
-            series.label("training loss").legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], thin));
-        }
+    let line = finite_clamped(steps().zip(train.iter().copied()), y_lo, y_hi);
+    if train.len() <= 50 {
+        chart.draw_series(line.iter().map(|&p| Circle::new(p, 3, train_colour.filled())))?;
+    }
+    if !line.is_empty() {
+        chart
+            .draw_series(LineSeries::new(line, thin))?
+            .label("training loss")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], thin));
     }
 
-    let w = (train.len() / 10).min(50);
     if w >= 3 {
         let bold = train_colour.stroke_width(3);
-        let ma = moving_average(train, w);
-        for (i, run) in finite_runs(steps().zip(ma), y_lo, y_hi).into_iter().enumerate() {
-            let series = chart.draw_series(LineSeries::new(run, bold))?;
-            if i == 0 {
-                series
-                    .label(format!("training loss, {w}-step average"))
-                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], bold));
-            }
+        // Averaged after clipping to the plotted range, so that one huge spike does not dominate it.
+        let clipped: Vec<f64> =
+            train.iter().map(|v| if v.is_finite() { v.clamp(y_lo, y_hi) } else { f64::NAN }).collect();
+        let ma = moving_average(&clipped, w);
+        let ma = finite_clamped(steps().zip(ma), y_lo, y_hi);
+        if !ma.is_empty() {
+            chart
+                .draw_series(LineSeries::new(ma, bold))?
+                .label(format!("training loss, {w}-step average"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], bold));
         }
     }
 
@@ -435,17 +459,16 @@ fn draw_loss<DB: DrawingBackend>(
     let n_clipped =
         train.iter().filter(|v| clipped(v)).count() + val.iter().filter(|v| clipped(&v.1)).count();
     if n_clipped > 0 {
-        let max = train
-            .iter()
-            .chain(val.iter().map(|v| &v.1))
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(f64::MIN, f64::max);
-        let text = if max > y_hi {
-            format!("{n_clipped} values outside the y range drawn at its edge (max {})", tick_label(max))
-        } else {
-            format!("{n_clipped} values outside the y range drawn at its edge")
+        let finite = || train.iter().chain(val.iter().map(|v| &v.1)).copied().filter(|v| v.is_finite());
+        let max = finite().fold(f64::NEG_INFINITY, f64::max);
+        let min = finite().fold(f64::INFINITY, f64::min);
+        let what = if n_clipped == 1 { "1 value".to_string() } else { format!("{n_clipped} values") };
+        let extreme = match (max > y_hi, min < y_lo) {
+            (true, true) => format!(" (min {}, max {})", tick_label(min), tick_label(max)),
+            (true, false) => format!(" (max {})", tick_label(max)),
+            _ => format!(" (min {})", tick_label(min)),
         };
+        let text = format!("{what} beyond the y range, drawn at its edge{extreme}");
         chart
             .draw_series(std::iter::empty::<Circle<(f64, f64), u32>>())?
             .label(text)
@@ -480,9 +503,11 @@ const SIDE: u32 = SQUARE_W - Y_LABELS - LEFT - RIGHT;
 const BOTTOM: u32 = 20;
 const TOP: u32 = SQUARE_H - TITLE_BAND - X_LABELS - BOTTOM - SIDE;
 
+/// An axis range `(from, to)`.
+type Span = (f64, f64);
+
 /// The square view of a scatter plot: `None` when the values are too large to plot.
-#[allow(clippy::type_complexity)]
-fn scatter_range(sets: &[(&str, &[[f64; 2]])]) -> Option<((f64, f64), (f64, f64))> {
+fn scatter_range(sets: &[(&str, &[[f64; 2]])]) -> Option<(Span, Span)> {
     let finite = || sets.iter().flat_map(|s| s.1.iter()).filter(|p| p[0].is_finite() && p[1].is_finite());
     let mut xs: Vec<f64> = finite().map(|p| p[0]).collect();
     let mut ys: Vec<f64> = finite().map(|p| p[1]).collect();
@@ -491,11 +516,24 @@ fn scatter_range(sets: &[(&str, &[[f64; 2]])]) -> Option<((f64, f64), (f64, f64)
     }
     xs.sort_by(f64::total_cmp);
     ys.sort_by(f64::total_cmp);
-    // The bulk (0.5th to 99.5th percentile), extended to the extremes when they are near it.
+    // The bulk: the 0.5th to 99.5th percentile, within 8 interquartile ranges of the median (for
+    // few points), extended to the extremes when they are near it.
     let bulk = |v: &[f64]| {
-        let (lo, hi) = (quantile(v, 0.005), quantile(v, 0.995));
-        let span = hi - lo;
-        (v[0].max(lo - 0.25 * span), v[v.len() - 1].min(hi + 0.25 * span))
+        let (mut lo, mut hi) = (quantile(v, 0.005), quantile(v, 0.995));
+        let (median, iqr) = (quantile(v, 0.5), quantile(v, 0.75) - quantile(v, 0.25));
+        if iqr > 0.0 {
+            lo = lo.max(median - 8.0 * iqr);
+            hi = hi.min(median + 8.0 * iqr);
+        }
+        // The data within those bounds (the median always is) and within half their span of them.
+        let within = |lo: f64, hi: f64| {
+            let first = v.iter().copied().find(|&x| x >= lo).unwrap_or(v[0]);
+            let last = v.iter().rev().copied().find(|&x| x <= hi).unwrap_or(v[v.len() - 1]);
+            (first, last)
+        };
+        let (lo, hi) = within(lo, hi);
+        let reach = 0.5 * (hi - lo);
+        within(lo - reach, hi + reach)
     };
     let (bx, by) = (bulk(&xs), bulk(&ys));
     let span = (bx.1 - bx.0).max(by.1 - by.0) * 1.1;
@@ -525,6 +563,7 @@ fn draw_scatter<DB: DrawingBackend>(
     yr: (f64, f64),
 ) -> std::result::Result<(), DrawErr<DB>> {
     let area = title_band(root, title)?;
+    let (x_decimals, y_decimals) = (decimals(xr.1 - xr.0, 9), decimals(yr.1 - yr.0, 9));
     let mut chart = ChartBuilder::on(&area)
         .margin_top(TOP)
         .margin_bottom(BOTTOM)
@@ -541,8 +580,8 @@ fn draw_scatter<DB: DrawingBackend>(
         .label_style((FONT, TICK_SIZE))
         .x_labels(9)
         .y_labels(9)
-        .x_label_formatter(&|v| tick_label(*v))
-        .y_label_formatter(&|v| tick_label(*v))
+        .x_label_formatter(&|v| fixed_label(*v, x_decimals))
+        .y_label_formatter(&|v| fixed_label(*v, y_decimals))
         .bold_line_style(BLACK.mix(0.12))
         .light_line_style(BLACK.mix(0.04))
         .draw()?;
@@ -560,22 +599,20 @@ fn draw_scatter<DB: DrawingBackend>(
         let shown = points.iter().filter(|p| inside(p));
         let n_shown = shown.clone().count();
         let n_finite = points.iter().filter(|p| p[0].is_finite() && p[1].is_finite()).count();
-        let mut label = format!("{name} ({})", points.len());
-        if points.is_empty() {
-            label = format!("{name} (no points)");
-        } else if n_shown < n_finite {
-            label.push_str(&format!(", {} outside the view", n_finite - n_shown));
+        let mut notes = vec![format!("n = {}", points.len())];
+        if n_shown < n_finite {
+            notes.push(format!("{} outside the view", n_finite - n_shown));
         }
         if n_finite < points.len() {
-            label.push_str(&format!(", {} not finite", points.len() - n_finite));
+            notes.push(format!("{} not finite", points.len() - n_finite));
         }
-        let label = label.trim_start().to_string();
+        let label = format!("{name} ({})", notes.join("; ")).trim_start().to_string();
         chart
             .draw_series(shown.map(|p| Circle::new((p[0], p[1]), radius, style)))?
             .label(label)
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
     }
-    if total == 0 {
+    if !sets.iter().flat_map(|s| s.1.iter()).any(|p| p[0].is_finite() && p[1].is_finite()) {
         draw_note(&chart.plotting_area().strip_coord_spec(), "no points")?;
     }
     if !sets.is_empty() {
@@ -607,6 +644,7 @@ fn draw_density<DB: DrawingBackend>(
     let area = title_band(root, title)?;
     let (main, strip) = area.split_horizontally(area.dim_in_pixel().0 - BAR_STRIP);
     let (x, y) = (grid.x, grid.y);
+    let (x_decimals, y_decimals) = (decimals(x.1 - x.0, 9), decimals(y.1 - y.0, 9));
     let mut chart = ChartBuilder::on(&main)
         .margin_top(TOP)
         .margin_bottom(BOTTOM)
@@ -629,14 +667,14 @@ fn draw_density<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_desc("x₁")
-        .y_desc("x₂")
+        .x_desc("x₀")
+        .y_desc("x₁")
         .axis_desc_style((FONT, DESC_SIZE))
         .label_style((FONT, TICK_SIZE))
         .x_labels(9)
         .y_labels(9)
-        .x_label_formatter(&|v| tick_label(*v))
-        .y_label_formatter(&|v| tick_label(*v))
+        .x_label_formatter(&|v| fixed_label(*v, x_decimals))
+        .y_label_formatter(&|v| fixed_label(*v, y_decimals))
         .draw()?;
 
     let cell_level = |p: &[f64; 2]| {
@@ -673,10 +711,12 @@ fn draw_density<DB: DrawingBackend>(
     let tick_font =
         TextStyle::from((FONT, TICK_SIZE - 2).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
     if p_max.is_finite() && p_max > 0.0 {
-        for t in nice_ticks(0.0, p_max, 6) {
+        let ticks = nice_ticks(0.0, p_max, 6);
+        let d = decimals(ticks.get(1).copied().unwrap_or(p_max), 1);
+        for t in ticks {
             let py = bottom - ((t / p_max) * height).round() as i32;
             strip.draw(&PathElement::new([(bar_x.1, py), (bar_x.1 + 5, py)], BLACK.stroke_width(1)))?;
-            strip.draw_text(&tick_label(t), &tick_font, (bar_x.1 + 8, py))?;
+            strip.draw_text(&fixed_label(t, d), &tick_font, (bar_x.1 + 8, py))?;
         }
     } else {
         strip.draw_text("0", &tick_font, (bar_x.1 + 8, bottom))?;
@@ -742,6 +782,32 @@ fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     (first..=last).map(|k| k as f64 * step).collect()
 }
 
+/// The number of decimals that tells apart ticks about `span / labels` apart (`None`: too many).
+fn decimals(span: f64, labels: usize) -> Option<usize> {
+    let d = (-(span / labels.max(1) as f64).log10()).ceil();
+    if !d.is_finite() || d > 6.0 {
+        None
+    } else {
+        Some(d.max(0.0) as usize)
+    }
+}
+
+/// A tick label with a fixed number of decimals (from [`decimals`]) so that an axis reads evenly.
+fn fixed_label(v: f64, decimals: Option<usize>) -> String {
+    match decimals {
+        Some(d) if v.abs() < 1e6 => {
+            let s = format!("{v:.d$}");
+            // No "-0.0".
+            if s.chars().all(|c| matches!(c, '-' | '0' | '.')) {
+                s.trim_start_matches('-').to_string()
+            } else {
+                s
+            }
+        }
+        _ => tick_label(v),
+    }
+}
+
 /// A short tick label: up to 4 decimals without trailing zeros, scientific for extreme magnitudes.
 fn tick_label(v: f64) -> String {
     if !v.is_finite() {
@@ -763,6 +829,9 @@ fn tick_label(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type LossCase = (Vec<f64>, Vec<(usize, f64)>);
+    type Sets<'a> = Vec<(&'a str, &'a [[f64; 2]])>;
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("rnvp-plot-test-{}-{name}", std::process::id()))
@@ -793,21 +862,25 @@ mod tests {
     #[test]
     fn loss_curve_edge_cases() {
         let path = tmp("loss.png");
-        let cases: Vec<(Vec<f64>, Vec<(usize, f64)>)> = vec![
+        let cases: Vec<LossCase> = vec![
             (vec![], vec![]),
             (vec![1.0], vec![]),
             (vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY], vec![(1, f64::NAN)]),
             (vec![2.0; 500], vec![(100, 2.0), (200, 2.0)]),
             (vec![], vec![(10, 1.0), (20, 0.5)]),
             ((0..300).map(|i| if i % 7 == 0 { f64::NAN } else { 1e6 / (i as f64 + 1.0) }).collect(), vec![]),
-            (vec![1e308, -1e308, 1.0], vec![]),
         ];
-        for (train, val) in &cases {
-            loss_curve(&path, "edge", train, val, Some((f64::NAN, "nan floor"))).unwrap();
-            check_png(&path, (1000, 700));
-            loss_curve(&path, "edge", train, val, Some((1.0, "floor 1.0"))).unwrap();
+        for (i, (train, val)) in cases.iter().enumerate() {
+            let floor = if i % 2 == 0 { Some((f64::NAN, "nan floor")) } else { Some((1.0, "floor 1.0")) };
+            loss_curve(&path, "edge", train, val, floor).unwrap();
             check_png(&path, (1000, 700));
         }
+        loss_curve(&path, "edge", &[f64::NAN; 20], &[], None).unwrap();
+        check_png(&path, (1000, 700));
+        // A range that overflows cannot be drawn: an error, not a panic, and no file.
+        let err = loss_curve(&path, "edge", &[1e308, -1e308, 1.0], &[], None).unwrap_err();
+        assert!(matches!(err, Error::Plot(_)), "{err}");
+        assert!(!path.exists());
     }
 
     #[test]
@@ -818,7 +891,7 @@ mod tests {
         let bad = [[f64::NAN, 1.0], [f64::INFINITY, 0.0], [0.0, f64::NEG_INFINITY]];
         let mixed = [[0.0, 0.0], [1.0, 1.0], [1e12, -1e12], [f64::NAN, 0.0]];
         let huge = [[1e308, 1e308], [-1e308, -1e308]];
-        let cases: Vec<Vec<(&str, &[[f64; 2]])>> = vec![
+        let cases: Vec<Sets> = vec![
             vec![],
             vec![("empty", &[])],
             vec![("one", &one)],
@@ -848,9 +921,9 @@ mod tests {
         ] {
             density(&path, "edge", &grid(values), &overlay).unwrap();
             check_png(&path, (1000, SQUARE_H));
-            density(&path, "edge", &grid(vec![0.0; 6]), &[]).unwrap();
-            check_png(&path, (1000, SQUARE_H));
         }
+        density(&path, "edge", &grid(vec![0.0; 6]), &[]).unwrap();
+        check_png(&path, (1000, SQUARE_H));
         let bad = [
             Grid { x: (0.0, 1.0), y: (0.0, 1.0), nx: 0, ny: 0, values: vec![] },
             Grid { x: (0.0, 1.0), y: (0.0, 1.0), nx: 2, ny: 2, values: vec![0.0; 3] },
@@ -893,6 +966,11 @@ mod tests {
         assert_eq!(tick_label(-0.0), "0");
         assert_eq!(tick_label(200.0), "200");
         assert_eq!(tick_label(1e-5), "1.00e-5");
+        assert_eq!(fixed_label(1.4, decimals(2.2, 10)), "1.4");
+        assert_eq!(fixed_label(2.0, decimals(2.2, 10)), "2.0");
+        assert_eq!(fixed_label(-0.001, decimals(2.2, 10)), "0.0");
+        assert_eq!(fixed_label(500.0, decimals(1000.0, 10)), "500");
+        assert_eq!(fixed_label(0.05, decimals(0.4, 10)), "0.05");
         assert_eq!(nice_ticks(0.0, 1.0, 5), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
         assert_eq!(quantile(&[1.0, 2.0, 3.0], 0.5), 2.0);
         assert_eq!(quantile(&[1.0], 0.99), 1.0);

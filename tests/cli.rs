@@ -1,0 +1,349 @@
+//! The `rnvp` binary as a user runs it: a full train → sample → score → plot → inspect session,
+//! file round trips, and one-line errors with a non-zero exit for every kind of bad input.
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rnvp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rnvp")).args(args).output().expect("cannot run rnvp")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = rnvp(args);
+    assert!(out.status.success(), "rnvp {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail: non-zero exit, no panic, no libtorch backtrace, and exactly one
+/// line on stderr that contains every word of `expect`.
+fn fails(args: &[&str], expect: &[&str]) {
+    let out = rnvp(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rnvp {args:?} should fail; stderr: {err}");
+    assert!(out.status.code().is_some(), "rnvp {args:?} was killed by a signal");
+    assert_eq!(err.trim_end().lines().count(), 1, "rnvp {args:?}: not one line:\n{err}");
+    assert!(!err.contains("panicked") && !err.contains("Exception raised from"), "{err}");
+    for word in expect {
+        assert!(err.contains(word), "rnvp {args:?}: '{word}' not in: {err}");
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A small model trained once and shared by the tests of this file.
+fn trained(dir: &Path) -> PathBuf {
+    let ck = dir.join("m.safetensors");
+    ok(&[
+        "train",
+        "--data",
+        "two-moons",
+        "--out",
+        s(&ck),
+        "--steps",
+        "60",
+        "--hidden",
+        "32",
+        "--layers",
+        "2",
+        "--batch-size",
+        "128",
+        "--val-every",
+        "30",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]);
+    ck
+}
+
+#[test]
+fn a_user_session_trains_samples_scores_plots_and_inspects() {
+    let dir = tmp_dir("cli-session");
+    let log = dir.join("loss.csv");
+    let plots = dir.join("plots");
+    let ck = dir.join("m.safetensors");
+    let out = ok(&[
+        "train",
+        "--data",
+        "two-moons",
+        "--out",
+        s(&ck),
+        "--steps",
+        "60",
+        "--hidden",
+        "32",
+        "--layers",
+        "2",
+        "--batch-size",
+        "128",
+        "--val-every",
+        "30",
+        "--log",
+        s(&log),
+        "--plot-dir",
+        s(&plots),
+        "--quiet",
+    ]);
+    assert!(out.contains("trained 60 steps"), "{out}");
+    assert!(dir.join("m.best.safetensors").exists());
+    let csv = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(csv.lines().count(), 61);
+    assert!(csv.starts_with("step,loss,val_nll\n1,"));
+    for f in ["loss.png", "samples.png", "latent.png", "density.png"] {
+        assert!(std::fs::metadata(plots.join(f)).unwrap().len() > 10_000, "{f}");
+    }
+
+    // resume to 90 steps
+    let out = ok(&[
+        "train",
+        "--data",
+        "two-moons",
+        "--out",
+        s(&ck),
+        "--resume",
+        s(&ck),
+        "--steps",
+        "90",
+        "--val-every",
+        "30",
+        "--batch-size",
+        "128",
+        "--quiet",
+    ]);
+    assert!(out.contains("trained 30 steps"), "{out}");
+
+    let eval = ok(&["eval", "--checkpoint", s(&ck), "--data", "two-moons", "-n", "2000", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    let nll = v["nll"].as_f64().unwrap();
+    assert!(nll > 1.131 && nll < 3.0, "{eval}");
+
+    let samples = dir.join("x.npy");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        s(&ck),
+        "-n",
+        "500",
+        "--out",
+        s(&samples),
+        "--png",
+        s(&dir.join("x.png")),
+    ]);
+    let x = rnvp::data::io::read_matrix(&samples).unwrap();
+    assert_eq!((x.rows, x.cols), (500, 2));
+    let stdout = ok(&["sample", "--checkpoint", s(&ck), "-n", "3", "--seed", "9"]);
+    assert_eq!(stdout.lines().next(), Some("x0,x1"));
+    assert_eq!(stdout.lines().count(), 4);
+
+    // encode → decode gives the points back; log-prob gives one value per row, CSV and .npy alike
+    let z = dir.join("z.csv");
+    ok(&["encode", "--checkpoint", s(&ck), "--input", s(&samples), "--out", s(&z)]);
+    assert!(std::fs::read_to_string(&z).unwrap().starts_with("z0,z1\n"));
+    let back = dir.join("back.npy");
+    ok(&["decode", "--checkpoint", s(&ck), "--input", s(&z), "--out", s(&back)]);
+    let back = rnvp::data::io::read_matrix(&back).unwrap();
+    let err = x.data.iter().zip(&back.data).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(err < 1e-4, "decode(encode(x)) differs by {err}");
+    let lp = ok(&["log-prob", "--checkpoint", s(&ck), "--input", s(&samples)]);
+    assert_eq!(lp.lines().next(), Some("log_prob"));
+    assert_eq!(lp.lines().count(), 501);
+
+    let plot_dir = dir.join("replot");
+    let listed = ok(&["plot", "--checkpoint", s(&ck), "--data", "two-moons", "--out-dir", s(&plot_dir)]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&ck), "--json"])).unwrap();
+    assert_eq!(
+        (info["d"].as_i64(), info["k"].as_i64(), info["hidden"].as_i64(), info["layers"].as_i64()),
+        (Some(2), Some(1), Some(32), Some(2))
+    );
+    assert!(ok(&["inspect", s(&ck)]).contains("bijectors.1.mu_net.2.weight"));
+    assert!(ok(&["datasets"]).contains("pinwheel"));
+    assert!(ok(&["--help"]).contains("Example"));
+    for sub in ["train", "eval", "sample", "log-prob", "encode", "decode", "plot", "inspect"] {
+        assert!(ok(&[sub, "--help"]).contains("Example"), "{sub} --help");
+    }
+}
+
+#[test]
+fn file_data_trains_in_its_own_units() {
+    let dir = tmp_dir("cli-file");
+    // a 3-column CSV with a header, far from standardized
+    let mut rng = rnvp::data::Rng::new(5);
+    let mut csv = String::from("a,b,c\n");
+    for _ in 0..1500 {
+        let (u, v) = (rng.normal(), rng.normal());
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            100.0 + 10.0 * u,
+            -3.0 + 20.0 * v,
+            5.0 + 10.0 * u + 2.0 * rng.normal()
+        ));
+    }
+    let data = dir.join("data.csv");
+    std::fs::write(&data, csv).unwrap();
+    let ck = dir.join("f.safetensors");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&ck),
+        "--steps",
+        "100",
+        "--hidden",
+        "32",
+        "--batch-size",
+        "256",
+        "--quiet",
+    ]);
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&ck), "--json"])).unwrap();
+    assert_eq!(info["d"].as_i64(), Some(3));
+    assert!((info["scaler"]["mean"][0].as_f64().unwrap() - 100.0).abs() < 2.0, "{info}");
+    let samples = dir.join("s.csv");
+    ok(&["sample", "--checkpoint", s(&ck), "-n", "2000", "--out", s(&samples)]);
+    let m = rnvp::data::io::read_matrix(&samples).unwrap();
+    let sc = rnvp::data::Scaler::fit(&m).unwrap();
+    assert!(
+        (sc.mean[0] - 100.0).abs() < 2.0 && (sc.std[1] - 20.0).abs() < 2.0,
+        "samples in data units: {sc:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["eval", "--checkpoint", s(&ck), "--data", s(&data), "--json"])).unwrap();
+    // In the data's units the NLL is near the generating Gaussian's entropy,
+    // ½ ln((2πe)³ det Σ) = 10.25 nats (det Σ = 160000); standardized it would be ≈ 2.6.
+    let nll = v["nll"].as_f64().unwrap();
+    assert!(nll > 10.25 - 0.05 && nll < 10.25 + 0.6, "{v}");
+}
+
+#[test]
+fn bad_input_gives_one_line_errors_and_a_non_zero_exit() {
+    let dir = tmp_dir("cli-bad");
+    let ck = trained(&dir);
+    let ck = s(&ck);
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let malformed = write("bad.csv", "x0,x1\n1,2\n3,abc\n");
+    let ragged = write("ragged.csv", "1,2\n3\n");
+    let wide = write("wide.csv", "1,2,3\n4,5,6\n");
+    let nan = write("nan.csv", "1,2\nnan,3\n");
+    let empty = write("empty.csv", "");
+    let header_only = write("header.csv", "x0,x1\n");
+    let garbage_npy = write("g.npy", "not numpy at all");
+    let not_ck = write("x.safetensors", "garbage garbage garbage");
+    let unknown_ext = write("data.txt", "1,2\n");
+    let points = write("p.csv", "0.1,0.2\n");
+
+    fails(&["log-prob", "--checkpoint", ck, "--input", "/nonexistent/in.csv"], &["/nonexistent/in.csv"]);
+    fails(
+        &["eval", "--checkpoint", "/nonexistent/m.safetensors", "--data", "two-moons"],
+        &["/nonexistent/m.safetensors"],
+    );
+    fails(&["log-prob", "--checkpoint", ck, "--input", s(&dir)], &["cli-bad"]);
+    fails(&["log-prob", "--checkpoint", ck, "--input", &malformed], &["bad.csv:3:2", "abc"]);
+    fails(&["encode", "--checkpoint", ck, "--input", &ragged], &["ragged.csv:2", "columns"]);
+    fails(&["log-prob", "--checkpoint", ck, "--input", &wide], &["3 columns", "expects 2"]);
+    fails(&["decode", "--checkpoint", ck, "--input", &nan], &["nan.csv:2:1", "non-finite"]);
+    fails(&["log-prob", "--checkpoint", ck, "--input", &empty], &["empty.csv", "no data"]);
+    fails(&["log-prob", "--checkpoint", ck, "--input", &header_only], &["header.csv", "no data"]);
+    fails(&["log-prob", "--checkpoint", ck, "--input", &garbage_npy], &["g.npy"]);
+    fails(&["log-prob", "--checkpoint", ck, "--input", &unknown_ext], &["data.txt", "extension"]);
+    fails(&["sample", "--checkpoint", &not_ck, "-n", "3"], &["x.safetensors"]);
+    fails(&["train", "--data", "three-moons", "--out", "x.safetensors"], &["three-moons", "two-moons"]);
+    let out = dir.join("o.safetensors");
+    let out = s(&out);
+    fails(&["train", "--data", "two-moons", "--out", out, "--layers", "0"], &["--layers 0"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--hidden", "0"], &["--hidden 0"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--k", "2"], &["k = 2"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--k", "-1"], &["k = -1"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--lr", "-1"], &["learning rate"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--batch-size", "0"], &["--batch-size 0"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--noise", "-1"], &["--noise"]);
+    fails(
+        &[
+            "train",
+            "--data",
+            "two-moons",
+            "--out",
+            "/nonexistent/dir/m.safetensors",
+            "--steps",
+            "5",
+            "--quiet",
+        ],
+        &["/nonexistent/dir/m.safetensors"],
+    );
+    fails(
+        &[
+            "train",
+            "--data",
+            "two-moons",
+            "--out",
+            &format!("{}/m.pt", dir.display()),
+            "--steps",
+            "5",
+            "--quiet",
+        ],
+        &["not yet supported"],
+    );
+    fails(&["sample", "--checkpoint", ck, "-n", "-5"], &["-n -5"]);
+    fails(
+        &["sample", "--checkpoint", ck, "-n", "5", "--out", "/nonexistent/dir/x.csv"],
+        &["/nonexistent/dir/x.csv"],
+    );
+    fails(
+        &["sample", "--checkpoint", ck, "-n", "5", "--out", &format!("{}/x.json", dir.display())],
+        &["x.json", "extension"],
+    );
+    fails(&["sample", "--checkpoint", ck, "-n", "5", "--device", "cuda:7"], &["cuda:7"]);
+    fails(&["sample", "--checkpoint", ck, "-n", "5", "--device", "tpu"], &["tpu"]);
+    fails(&["sample", "--checkpoint", ck, "-n", "5", "--dtype", "f16"], &["f16"]);
+    fails(&["log-prob", "--checkpoint", ck, "--input", &points, "--threads", "0"], &["--threads"]);
+    fails(&["sample", "--checkpoint", ck], &["-n"]);
+    fails(&["frobnicate"], &["frobnicate"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--steps", "abc"], &["abc"]);
+    // a failed save leaves an existing file untouched
+    std::fs::write(dir.join("keep.csv"), "precious").unwrap();
+    fails(
+        &["log-prob", "--checkpoint", ck, "--input", &wide, "--out", s(&dir.join("keep.csv"))],
+        &["columns"],
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("keep.csv")).unwrap(), "precious");
+}
+
+#[test]
+fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = tmp_dir("cli-diverge");
+    let ck = dir.join("d.safetensors");
+    // a huge learning rate blows the weights up within a few hundred steps
+    let out = rnvp(&[
+        "train",
+        "--data",
+        "two-moons",
+        "--out",
+        s(&ck),
+        "--steps",
+        "3000",
+        "--lr",
+        "5",
+        "--gamma",
+        "1",
+        "--hidden",
+        "64",
+        "--val-every",
+        "2",
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("at step") && err.contains("last good checkpoint"), "{err}");
+    assert_eq!(err.trim_end().lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+    let lp = ok(&["eval", "--checkpoint", s(&ck), "--data", "two-moons", "-n", "100", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&lp).unwrap();
+    assert!(v["nll"].is_number(), "the kept checkpoint is finite: {lp}");
+}
