@@ -110,7 +110,8 @@ pub struct TrainArgs {
     /// Seed of the weights and batches.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Clip the gradients' global norm to this value.
+    /// Clip the gradients' global norm to this value (try 1 when the loss spikes: exp(σ) in the
+    /// coupling layers can blow up on sharp data such as eight-gaussians).
     #[arg(long, allow_negative_numbers = true)]
     pub clip_grad: Option<f64>,
     /// Validate and checkpoint every this many steps.

@@ -47,15 +47,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Torch(e) => Some(e),
-            Error::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// `Display` already includes the underlying libtorch or I/O message, so no `source()` is
+/// reported (error chains would print it twice).
+impl std::error::Error for Error {}
 
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {

@@ -148,6 +148,7 @@ fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: u64) -> Res
 fn train(a: cli::TrainArgs) -> Result<()> {
     let (device, kind) = compute(&a.compute)?;
     let spec = DataSpec::parse(&a.data)?;
+    Checkpoint::check_writable(&a.out)?;
     let cfg = TrainConfig {
         steps: non_negative("--steps", a.steps)?,
         batch_size: positive("--batch-size", a.batch_size)? as usize,

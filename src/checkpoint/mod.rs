@@ -100,20 +100,32 @@ impl Checkpoint {
         }
     }
 
+    /// Checks, before any work, that `path` names a format rnvp writes in an existing directory.
+    pub fn check_writable(path: &Path) -> Result<()> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => {}
+            Some("pt") => return Err(not_yet(path, "PyTorch .pt")),
+            Some("ot") => return Err(not_yet(path, "TorchScript .ot")),
+            _ => {
+                return Err(Error::Data(format!(
+                    "{}: unknown checkpoint extension (expected .safetensors)",
+                    path.display()
+                )))
+            }
+        }
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                Err(Error::Data(format!("{}: directory {} does not exist", path.display(), dir.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the checkpoint atomically, in the format its extension names.
     pub fn save(&self, path: &Path) -> Result<()> {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("safetensors") => {
-                let bytes = safetensors::encode(self)?;
-                crate::data::io::write_atomic(path, &bytes)
-            }
-            Some("pt") => Err(not_yet(path, "PyTorch .pt")),
-            Some("ot") => Err(not_yet(path, "TorchScript .ot")),
-            _ => Err(Error::Data(format!(
-                "{}: unknown checkpoint extension (expected .safetensors)",
-                path.display()
-            ))),
-        }
+        Self::check_writable(path)?;
+        let bytes = safetensors::encode(self)?;
+        crate::data::io::write_atomic(path, &bytes)
     }
 
     /// Builds the flow on `device` in `kind` and copies the weights into it.
