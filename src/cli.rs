@@ -52,6 +52,17 @@ pub enum Command {
         after_help = "Example:\n  rnvp plot --checkpoint moons.safetensors --data two-moons --out-dir out/moons"
     )]
     Plot(PlotArgs),
+    /// Convert a checkpoint between formats (.safetensors, .pt, .ot), chosen by extension.
+    #[command(
+        after_help = "Examples:\n  rnvp convert notebook.pt notebook.safetensors\n  rnvp convert moons.safetensors moons.pt   # for torch.load + load_state_dict"
+    )]
+    Convert(ConvertArgs),
+    /// Export TorchScript functions encode.pt (x → z), log_prob.pt (x → log p(x)) and decode.pt
+    /// (z → x) for torch.jit.load, LibTorch C++ or a serving engine.
+    #[command(
+        after_help = "Example:\n  rnvp export --checkpoint moons.safetensors --out served/\n  python -c \"import torch; f = torch.jit.load('served/log_prob.pt'); print(f(torch.zeros(3, 2)))\""
+    )]
+    Export(ExportArgs),
     /// Show a checkpoint's format, tensors and architecture.
     #[command(after_help = "Example:\n  rnvp inspect moons.safetensors --json")]
     Inspect(InspectArgs),
@@ -218,6 +229,27 @@ pub struct PlotArgs {
     pub seed: u64,
     #[command(flatten)]
     pub compute: Compute,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The checkpoint to read (any supported format).
+    pub input: PathBuf,
+    /// The file to write; its extension picks the format.
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The trained flow.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Directory for encode.pt, log_prob.pt and decode.pt.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Precision of the exported functions: f32 or f64.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 #[derive(Args, Debug)]

@@ -67,6 +67,25 @@ fn run(command: Command) -> Result<()> {
         Command::Decode(a) => map(a, Map::Decode),
         Command::Plot(a) => plot(a),
         Command::Inspect(a) => inspect(a),
+        Command::Convert(a) => {
+            let ck = Checkpoint::load(&a.input)?;
+            if ck.scaler.is_some() && a.output.extension().is_some_and(|e| e != "safetensors") {
+                eprintln!(
+                    "warning: {} holds only the state_dict: the data scaler (mean/std) stays in .safetensors files",
+                    a.output.display()
+                );
+            }
+            ck.save(&a.output)?;
+            println!("{} -> {}", a.input.display(), a.output.display());
+            Ok(())
+        }
+        Command::Export(a) => {
+            let ck = Checkpoint::load(&a.checkpoint)?;
+            for p in rnvp::checkpoint::export::export_torchscript(&ck, &a.out, parse_kind(&a.dtype)?)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         Command::Datasets => {
             for set in data::ToySet::all() {
                 println!("{:<16} {}", set.name(), set.description());

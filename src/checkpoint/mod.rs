@@ -4,6 +4,7 @@
 //! Formats: `.safetensors` is rnvp's native format (architecture and scaler in its metadata).
 //! PyTorch `.pt` and tch/TorchScript `.ot` files are detected from their content and refused with a
 //! "not yet supported" message for now.
+pub mod export;
 pub mod safetensors;
 
 use crate::config::{FlowConfig, Init, Layout};
@@ -103,12 +104,11 @@ impl Checkpoint {
     /// Checks, before any work, that `path` names a format rnvp writes in an existing directory.
     pub fn check_writable(path: &Path) -> Result<()> {
         match path.extension().and_then(|e| e.to_str()) {
-            Some("safetensors") => {}
+            Some("safetensors") | Some("ot") => {}
             Some("pt") => return Err(not_yet(path, "PyTorch .pt")),
-            Some("ot") => return Err(not_yet(path, "TorchScript .ot")),
             _ => {
                 return Err(Error::Data(format!(
-                    "{}: unknown checkpoint extension (expected .safetensors)",
+                    "{}: unknown checkpoint extension (expected .safetensors, .pt or .ot)",
                     path.display()
                 )))
             }
@@ -124,8 +124,10 @@ impl Checkpoint {
     /// Writes the checkpoint atomically, in the format its extension names.
     pub fn save(&self, path: &Path) -> Result<()> {
         Self::check_writable(path)?;
-        let bytes = safetensors::encode(self)?;
-        crate::data::io::write_atomic(path, &bytes)
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("ot") => export::save_ot(self, path),
+            _ => crate::data::io::write_atomic(path, &safetensors::encode(self)?),
+        }
     }
 
     /// Builds the flow on `device` in `kind` and copies the weights into it.
