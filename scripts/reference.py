@@ -13,6 +13,11 @@ Usage:
       writes DIR/losses.npy and DIR/weights/.
   reference.py moons --n N [--noise 0] [--no-shuffle] --out X.npy
       scikit-learn's make_moons.
+  reference.py variants --out DIR [--layers 3 | --single] [--dtype f32|f64] [--half]
+      one seeded model saved every way people save it (state_dict, legacy, checkpoint dict, whole
+      module, TorchScript trace, float16/bfloat16), with PyTorch's log p(x), z and inverse.
+  reference.py load --file F --io DIR      torch.load (or torch.jit.load for .ot) a file rnvp wrote
+  reference.py jit --dir D --io DIR        run rnvp's exported TorchScript functions
 """
 import argparse
 import math
@@ -171,6 +176,76 @@ def cmd_adam(a):
         save(os.path.join(a.out, "weights"), key, t)
 
 
+def outputs(model, x, z_in, single):
+    """log p(x), z and the inverse of z_in, as the notebook computes them."""
+    with torch.no_grad():
+        z, log_pz, log_jacob = model(x)
+        x_inv = model.inverse(z_in)
+    return {"log_prob": log_pz + log_jacob, "z": z, "x_inv": x_inv}
+
+
+def cmd_variants(a):
+    """Saves one seeded model in every way people save it, with PyTorch's outputs on fixed inputs."""
+    torch.manual_seed(a.seed)
+    dtype = torch.float64 if a.dtype == "f64" else torch.float32
+    model = (R_NVP(2, 1, a.hidden, dtype) if a.single else stacked_NVP(2, 1, a.hidden, a.layers, dtype)).to(dtype)
+    os.makedirs(a.out, exist_ok=True)
+    x = torch.randn(200, 2, dtype=dtype)
+    z_in = torch.randn(200, 2, dtype=dtype)
+    save(a.out, "x", x)
+    save(a.out, "z_in", z_in)
+    for name, t in outputs(model, x, z_in, a.single).items():
+        save(a.out, name, t)
+    p = lambda f: os.path.join(a.out, f)
+    sd = model.state_dict()
+    torch.save(sd, p("state_dict.pt"))
+    torch.save(sd, p("legacy_state_dict.pt"), _use_new_zipfile_serialization=False)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.save({"epoch": 7, "model_state_dict": sd, "optimizer_state_dict": optim.state_dict(), "loss": 1.5},
+               p("checkpoint.pt"))
+    torch.save(model, p("module.pt"))
+    torch.save(model, p("legacy_module.pt"), _use_new_zipfile_serialization=False)
+    torch.jit.save(torch.jit.trace(model, x[:4]), p("traced.pt"))
+    if a.half:
+        torch.save({k: v.half() for k, v in sd.items()}, p("half.pt"))
+        torch.save({k: v.bfloat16() for k, v in sd.items()}, p("bfloat16.pt"))
+
+
+def cmd_load(a):
+    """Loads a file rnvp wrote, the way a PyTorch user would, and writes the notebook's outputs."""
+    x = torch.from_numpy(np.load(os.path.join(a.io, "x.npy")))
+    z_in = torch.from_numpy(np.load(os.path.join(a.io, "z_in.npy")))
+    if a.file.endswith(".ot"):
+        m = torch.jit.load(a.file)
+        sd = {k.replace("|", "."): v for k, v in m.state_dict().items()}
+    else:
+        sd = torch.load(a.file)  # the default: weights_only=True
+    single = "sig_net.0.weight" in sd
+    pre = "" if single else "bijectors.0."
+    hidden, k = sd[pre + "sig_net.0.weight"].shape
+    d = k + sd[pre + "sig_net.2.weight"].shape[0]
+    dtype = sd[pre + "sig_net.0.weight"].dtype
+    if single:
+        model = R_NVP(d, k, hidden, dtype)
+    else:
+        model = stacked_NVP(d, k, hidden, len({key.split(".")[1] for key in sd}), dtype)
+    model = model.to(dtype)
+    model.load_state_dict(sd, strict=True)
+    for name, t in outputs(model, x.to(dtype), z_in.to(dtype), single).items():
+        save(a.io, "torch_" + name, t)
+
+
+def cmd_jit(a):
+    """Runs exported TorchScript functions (encode.pt, log_prob.pt, decode.pt) on DIR's x.npy / z_in.npy."""
+    x = torch.from_numpy(np.load(os.path.join(a.io, "x.npy")))
+    z_in = torch.from_numpy(np.load(os.path.join(a.io, "z_in.npy")))
+    for name, inp in [("encode", x), ("log_prob", x), ("decode", z_in)]:
+        f = torch.jit.load(os.path.join(a.dir, name + ".pt"))
+        with torch.no_grad():
+            save(a.io, "jit_" + name, f(inp))
+            f(inp[:1]), f(inp[:37])  # other batch sizes run too
+
+
 def cmd_moons(a):
     from sklearn.datasets import make_moons
     X, _ = make_moons(a.n, noise=a.noise, shuffle=not a.no_shuffle, random_state=0)
@@ -203,9 +278,24 @@ def main(argv):
     q.add_argument("--noise", type=float, default=0.0)
     q.add_argument("--no-shuffle", action="store_true")
     q.add_argument("--out", required=True)
+    q = sub.add_parser("variants", help="save a seeded model in every format people use, with outputs")
+    q.add_argument("--out", required=True)
+    q.add_argument("--layers", type=int, default=3)
+    q.add_argument("--hidden", type=int, default=16)
+    q.add_argument("--single", action="store_true")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    q.add_argument("--half", action="store_true", help="also float16 and bfloat16 state_dicts")
+    q = sub.add_parser("load", help="torch.load a file rnvp wrote; outputs on IO/x.npy, IO/z_in.npy")
+    q.add_argument("--file", required=True)
+    q.add_argument("--io", required=True)
+    q = sub.add_parser("jit", help="run exported TorchScript functions on IO/x.npy, IO/z_in.npy")
+    q.add_argument("--dir", required=True)
+    q.add_argument("--io", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
-    {"parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons}[a.cmd](a)
+    {"parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "load": cmd_load,
+     "jit": cmd_jit}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,10 @@ pub struct TrainArgs {
     /// Initialisation: pytorch (the notebook's) or identity (zero last layers).
     #[arg(long, default_value = "pytorch")]
     pub init: String,
+    /// Backpropagate without keeping activations: each layer's input is recomputed from its output
+    /// (training memory stays constant as layers are added; about one extra forward pass of work).
+    #[arg(long)]
+    pub reversible_backprop: bool,
     /// Write the loss curve here as CSV (step,loss,val_nll).
     #[arg(long)]
     pub log: Option<PathBuf>,

@@ -177,6 +177,7 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         clip_grad: a.clip_grad,
         val_every: positive("--val-every", a.val_every)? as usize,
         val_fraction: a.val_fraction,
+        reversible: a.reversible_backprop,
         ..TrainConfig::default()
     };
     cfg.validate()?;

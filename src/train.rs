@@ -31,6 +31,8 @@ pub struct TrainConfig {
     pub val_size: usize,
     /// Fraction of a file's rows held out for validation.
     pub val_fraction: f64,
+    /// Backpropagate by recomputing each layer's input from its output (memory constant in depth).
+    pub reversible: bool,
 }
 
 impl Default for TrainConfig {
@@ -45,6 +47,7 @@ impl Default for TrainConfig {
             val_every: 100,
             val_size: 20_000,
             val_fraction: 0.1,
+            reversible: false,
         }
     }
 }
@@ -410,16 +413,13 @@ impl Trainer<'_> {
         for step in start + 1..=self.cfg.steps {
             let batch = self.data.batch(step - 1, self.cfg, &mut perm)?;
             let xs = data::to_tensor(&batch, self.flow.kind(), self.flow.device())?;
-            let (_, log_pz, log_jacob) = self.flow.forward(&xs)?;
-            let loss = -(log_pz + log_jacob).f_mean(self.flow.kind())?;
-            let loss_value = loss.double_value(&[]);
+            let lr = adam.lr();
+            adam.zero_grad();
+            let loss_value = self.flow.loss_backward(&xs, self.cfg.reversible)?;
             if !loss_value.is_finite() {
                 report.diverged = Some((step, loss_value));
                 break;
             }
-            let lr = adam.lr();
-            adam.zero_grad();
-            loss.backward();
             if let Some(c) = self.cfg.clip_grad {
                 adam.clip_grad_norm(c);
             }

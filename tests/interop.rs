@@ -1,0 +1,135 @@
+//! Checkpoints across the language border, against the real PyTorch: every way the notebook's users
+//! save a model loads in rnvp with the same outputs, and what rnvp writes loads in Python.
+mod common;
+use common::*;
+use rnvp::checkpoint::{export::export_torchscript, Checkpoint};
+use rnvp::{Flow, FlowConfig};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// rnvp's log p(x), z and inverse for the inputs in `dir`, against `{prefix}log_prob.npy`, ….
+fn compare_outputs(flow: &Flow, dir: &Path, prefix: &str, tol: f64, what: &str) {
+    let kind = flow.kind();
+    let xs = npy(dir.join("x.npy")).to_kind(kind);
+    let z_in = npy(dir.join("z_in.npy")).to_kind(kind);
+    let want = |n: &str| npy(dir.join(format!("{prefix}{n}.npy")));
+    assert_close(&flow.log_prob(&xs).unwrap(), &want("log_prob"), tol, tol, &format!("{what}: log_prob"));
+    assert_close(&flow.encode(&xs).unwrap(), &want("z"), tol, tol, &format!("{what}: z"));
+    assert_close(&flow.decode(&z_in).unwrap(), &want("x_inv"), tol, tol, &format!("{what}: inverse"));
+}
+
+#[test]
+fn every_way_pytorch_users_save_the_notebook_model_loads() {
+    for (name, args, kind, tol) in [
+        ("f32", vec!["--layers", "3"], Kind::Float, 1e-5),
+        ("single", vec!["--single"], Kind::Float, 1e-5),
+        ("f64", vec!["--layers", "2", "--dtype", "f64"], Kind::Double, 1e-10),
+    ] {
+        let dir = tmp_dir(&format!("interop-variants-{name}"));
+        let mut a = vec!["variants", "--out", dir.to_str().unwrap(), "--half"];
+        a.extend(args);
+        reference(&a);
+        for file in [
+            "state_dict.pt",
+            "legacy_state_dict.pt",
+            "checkpoint.pt",
+            "module.pt",
+            "legacy_module.pt",
+            "traced.pt",
+        ] {
+            let ck = Checkpoint::load(&dir.join(file)).unwrap_or_else(|e| panic!("{name}/{file}: {e}"));
+            assert_eq!(ck.config.hidden, 16, "{name}/{file}");
+            let flow = ck.to_flow(Device::Cpu, kind).unwrap();
+            compare_outputs(&flow, &dir, "", tol, &format!("{name}/{file}"));
+        }
+        // float16 and bfloat16 weights: the same values as the float32 weights rounded to that type
+        let reference_ck = Checkpoint::load(&dir.join("state_dict.pt")).unwrap();
+        for (file, half) in [("half.pt", Kind::Half), ("bfloat16.pt", Kind::BFloat16)] {
+            let ck = Checkpoint::load(&dir.join(file)).unwrap();
+            for (key, t) in &ck.tensors {
+                assert_eq!(t.kind(), half, "{file}: {key}");
+                let want = reference_ck.tensors[key].to_kind(half).to_kind(Kind::Double);
+                assert_eq!(max_abs_diff(&t.to_kind(Kind::Double), &want), 0.0, "{file}: {key}");
+            }
+            ck.to_flow(Device::Cpu, Kind::Float).unwrap();
+        }
+    }
+}
+
+fn seeded_checkpoint(cfg: FlowConfig, kind: Kind) -> (Flow, Checkpoint) {
+    tch::manual_seed(21);
+    let flow = Flow::new(&cfg, Device::Cpu, kind).unwrap();
+    let ck = Checkpoint::from_flow(&flow, None);
+    (flow, ck)
+}
+
+fn write_inputs(dir: &Path, kind: Kind) {
+    tch::manual_seed(5);
+    Tensor::randn([300, 2], (kind, Device::Cpu)).write_npy(dir.join("x.npy")).unwrap();
+    Tensor::randn([300, 2], (kind, Device::Cpu)).write_npy(dir.join("z_in.npy")).unwrap();
+}
+
+#[test]
+fn files_rnvp_writes_load_in_pytorch() {
+    for (name, cfg, kind, tol) in [
+        ("stacked", FlowConfig::stacked(2, 1, 24, 3), Kind::Float, 1e-5),
+        ("single", FlowConfig::single(2, 1, 24), Kind::Float, 1e-5),
+        ("f64", FlowConfig::stacked(2, 1, 24, 4), Kind::Double, 1e-10),
+    ] {
+        let dir = tmp_dir(&format!("interop-write-{name}"));
+        write_inputs(&dir, kind);
+        let (flow, ck) = seeded_checkpoint(cfg, kind);
+        for file in ["m.pt", "m.ot"] {
+            let path = dir.join(file);
+            ck.save(&path).unwrap();
+            reference(&["load", "--file", path.to_str().unwrap(), "--io", dir.to_str().unwrap()]);
+            compare_outputs(&flow, &dir, "torch_", tol, &format!("{name}/{file} in PyTorch"));
+            // and back into rnvp, unchanged
+            let again = Checkpoint::load(&path).unwrap();
+            assert_eq!(again.config, ck.config, "{name}/{file}");
+            for (k, t) in &ck.tensors {
+                assert_eq!(max_abs_diff(t, &again.tensors[k]), 0.0, "{name}/{file}: {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn exported_torchscript_matches_rnvp_for_any_batch_size() {
+    let dir = tmp_dir("interop-export");
+    write_inputs(&dir, Kind::Float);
+    let (flow, ck) = seeded_checkpoint(FlowConfig::stacked(2, 1, 32, 3), Kind::Float);
+    let out = dir.join("served");
+    export_torchscript(&ck, &out, Kind::Float).unwrap();
+    reference(&["jit", "--dir", out.to_str().unwrap(), "--io", dir.to_str().unwrap()]);
+    let xs = npy(dir.join("x.npy"));
+    let z_in = npy(dir.join("z_in.npy"));
+    assert_close(&npy(dir.join("jit_log_prob.npy")), &flow.log_prob(&xs).unwrap(), 1e-5, 1e-5, "log_prob.pt");
+    assert_close(&npy(dir.join("jit_encode.npy")), &flow.encode(&xs).unwrap(), 1e-5, 1e-5, "encode.pt");
+    assert_close(&npy(dir.join("jit_decode.npy")), &flow.decode(&z_in).unwrap(), 1e-5, 1e-5, "decode.pt");
+    // and in tch's own CModule, at another batch size
+    let m = tch::CModule::load(out.join("log_prob.pt")).unwrap();
+    let some = xs.narrow(0, 0, 17);
+    assert_close(&m.forward_ts(&[&some]).unwrap(), &flow.log_prob(&some).unwrap(), 1e-5, 1e-5, "CModule");
+}
+
+#[test]
+fn exported_functions_include_the_data_scaler() {
+    let dir = tmp_dir("interop-export-scaler");
+    write_inputs(&dir, Kind::Float);
+    let (flow, mut ck) = seeded_checkpoint(FlowConfig::stacked(2, 1, 16, 2), Kind::Float);
+    let scaler = rnvp::data::Scaler { mean: vec![10.0, -2.0], std: vec![4.0, 0.5] };
+    ck.scaler = Some(scaler.clone());
+    let out = dir.join("served");
+    export_torchscript(&ck, &out, Kind::Float).unwrap();
+    let m = tch::CModule::load(out.join("log_prob.pt")).unwrap();
+    let xs = npy(dir.join("x.npy")) * 3.0 + 5.0; // data units
+    let std = Tensor::from_slice(&[4.0f32, 0.5]).view([1, 2]);
+    let mean = Tensor::from_slice(&[10.0f32, -2.0]).view([1, 2]);
+    let want = flow.log_prob(&((&xs - &mean) / &std)).unwrap() + scaler.log_det();
+    assert_close(&m.forward_ts(&[&xs]).unwrap(), &want, 1e-5, 1e-5, "log_prob with scaler");
+    let dec = tch::CModule::load(out.join("decode.pt")).unwrap();
+    let z = npy(dir.join("z_in.npy"));
+    let want = flow.decode(&z).unwrap() * &std + &mean;
+    assert_close(&dec.forward_ts(&[&z]).unwrap(), &want, 1e-5, 1e-5, "decode with scaler");
+}
