@@ -34,6 +34,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    rnvp::tune_allocator();
     let args = Args::parse();
     std::fs::create_dir_all(&args.out_dir)?;
     let moons = TrainData::Toy { set: ToySet::TwoMoons, noise: 0.05 };

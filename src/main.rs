@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use tch::{Device, Kind};
 
 fn main() -> ExitCode {
+    rnvp::tune_allocator();
     // libtorch failures surface as panics in tch's infallible ops: report them in one line.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
