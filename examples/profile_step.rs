@@ -9,7 +9,7 @@ fn main() -> anyhow::Result<()> {
     rnvp::tune_allocator();
     let layers: i64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let flow = Flow::new(&FlowConfig::notebook(layers), Device::Cpu, Kind::Float)?;
-    let mut adam = Adam::new(&flow, 1e-3, 0.999, None)?;
+    let mut adam = Adam::new(&flow, &Default::default(), None)?;
     let batch = standardize(&ToySet::TwoMoons.sample(512, 0.05, &mut Rng::new(0)))?;
     let xs = rnvp::data::to_tensor(&batch, Kind::Float, Device::Cpu)?;
     let (mut t_data, mut t_fwd, mut t_bwd, mut t_adam) = (0.0, 0.0, 0.0, 0.0);

@@ -115,6 +115,13 @@ pub struct TrainArgs {
     /// ExponentialLR decay per step.
     #[arg(long, default_value_t = 0.999, allow_negative_numbers = true)]
     pub gamma: f64,
+    /// Learning-rate schedule: exponential (the notebook's, with --gamma) or cosine (to 0 at the
+    /// last step).
+    #[arg(long, default_value = "exponential")]
+    pub schedule: String,
+    /// Steps of linear learning-rate warm-up.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub warmup: i64,
     /// Noise of a toy set [default: the set's own, 0.05 for two-moons].
     #[arg(long, allow_negative_numbers = true)]
     pub noise: Option<f64>,

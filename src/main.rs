@@ -9,7 +9,7 @@ use rnvp::checkpoint::Checkpoint;
 use rnvp::data::{self, io, DataSpec, Matrix, Rng, Scaler};
 use rnvp::device::{parse_device, parse_kind};
 use rnvp::figures::Figures;
-use rnvp::train::{best_path, Event, TrainConfig, TrainData, Trainer};
+use rnvp::train::{best_path, Event, Schedule, TrainConfig, TrainData, Trainer};
 use rnvp::{Flow, FlowConfig, Init};
 use serde_json::json;
 use std::io::Write;
@@ -174,6 +174,12 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         batch_size: positive("--batch-size", a.batch_size)? as usize,
         lr: a.lr,
         gamma: a.gamma,
+        schedule: match a.schedule.as_str() {
+            "exponential" => Schedule::Exponential,
+            "cosine" => Schedule::Cosine,
+            o => bail!("--schedule {o}: expected exponential or cosine"),
+        },
+        warmup: non_negative("--warmup", a.warmup)?,
         seed: a.seed,
         clip_grad: a.clip_grad,
         val_every: positive("--val-every", a.val_every)? as usize,

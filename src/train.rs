@@ -19,8 +19,12 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Adam's initial learning rate.
     pub lr: f64,
-    /// ExponentialLR decay per step: `lr_t = lr · γ^t`.
+    /// ExponentialLR decay per step: `lr_t = lr · γ^t` (with `Schedule::Exponential`).
     pub gamma: f64,
+    /// How the learning rate changes over the run.
+    pub schedule: Schedule,
+    /// Steps of linear warm-up from `lr / warmup` to `lr` (0: none).
+    pub warmup: usize,
     /// Seed for the initial weights and every batch.
     pub seed: u64,
     /// Clip the gradients' global L2 norm to this value.
@@ -42,6 +46,8 @@ impl Default for TrainConfig {
             batch_size: 512,
             lr: 1e-3,
             gamma: 0.999,
+            schedule: Schedule::Exponential,
+            warmup: 0,
             seed: 0,
             clip_grad: None,
             val_every: 100,
@@ -76,6 +82,16 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// The learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Schedule {
+    /// The notebook's `ExponentialLR`: `lr · γ^t`.
+    #[default]
+    Exponential,
+    /// Cosine annealing from `lr` to 0 over the run: `lr · ½(1 + cos(π t / steps))`.
+    Cosine,
 }
 
 /// Mixes a seed with a counter (SplitMix64's finaliser), so each step has its own stream.
@@ -179,7 +195,7 @@ pub struct Adam {
     exp_avg_sq: Vec<Tensor>,
     step: i64,
     lr0: f64,
-    gamma: f64,
+    cfg: TrainConfig,
 }
 
 impl Adam {
@@ -187,8 +203,9 @@ impl Adam {
     const BETA2: f64 = 0.999;
     const EPS: f64 = 1e-8;
 
-    /// An optimizer over every trainable variable of the flow (state from `resume` if given).
-    pub fn new(flow: &Flow, lr0: f64, gamma: f64, resume: Option<&OptimizerState>) -> Result<Self> {
+    /// An optimizer over every trainable variable of the flow with the learning rate and schedule
+    /// of `cfg` (state from `resume` if given).
+    pub fn new(flow: &Flow, cfg: &TrainConfig, resume: Option<&OptimizerState>) -> Result<Self> {
         let mut vars: Vec<(String, Tensor)> = flow.var_store().variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let (mut exp_avg, mut exp_avg_sq) = (vec![], vec![]);
@@ -210,12 +227,35 @@ impl Adam {
             exp_avg.push(state(resume.map(|r| &r.exp_avg))?);
             exp_avg_sq.push(state(resume.map(|r| &r.exp_avg_sq))?);
         }
-        Ok(Adam { vars, exp_avg, exp_avg_sq, step: resume.map_or(0, |r| r.step), lr0, gamma })
+        Ok(Adam {
+            vars,
+            exp_avg,
+            exp_avg_sq,
+            step: resume.map_or(0, |r| r.step),
+            lr0: cfg.lr,
+            cfg: cfg.clone(),
+        })
     }
 
-    /// The learning rate of the next step, `lr₀ · γ^step`.
+    /// The learning rate after `t` steps.
+    pub fn lr_at(&self, t: i64) -> f64 {
+        let base = match self.cfg.schedule {
+            Schedule::Exponential => self.lr0 * self.cfg.gamma.powf(t as f64),
+            Schedule::Cosine => {
+                let frac = (t as f64 / self.cfg.steps.max(1) as f64).min(1.0);
+                self.lr0 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
+            }
+        };
+        if (t as usize) < self.cfg.warmup {
+            base * (t + 1) as f64 / self.cfg.warmup as f64
+        } else {
+            base
+        }
+    }
+
+    /// The learning rate of the next step.
     pub fn lr(&self) -> f64 {
-        self.lr0 * self.gamma.powi(self.step as i32)
+        self.lr_at(self.step)
     }
 
     /// Steps taken.
@@ -249,8 +289,8 @@ impl Adam {
 
     /// One Adam update (as `torch.optim.Adam`), then one scheduler step.
     pub fn step(&mut self) {
+        let lr = self.lr();
         self.step += 1;
-        let lr = self.lr0 * self.gamma.powi(self.step as i32 - 1);
         let bc1 = 1.0 - Self::BETA1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - Self::BETA2.powi(self.step as i32)).sqrt();
         tch::no_grad(|| {
@@ -313,6 +353,8 @@ pub struct TrainReport {
     pub losses: Vec<f64>,
     /// `(step, validation NLL)` at each validation.
     pub val: Vec<(usize, f64)>,
+    /// Seconds of training (validation time excluded) at each validation.
+    pub val_seconds: Vec<f64>,
     /// The best validation `(step, NLL)`.
     pub best: Option<(usize, f64)>,
     /// `(step, loss)` where the loss stopped being finite; training stopped there.
@@ -322,14 +364,18 @@ pub struct TrainReport {
 }
 
 impl TrainReport {
-    /// The loss curve as CSV: `step,loss,val_nll` (val_nll empty where no validation ran).
+    /// The loss curve as CSV: `step,loss,val_nll,seconds` (the last two only where a validation
+    /// ran; seconds of training before it).
     pub fn csv(&self) -> String {
-        let val: BTreeMap<usize, f64> = self.val.iter().copied().collect();
-        let mut s = String::from("step,loss,val_nll\n");
+        let val: BTreeMap<usize, (f64, f64)> =
+            self.val.iter().zip(&self.val_seconds).map(|(&(s, v), &t)| (s, (v, t))).collect();
+        let mut s = String::from("step,loss,val_nll,seconds\n");
         for (i, loss) in self.losses.iter().enumerate() {
             let step = self.start_step + i + 1;
-            let v = val.get(&step).map(|v| v.to_string()).unwrap_or_default();
-            s.push_str(&format!("{step},{loss},{v}\n"));
+            match val.get(&step) {
+                Some((v, t)) => s.push_str(&format!("{step},{loss},{v},{t:.3}\n")),
+                None => s.push_str(&format!("{step},{loss},,\n")),
+            }
         }
         s
     }
@@ -399,7 +445,7 @@ impl Trainer<'_> {
         mut on_event: impl FnMut(Event),
     ) -> Result<TrainReport> {
         self.cfg.validate()?;
-        let mut adam = Adam::new(self.flow, self.cfg.lr, self.cfg.gamma, resume)?;
+        let mut adam = Adam::new(self.flow, self.cfg, resume)?;
         let start = adam.steps() as usize;
         let val_set = self.data.validation(self.cfg)?;
         let mut report = TrainReport { start_step: start, ..Default::default() };
@@ -410,6 +456,7 @@ impl Trainer<'_> {
             self.save(out, Some(&adam), start, None)?;
         }
         let t0 = Instant::now();
+        let mut paused = 0.0; // seconds spent validating and saving
         for step in start + 1..=self.cfg.steps {
             let batch = self.data.batch(step - 1, self.cfg, &mut perm)?;
             let xs = data::to_tensor(&batch, self.flow.kind(), self.flow.device())?;
@@ -427,6 +474,8 @@ impl Trainer<'_> {
             report.losses.push(loss_value);
             on_event(Event::Step { step, loss: loss_value, lr });
             if step % self.cfg.val_every == 0 || step == self.cfg.steps {
+                let v0 = Instant::now();
+                report.val_seconds.push(t0.elapsed().as_secs_f64() - paused);
                 let nll = mean_nll(self.flow, &val_set, self.scaler.as_ref())?;
                 let is_best = nll < best;
                 report.val.push((step, nll));
@@ -440,6 +489,7 @@ impl Trainer<'_> {
                     best = nll;
                     report.best = Some((step, nll));
                 }
+                paused += v0.elapsed().as_secs_f64();
                 on_event(Event::Validation { step, nll, best: is_best });
             }
         }

@@ -91,7 +91,7 @@ fn a_user_session_trains_samples_scores_plots_and_inspects() {
     assert!(dir.join("m.best.safetensors").exists());
     let csv = std::fs::read_to_string(&log).unwrap();
     assert_eq!(csv.lines().count(), 61);
-    assert!(csv.starts_with("step,loss,val_nll\n1,"));
+    assert!(csv.starts_with("step,loss,val_nll,seconds\n1,"));
     for f in ["loss.png", "samples.png", "latent.png", "density.png"] {
         assert!(std::fs::metadata(plots.join(f)).unwrap().len() > 10_000, "{f}");
     }

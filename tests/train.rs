@@ -33,7 +33,8 @@ fn adam_and_exponential_lr_match_pytorch_step_for_step() {
         out.to_str().unwrap(),
     ]);
 
-    let mut adam = Adam::new(&flow, 0.01, 0.9, None).unwrap();
+    let cfg = TrainConfig { lr: 0.01, gamma: 0.9, ..Default::default() };
+    let mut adam = Adam::new(&flow, &cfg, None).unwrap();
     let mut losses = vec![];
     for b in &batches {
         let xs = rnvp::data::to_tensor(b, Kind::Float, Device::Cpu).unwrap();
