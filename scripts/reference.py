@@ -11,6 +11,9 @@ Usage:
   reference.py adam --weights DIR --batches B.npy --out DIR [--lr 1e-3 --gamma 0.999]
       the notebook's training loop (Adam + ExponentialLR) from given weights on given batches;
       writes DIR/losses.npy and DIR/weights/.
+  reference.py train [--layers 3 --steps 1000 --eval-every K]   the notebook's training loop
+  reference.py sample --weights DIR --n N --out X.npy             samples, whole process timed by benches
+  reference.py log-prob --weights DIR --input X.npy --out L.npy  log p(x) per row
   reference.py moons --n N [--noise 0] [--no-shuffle] --out X.npy
       scikit-learn's make_moons.
   reference.py variants --out DIR [--layers 3 | --single] [--dtype f32|f64] [--half]
@@ -246,6 +249,55 @@ def cmd_jit(a):
             f(inp[:1]), f(inp[:37])  # other batch sizes run too
 
 
+def cmd_train(a):
+    """The notebook's experiment: fresh make_moons(512) batches standardized with StandardScaler,
+    Adam(1e-3), ExponentialLR(0.999). With --eval-every, prints 'step seconds nll' lines (training
+    seconds, evaluation excluded) for a fixed standardized test set of --eval-n points."""
+    from sklearn.datasets import make_moons
+    from sklearn.preprocessing import StandardScaler
+    import time
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+    model = stacked_NVP(2, 1, a.hidden, a.layers)
+    optim = torch.optim.Adam(model.parameters(), lr=a.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optim, a.gamma)
+    if a.eval_every:
+        test = torch.from_numpy(StandardScaler().fit_transform(
+            make_moons(a.eval_n, noise=0.05, random_state=12345)[0])).float()
+    spent, t0 = 0.0, time.perf_counter()
+    for step in range(1, a.steps + 1):
+        X = torch.from_numpy(StandardScaler().fit_transform(make_moons(a.batch, noise=0.05)[0])).float()
+        optim.zero_grad()
+        z, log_pz, log_jacob = model(X)
+        loss = (-log_pz - log_jacob).mean()
+        loss.backward()
+        optim.step()
+        scheduler.step()
+        if a.eval_every and (step % a.eval_every == 0 or step == a.steps):
+            spent += time.perf_counter() - t0
+            with torch.no_grad():
+                z, log_pz, log_jacob = model(test)
+                nll = -(log_pz + log_jacob).mean().item()
+            print(step, round(spent, 4), nll, flush=True)
+            t0 = time.perf_counter()
+
+
+def cmd_sample(a):
+    model = load_weights_dir(a.weights)
+    with torch.no_grad():
+        x = model.inverse(model.bijectors[0].base_dist.sample((a.n,)) if hasattr(model, "bijectors")
+                          else model.base_dist.sample((a.n,)))
+    np.save(a.out, x.numpy())
+
+
+def cmd_log_prob(a):
+    model = load_weights_dir(a.weights)
+    x = torch.from_numpy(np.load(a.input)).float()
+    with torch.no_grad():
+        z, log_pz, log_jacob = model(x)
+    np.save(a.out, (log_pz + log_jacob).numpy())
+
+
 def cmd_moons(a):
     from sklearn.datasets import make_moons
     X, _ = make_moons(a.n, noise=a.noise, shuffle=not a.no_shuffle, random_state=0)
@@ -278,6 +330,24 @@ def main(argv):
     q.add_argument("--noise", type=float, default=0.0)
     q.add_argument("--no-shuffle", action="store_true")
     q.add_argument("--out", required=True)
+    q = sub.add_parser("train", help="the notebook's training loop (for benchmarks)")
+    q.add_argument("--layers", type=int, default=3)
+    q.add_argument("--hidden", type=int, default=512)
+    q.add_argument("--steps", type=int, default=1000)
+    q.add_argument("--batch", type=int, default=512)
+    q.add_argument("--lr", type=float, default=1e-3)
+    q.add_argument("--gamma", type=float, default=0.999)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--eval-every", type=int, default=0)
+    q.add_argument("--eval-n", type=int, default=20000)
+    q = sub.add_parser("sample", help="x = F^-1(z) for N base samples, as .npy")
+    q.add_argument("--weights", required=True)
+    q.add_argument("--n", type=int, required=True)
+    q.add_argument("--out", required=True)
+    q = sub.add_parser("log-prob", help="log p(x) of each row of a .npy file")
+    q.add_argument("--weights", required=True)
+    q.add_argument("--input", required=True)
+    q.add_argument("--out", required=True)
     q = sub.add_parser("variants", help="save a seeded model in every format people use, with outputs")
     q.add_argument("--out", required=True)
     q.add_argument("--layers", type=int, default=3)
@@ -294,7 +364,7 @@ def main(argv):
     q.add_argument("--io", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
-    {"parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "load": cmd_load,
+    {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "load": cmd_load,
      "jit": cmd_jit}[a.cmd](a)
 
 

@@ -90,6 +90,10 @@ pub struct TrainArgs {
     /// .csv / .npy file with one sample per row.
     #[arg(long)]
     pub data: String,
+    /// A tuned recipe whose values replace the defaults of the flags you do not give: `best`
+    /// (two-moons: test NLL ≈ 1.15 nats in about 20 s of training on 2 cores; see README).
+    #[arg(long)]
+    pub preset: Option<String>,
     /// Checkpoint to write (.safetensors); the best validation model goes beside it as
     /// <name>.best.safetensors.
     #[arg(long)]

@@ -2,7 +2,7 @@
 mod cli;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command, Compute};
 use indicatif::{ProgressBar, ProgressStyle};
 use rnvp::checkpoint::Checkpoint;
@@ -29,8 +29,12 @@ fn main() -> ExitCode {
             .unwrap_or("unknown error");
         eprintln!("error: internal: {}", rnvp::error::first_line(msg));
     }));
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command().try_get_matches().and_then(|m| {
+        let cli = Cli::from_arg_matches(&m)?;
+        Ok((cli, m))
+    });
+    let (cli, matches) = match parsed {
+        Ok(v) => v,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
@@ -49,7 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli.command) {
+    match run(cli.command, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", rnvp::error::first_line(&format!("{e:#}")));
@@ -58,9 +62,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
     match command {
-        Command::Train(a) => train(a),
+        Command::Train(mut a) => {
+            if let Some(name) = a.preset.clone() {
+                let sub = matches.subcommand_matches("train").context("invariant: train matches")?;
+                apply_preset(&mut a, &name, sub)?;
+            }
+            train(a)
+        }
         Command::Eval(a) => eval(a),
         Command::Sample(a) => sample(a),
         Command::LogProb(a) => map(a, Map::LogProb),
@@ -95,6 +105,73 @@ fn run(command: Command) -> Result<()> {
         }
     }
 }
+
+/// Replaces the values of the flags the user did not give with the preset's.
+fn apply_preset(a: &mut cli::TrainArgs, name: &str, m: &clap::ArgMatches) -> Result<()> {
+    if name != "best" {
+        bail!("--preset {name}: unknown preset (expected best)");
+    }
+    let default = |id: &str| m.value_source(id) != Some(clap::parser::ValueSource::CommandLine);
+    // The recipe found by a search on two moons (see README "Presets").
+    if default("layers") {
+        a.layers = PRESET_BEST.layers;
+    }
+    if default("hidden") {
+        a.hidden = PRESET_BEST.hidden;
+    }
+    if default("steps") {
+        a.steps = PRESET_BEST.steps;
+    }
+    if default("batch_size") {
+        a.batch_size = PRESET_BEST.batch_size;
+    }
+    if default("lr") {
+        a.lr = PRESET_BEST.lr;
+    }
+    if default("schedule") {
+        a.schedule = PRESET_BEST.schedule.into();
+    }
+    if default("warmup") {
+        a.warmup = PRESET_BEST.warmup;
+    }
+    if default("init") {
+        a.init = PRESET_BEST.init.into();
+    }
+    if default("clip_grad") && a.clip_grad.is_none() {
+        a.clip_grad = PRESET_BEST.clip_grad;
+    }
+    if default("val_every") {
+        a.val_every = PRESET_BEST.val_every;
+    }
+    Ok(())
+}
+
+/// The values of `--preset best`.
+struct Preset {
+    layers: i64,
+    hidden: i64,
+    steps: i64,
+    batch_size: i64,
+    lr: f64,
+    schedule: &'static str,
+    warmup: i64,
+    init: &'static str,
+    clip_grad: Option<f64>,
+    val_every: i64,
+}
+
+const PRESET_BEST: Preset = Preset {
+    layers: 16,
+    hidden: 128,
+    steps: 4000,
+    batch_size: 2048,
+    lr: 5e-3,
+    schedule: "cosine",
+    warmup: 100,
+    init: "identity",
+    clip_grad: Some(5.0),
+    val_every: 500,
+};
 
 /// Device and dtype from the flags (and the thread count applied).
 fn compute(c: &Compute) -> Result<(Device, Kind)> {

@@ -826,6 +826,83 @@ fn tick_label(v: f64) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Line chart
+
+/// Draws named series of `(x, y)` points as lines with markers to the PNG file `path`
+/// (1000×700 px), for benchmark curves. Non-finite points are skipped; the ranges cover every
+/// finite point (the y range starts at 0 when `y_from_zero`).
+pub fn lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, &[(f64, f64)])],
+    y_from_zero: bool,
+) -> Result<()> {
+    let finite: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
+    let span = |f: &dyn Fn(&(f64, f64)) -> f64| {
+        let lo = finite.iter().map(f).fold(f64::INFINITY, f64::min);
+        let hi = finite.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
+        if lo.is_finite() {
+            (lo, hi)
+        } else {
+            (0.0, 1.0)
+        }
+    };
+    let (x0, x1) = span(&|p| p.0);
+    let (y0, y1) = span(&|p| p.1);
+    let y0 = if y_from_zero { y0.min(0.0) } else { y0 };
+    let x = nice_range(x0, x1, 0.04).ok_or_else(|| too_large(path))?;
+    let y = nice_range(y0, y1, 0.08).ok_or_else(|| too_large(path))?;
+    render(path, (1000, 700), |root| {
+        let area = title_band(root, title)?;
+        let y_decimals = decimals(y.1 - y.0, 10);
+        let mut chart = ChartBuilder::on(&area)
+            .margin_left(10)
+            .margin_right(30)
+            .margin_bottom(10)
+            .x_label_area_size(70)
+            .y_label_area_size(100)
+            .build_cartesian_2d(x.0..x.1, y.0..y.1)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .axis_desc_style((FONT, DESC_SIZE))
+            .label_style((FONT, TICK_SIZE))
+            .x_labels(10)
+            .y_labels(10)
+            .x_label_formatter(&|v| tick_label(*v))
+            .y_label_formatter(&|v| fixed_label(*v, y_decimals))
+            .bold_line_style(BLACK.mix(0.12))
+            .light_line_style(BLACK.mix(0.04))
+            .draw()?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            let pts: Vec<(f64, f64)> =
+                points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
+            chart
+                .draw_series(LineSeries::new(pts, colour.stroke_width(2)))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], colour.stroke_width(3)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(legend_font())
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Finding the model's tensors in an unpickled object graph, and copying them out of storages.
 use super::pickle::{Arena, ElemType, Node, TensorRef, Value, MAX_DEPTH};
 use super::RawTensor;
+use std::collections::HashSet;
 
 /// Keys under which training checkpoints keep the model's state_dict, most likely first.
 const PREFERRED: [&str; 8] =
@@ -37,8 +38,10 @@ impl<'g> Walker<'g> {
     fn step(&mut self, n: usize) -> Result<(), String> {
         self.steps = self.steps.saturating_add(n as u64 + 1);
         if self.steps > self.limit {
-            return Err("object graph too large to walk for the size of the file (shared or cyclic references?)"
-                .into());
+            return Err(
+                "object graph too large to walk for the size of the file (shared or cyclic references?)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -111,9 +114,7 @@ impl<'g> Walker<'g> {
                         let keys: Vec<String> = self
                             .arena
                             .dict(root)
-                            .map(|d| {
-                                d.entries.iter().take(8).map(|(k, _)| key_text(k)).collect::<Vec<_>>()
-                            })
+                            .map(|d| d.entries.iter().take(8).map(|(k, _)| key_text(k)).collect::<Vec<_>>())
                             .unwrap_or_default();
                         format!(
                             "the top-level dict (keys {}) holds no dict of tensors and no nn.Module",
@@ -213,17 +214,19 @@ impl<'g> Walker<'g> {
         let arena = self.arena;
         let Some(st) = self.module_state(m) else { return Ok(()) };
         self.step(st.entries.len())?;
-        let non_persistent: Vec<&str> = st
-            .get("_non_persistent_buffers_set")
-            .and_then(|s| arena.seq(s))
-            .map(|s| s.iter().filter_map(|v| if let Value::Str(s) = v { Some(&**s) } else { None }).collect())
-            .unwrap_or_default();
-        for (field, skip) in [("_parameters", &[][..]), ("_buffers", &non_persistent[..])] {
+        let non_persistent = st.get("_non_persistent_buffers_set").and_then(|s| arena.seq(s)).unwrap_or(&[]);
+        self.step(non_persistent.len())?;
+        let non_persistent: HashSet<&str> = non_persistent
+            .iter()
+            .filter_map(|v| if let Value::Str(s) = v { Some(&**s) } else { None })
+            .collect();
+        let no_skip = HashSet::new();
+        for (field, skip) in [("_parameters", &no_skip), ("_buffers", &non_persistent)] {
             if let Some(d) = st.get(field).and_then(|v| arena.dict(v)) {
                 self.step(d.entries.len())?;
                 for (k, v) in &d.entries {
                     let Value::Str(k) = k else { continue };
-                    if matches!(v, Value::None) || skip.contains(&&**k) {
+                    if matches!(v, Value::None) || skip.contains(&**k) {
                         continue;
                     }
                     if !self.tensor_like(v) {
@@ -337,12 +340,12 @@ pub(super) fn materialize(
         Some(r) => r,
         None => {
             return Err(format!(
-                "storage '{key}' of tensor '{name}' declares {} elements of {ssize} bytes (from element {}) but \
+            "storage '{key}' of tensor '{name}' declares {} elements of {ssize} bytes (from element {}) but \
                  its record holds {} bytes",
-                st.numel,
-                st.elem_offset,
-                blob.len()
-            ))
+            st.numel,
+            st.elem_offset,
+            blob.len()
+        ))
         }
     };
     let storage = &blob[s0 as usize..s1 as usize];

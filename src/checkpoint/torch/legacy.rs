@@ -1,8 +1,8 @@
 //! PyTorch's legacy (non-zip) format: five pickles back to back, then the raw storages.
 //!
-//! 1. the magic number `0x1950a86a20f9469cfc6c`, 2. the protocol version (1001), 3. `sys_info`
-//! (`little_endian`, type sizes), 4. the object, 5. the sorted list of storage keys; then, for each
-//! key of that list, an `i64` element count and the elements.
+//! The pickles are: the magic number `0x1950a86a20f9469cfc6c`; the protocol version (1001);
+//! `sys_info` (`little_endian`, type sizes); the object; the sorted list of storage keys. Then, for
+//! each key of that list, come an `i64` element count and the elements.
 use super::pickle::{unpickle, Node, Unpickled, Value};
 use std::collections::HashMap;
 
@@ -48,8 +48,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Legacy<'_>, String> {
             .collect::<Result<_, _>>()?,
         _ => return Err("legacy file without a storage key list".into()),
     };
-    let elem_size: HashMap<&str, usize> =
-        object.storages.iter().map(|(k, e, _)| (&**k, e.size())).collect();
+    let elem_size: HashMap<&str, usize> = object.storages.iter().map(|(k, e, _)| (&**k, e.size())).collect();
     let mut storages = HashMap::new();
     let mut pos = keys.end;
     for key in key_list {

@@ -2,7 +2,7 @@
 //! writer of state_dicts that plain `torch.load` accepts.
 //!
 //! Reading never imports or runs anything: the pickles are run by a small passive virtual machine
-//! ([`pickle`]) that turns unknown classes into opaque objects, then the model's tensors are looked
+//! (the `pickle` submodule) that turns unknown classes into opaque objects, then the model's tensors are looked
 //! up in the resulting object graph:
 //!
 //! * `torch.save(model.state_dict())` (zip, PyTorch >= 1.6, or the legacy non-zip format);
@@ -150,17 +150,23 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
         }
     })?;
     let pkl = archive.read(pkl_entry)?;
+    let code = format!("{dir}/code/");
     let script = archive.find(&format!("{dir}/constants.pkl")).is_some()
-        || archive.entries.iter().any(|e| e.name.starts_with(&format!("{dir}/code/")));
+        || archive.entries.iter().any(|e| e.name.starts_with(&code));
     let graph = pickle::unpickle(&pkl, 0).map_err(|e| format!("{pkl_name}: {e}"))?;
-    let mut walker = Walker::new(&graph.arena, bytes.len());
+    let mut walker = Walker::new(&graph.arena, bytes.len().max(pkl.len()));
     let (named, description) = if script {
         let class = match graph.arena.node(&graph.root) {
-            Some(Node::Object { class, .. }) => graph.arena.global_name(class).map(|(m, n)| format!("{m}.{n}")),
+            Some(Node::Object { class, .. }) => {
+                graph.arena.global_name(class).map(|(m, n)| format!("{m}.{n}"))
+            }
             _ => None,
         };
         let class = class.ok_or_else(|| {
-            format!("TorchScript archive whose data.pkl holds a {}, not a module", graph.arena.type_name(&graph.root))
+            format!(
+                "TorchScript archive whose data.pkl holds a {}, not a module",
+                graph.arena.type_name(&graph.root)
+            )
         })?;
         let mut out = Vec::new();
         walker.script_tensors(&graph.root, String::new(), 0, &mut out)?;
@@ -176,7 +182,10 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
     } else {
         let (named, found) = walker.find_state_dict(&graph.root)?;
         if named.is_empty() {
-            return Err(format!("no state_dict found ({} without parameters or buffers)", describe(&found, "zip")));
+            return Err(format!(
+                "no state_dict found ({} without parameters or buffers)",
+                describe(&found, "zip")
+            ));
         }
         (named, describe(&found, "zip"))
     };
@@ -191,7 +200,12 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
             let e = archive
                 .find(&rec)
                 .ok_or_else(|| format!("tensor '{name}': its storage record {rec} is missing"))?;
-            blobs.insert(key.to_string(), archive.read(e)?);
+            let blob = archive.read(e)?;
+            if let Cow::Owned(b) = &blob {
+                // an inflated record: the tensors may take more memory than the file's size suggests
+                budget = budget.saturating_add((b.len() as u64).saturating_mul(8));
+            }
+            blobs.insert(key.to_string(), blob);
         }
         let blob = blobs.get(key).map(|b| &b[..]).unwrap_or(&[]);
         let raw = extract::materialize(&name, t, blob, true, &mut budget)?;
@@ -206,7 +220,10 @@ fn read_legacy(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
     let mut walker = Walker::new(&graph.arena, bytes.len());
     let (named, found) = walker.find_state_dict(&graph.root)?;
     if named.is_empty() {
-        return Err(format!("no state_dict found ({} without parameters or buffers)", describe(&found, "legacy")));
+        return Err(format!(
+            "no state_dict found ({} without parameters or buffers)",
+            describe(&found, "legacy")
+        ));
     }
     let mut budget = output_budget(bytes.len());
     let mut tensors = Vec::with_capacity(named.len());

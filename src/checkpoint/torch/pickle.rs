@@ -194,7 +194,10 @@ pub(super) enum Node {
     Dict(Dict),
     Set(Vec<Value>),
     /// An unresolved `GLOBAL module name`.
-    Global { module: Rc<str>, name: Rc<str> },
+    Global {
+        module: Rc<str>,
+        name: Rc<str>,
+    },
     /// An instance of an unknown class (or the result of an unknown callable): the class or
     /// callable, the arguments it was given (kept, though no walk needs them yet) and its `BUILD`
     /// state.
@@ -779,7 +782,9 @@ impl<'a> Unpickler<'a> {
             _ => return Ok(()),
         };
         match old {
-            Some(old) if old != state && self.arena.dict(&old).is_some() && self.arena.dict(&state).is_some() => {
+            Some(old)
+                if old != state && self.arena.dict(&old).is_some() && self.arena.dict(&state).is_some() =>
+            {
                 // a second BUILD on the same object: update its __dict__
                 let new_entries: Vec<(Value, Value)> =
                     self.arena.dict(&state).map(|d| d.entries.clone()).unwrap_or_default();
@@ -802,9 +807,12 @@ impl<'a> Unpickler<'a> {
     }
 
     fn persistent_load(&mut self, pid: &Value, at: usize) -> Result<Value, String> {
+        // (only the fields that mean something are copied: a hostile pid may be huge and reused)
         let items: Vec<Value> = match self.arena.node(pid) {
-            Some(Node::Tuple(t)) => t.clone(),
-            _ => return self.err(at, format!("persistent id is a {}, not a tuple", self.arena.type_name(pid))),
+            Some(Node::Tuple(t)) => t.iter().take(6).cloned().collect(),
+            _ => {
+                return self.err(at, format!("persistent id is a {}, not a tuple", self.arena.type_name(pid)))
+            }
         };
         match items.first() {
             Some(Value::Str(s)) if &**s == "module" && items.len() >= 2 => Ok(items[1].clone()),
@@ -815,10 +823,7 @@ impl<'a> Unpickler<'a> {
                         None => return self.err(at, format!("unknown storage class {m}.{n}")),
                     },
                     None => {
-                        return self.err(
-                            at,
-                            format!("storage type is a {}", self.arena.type_name(&items[1])),
-                        )
+                        return self.err(at, format!("storage type is a {}", self.arena.type_name(&items[1])))
                     }
                 };
                 let key: Rc<str> = match &items[2] {
@@ -856,7 +861,10 @@ impl<'a> Unpickler<'a> {
                                 storage.elem_offset = *off as u64;
                                 storage.numel = *n as u64;
                             }
-                            _ => return self.err(at, format!("storage '{}': invalid view metadata", storage.key)),
+                            _ => {
+                                return self
+                                    .err(at, format!("storage '{}': invalid view metadata", storage.key))
+                            }
                         }
                     }
                 }
@@ -926,17 +934,20 @@ impl<'a> Unpickler<'a> {
                 Ok(self.arena.add(Node::Dict(d)))
             }
             ("builtins" | "__builtin__", "set" | "frozenset") => {
-                let items = argv.first().and_then(|a| self.arena.seq(a)).map(|s| s.to_vec()).unwrap_or_default();
+                let items =
+                    argv.first().and_then(|a| self.arena.seq(a)).map(|s| s.to_vec()).unwrap_or_default();
                 self.charge(items.len(), at)?;
                 Ok(self.arena.add(Node::Set(items)))
             }
             ("torch", "Size") | ("builtins" | "__builtin__", "tuple") => {
-                let items = argv.first().and_then(|a| self.arena.seq(a)).map(|s| s.to_vec()).unwrap_or_default();
+                let items =
+                    argv.first().and_then(|a| self.arena.seq(a)).map(|s| s.to_vec()).unwrap_or_default();
                 self.charge(items.len(), at)?;
                 Ok(self.arena.add(Node::Tuple(items)))
             }
             ("builtins" | "__builtin__", "list") => {
-                let items = argv.first().and_then(|a| self.arena.seq(a)).map(|s| s.to_vec()).unwrap_or_default();
+                let items =
+                    argv.first().and_then(|a| self.arena.seq(a)).map(|s| s.to_vec()).unwrap_or_default();
                 self.charge(items.len(), at)?;
                 Ok(self.arena.add(Node::List(items)))
             }
@@ -983,7 +994,10 @@ impl<'a> Unpickler<'a> {
         let elem = if name == "_rebuild_tensor_v3" {
             match self.arena.global_name(&argv[6]).and_then(|(m, n)| dtype_global(m, n)) {
                 Some(e) => e,
-                None => return self.err(at, format!("{name}: unknown dtype ({})", self.arena.type_name(&argv[6]))),
+                None => {
+                    return self
+                        .err(at, format!("{name}: unknown dtype ({})", self.arena.type_name(&argv[6])))
+                }
             }
         } else {
             storage.elem
@@ -999,7 +1013,8 @@ impl<'a> Unpickler<'a> {
             }
         };
         if items.len() > MAX_DIMS {
-            return self.err(at, format!("{fname}: {} dimensions (at most {MAX_DIMS} supported)", items.len()));
+            return self
+                .err(at, format!("{fname}: {} dimensions (at most {MAX_DIMS} supported)", items.len()));
         }
         items
             .iter()

@@ -78,7 +78,11 @@ fn check_against_json(file: &TorchFile, fixture_name: &str, check_description: b
     if check_description {
         for s in doc["expect_description"].as_array().expect("expect_description") {
             let s = s.as_str().expect("str");
-            assert!(file.description.contains(s), "{fixture_name}: description {:?} lacks {s:?}", file.description);
+            assert!(
+                file.description.contains(s),
+                "{fixture_name}: description {:?} lacks {s:?}",
+                file.description
+            );
         }
     }
     let names: Vec<&str> = file.tensors.iter().map(|(n, _)| n.as_str()).collect();
@@ -93,7 +97,8 @@ fn check_against_json(file: &TorchFile, fixture_name: &str, check_description: b
         // exact: the bytes; and the values (serde_json's float parsing may be off by an ulp)
         let hex = e["data_hex"].as_str().expect("data_hex");
         assert_eq!(to_hex(&t.data), hex, "{fixture_name}: {name} data");
-        let want: Vec<f64> = e["values"].as_array().expect("values").iter().map(|v| v.as_f64().expect("f64")).collect();
+        let want: Vec<f64> =
+            e["values"].as_array().expect("values").iter().map(|v| v.as_f64().expect("f64")).collect();
         let got = values(t);
         assert_eq!(got.len(), want.len(), "{fixture_name}: {name} numel");
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -155,7 +160,10 @@ fn writer_rejects_bad_input() {
     let empty = write_state_dict(&[], "e").expect("empty state_dict");
     assert!(matches!(read(&empty, "e.pt"), Err(Error::Data(m)) if m.contains("no state_dict found")));
     let odd = vec![
-        ("scalar".to_string(), RawTensor { dtype: DType::F64, shape: vec![], data: 2.5f64.to_le_bytes().to_vec() }),
+        (
+            "scalar".to_string(),
+            RawTensor { dtype: DType::F64, shape: vec![], data: 2.5f64.to_le_bytes().to_vec() },
+        ),
         ("none".to_string(), RawTensor { dtype: DType::BF16, shape: vec![3, 0, 2], data: vec![] }),
         ("big".to_string(), RawTensor { dtype: DType::F16, shape: vec![300, 1, 1, 2], data: vec![7; 1200] }),
     ];
@@ -189,7 +197,8 @@ fn zip_with(records: &[(&str, &[u8])]) -> Vec<u8> {
 /// A pickle of `{'w': _rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', numel), offset,
 /// size, stride, False, OrderedDict())}` with the given raw int encodings.
 fn tensor_pickle(numel: &[u8], offset: &[u8], size: &[u8], stride: &[u8]) -> Vec<u8> {
-    let mut p = b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage".to_vec();
+    let mut p =
+        b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage".to_vec();
     p.extend_from_slice(b"ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpu");
     p.extend_from_slice(numel);
     p.extend_from_slice(b"tQ");
@@ -201,14 +210,19 @@ fn tensor_pickle(numel: &[u8], offset: &[u8], size: &[u8], stride: &[u8]) -> Vec
 }
 
 fn zip_tensor(numel: &[u8], offset: &[u8], size: &[u8], stride: &[u8], data: &[u8]) -> Vec<u8> {
-    zip_with(&[("data.pkl", &tensor_pickle(numel, offset, size, stride)), ("data/0", data), ("version", b"3\n")])
+    zip_with(&[
+        ("data.pkl", &tensor_pickle(numel, offset, size, stride)),
+        ("data/0", data),
+        ("version", b"3\n"),
+    ])
 }
 
 #[test]
 fn hand_made_tensor_reads() {
     let data: Vec<u8> = [1f32, 2., 3., 4., 5., 6.].iter().flat_map(|v| v.to_le_bytes()).collect();
     // a transposed 3x2 view of a 2x3 storage
-    let f = read(&zip_tensor(b"K\x06", b"K\x00", b"K\x03K\x02\x86", b"K\x01K\x03\x86", &data), "t.pt").expect("ok");
+    let f = read(&zip_tensor(b"K\x06", b"K\x00", b"K\x03K\x02\x86", b"K\x01K\x03\x86", &data), "t.pt")
+        .expect("ok");
     assert_eq!(f.tensors[0].1.shape, vec![3, 2]);
     assert_eq!(values(&f.tensors[0].1), vec![1., 4., 2., 5., 3., 6.]);
     // offset 4, stride 0 (expanded)
@@ -273,19 +287,21 @@ fn zip_structure_errors() {
     tar[257..262].copy_from_slice(b"ustar");
     assert!(err_text(read(&tar, "m.pt")).contains("tar"));
     // a central directory entry declaring 2^60 bytes (zip64 extra) for data/0
-    let mut z = zip_with(&[("data.pkl", &tensor_pickle(b"K\x01", b"K\x00", b")", b")")), ("data/0", &[0u8; 4])]);
+    let mut z =
+        zip_with(&[("data.pkl", &tensor_pickle(b"K\x01", b"K\x00", b")", b")")), ("data/0", &[0u8; 4])]);
     patch_sizes(&mut z, "archive/data/0", 1 << 60);
     assert!(err_text(read(&z, "m.pt")).contains("past the end"));
     // a deflated record claiming 2 GiB from a few bytes
-    let mut z = zip_with(&[("data.pkl", &tensor_pickle(b"K\x01", b"K\x00", b")", b")")), ("data/0", &[0u8; 4])]);
+    let mut z =
+        zip_with(&[("data.pkl", &tensor_pickle(b"K\x01", b"K\x00", b")", b")")), ("data/0", &[0u8; 4])]);
     patch_method(&mut z, "archive/data/0", 8, 0x7fff_0000);
-    assert!(err_text(read(&z, "m.pt")).contains("not plausible"));
+    assert!(err_text(read(&z, "m.pt")).contains("plausibl"));
     // the central directory offset pointing outside the file
     let mut z = good.clone();
     let eocd = z.len() - 22;
     z[eocd + 16..eocd + 20].copy_from_slice(&u32::MAX.to_le_bytes());
     let _ = read(&z, "m.pt"); // zip64 end record wins for torch files; must not panic
-    // garbage instead of the pickle
+                              // garbage instead of the pickle
     let z = zip_with(&[("data.pkl", b"\x80\x02\xff"), ("version", b"3\n")]);
     assert!(err_text(read(&z, "m.pt")).contains("opcode 0xff"));
     // records outside a directory
@@ -313,7 +329,8 @@ fn patch_sizes(z: &mut Vec<u8>, name: &str, size: u64) {
     z[cd + 30..cd + 32].copy_from_slice(&new_extra.to_le_bytes());
     // the end record: central directory size grew
     let eocd = z.len() - 22;
-    let cd_size = u32::from_le_bytes([z[eocd + 12], z[eocd + 13], z[eocd + 14], z[eocd + 15]]) + extra.len() as u32;
+    let cd_size =
+        u32::from_le_bytes([z[eocd + 12], z[eocd + 13], z[eocd + 14], z[eocd + 15]]) + extra.len() as u32;
     z[eocd + 12..eocd + 16].copy_from_slice(&cd_size.to_le_bytes());
 }
 
@@ -339,7 +356,8 @@ fn unknown_globals_are_opaque() {
     let m = err_text(read(&zip_pickle(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R."), "m.pt"));
     assert!(m.contains("no state_dict found (top-level object is a os.system object)"), "{m}");
     // beside a state_dict under 'model' it is ignored
-    let mut p = b"\x80\x02}(X\x04\x00\x00\x00evilcos\nsystem\nX\x02\x00\x00\x00ls\x85RX\x05\x00\x00\x00model".to_vec();
+    let mut p = b"\x80\x02}(X\x04\x00\x00\x00evilcos\nsystem\nX\x02\x00\x00\x00ls\x85RX\x05\x00\x00\x00model"
+        .to_vec();
     let t = tensor_pickle(b"K\x01", b"K\x00", b")", b")");
     p.extend_from_slice(&t[2..t.len() - 1]); // the inner dict, without PROTO and STOP
     p.extend_from_slice(b"u.");
@@ -356,25 +374,36 @@ fn unknown_globals_are_opaque() {
 fn hostile_pickles_are_errors() {
     // deep nesting: 100000 nested lists
     let mut p = b"\x80\x02".to_vec();
-    p.extend(std::iter::repeat(b']').take(100_000));
-    p.extend(std::iter::repeat(b'a').take(99_999));
+    p.extend(std::iter::repeat_n(b']', 100_000));
+    p.extend(std::iter::repeat_n(b'a', 99_999));
     p.push(b'.');
     assert!(err_text(read(&zip_pickle(&p), "m.pt")).contains("top-level object is a list"));
     // 100000 nested MARKs / tuples
     let mut p = b"\x80\x02".to_vec();
-    p.extend(std::iter::repeat(b'(').take(100_000));
-    p.extend(std::iter::repeat(b't').take(100_000));
+    p.extend(std::iter::repeat_n(b'(', 100_000));
+    p.extend(std::iter::repeat_n(b't', 100_000));
     p.push(b'.');
     assert!(err_text(read(&zip_pickle(&p), "m.pt")).contains("tuple"));
     // huge memo indices
-    assert!(err_text(read(&zip_pickle(b"\x80\x02}r\xff\xff\xff\xffj\xfe\xff\xff\xff."), "m.pt")).contains("memo"));
+    assert!(
+        err_text(read(&zip_pickle(b"\x80\x02}r\xff\xff\xff\xffj\xfe\xff\xff\xff."), "m.pt")).contains("memo")
+    );
     // non-UTF-8 string
     assert!(err_text(read(&zip_pickle(b"\x80\x02X\x02\x00\x00\x00\xff\xfe."), "m.pt")).contains("UTF-8"));
     // huge string length
     assert!(err_text(read(&zip_pickle(b"\x80\x02X\xff\xff\xff\xff."), "m.pt")).contains("truncated"));
-    assert!(err_text(read(&zip_pickle(b"\x80\x02\x8d\xff\xff\xff\xff\xff\xff\xff\xff."), "m.pt")).contains("pickle"));
+    assert!(err_text(read(&zip_pickle(b"\x80\x02\x8d\xff\xff\xff\xff\xff\xff\xff\xff."), "m.pt"))
+        .contains("pickle"));
     // stack underflow, missing STOP, stray opcodes
-    for p in [&b"\x80\x02R."[..], b"\x80\x02}", b"\x80\x02(u.", b"\x80\x02Ns.", b"\x80\x02Na.", b"\x80\x02Nb.", b"."] {
+    for p in [
+        &b"\x80\x02R."[..],
+        b"\x80\x02}",
+        b"\x80\x02(u.",
+        b"\x80\x02Ns.",
+        b"\x80\x02Na.",
+        b"\x80\x02Nb.",
+        b".",
+    ] {
         let _ = err_text(read(&zip_pickle(p), "m.pt"));
     }
     // billion laughs through OrderedDict(list): a list of 1000 pairs copied 20000 times
@@ -518,7 +547,9 @@ fn corrupted_pickles_never_panic() {
             .entries
             .iter()
             .filter(|e| e.name.contains("/data/") || e.name.ends_with("constants.pkl"))
-            .map(|e| (e.name.split_once('/').expect("dir").1.to_string(), ar.read(e).expect("rec").into_owned()))
+            .map(|e| {
+                (e.name.split_once('/').expect("dir").1.to_string(), ar.read(e).expect("rec").into_owned())
+            })
             .collect();
         for _ in 0..300 {
             let mut p = pkl.clone();

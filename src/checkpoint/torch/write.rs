@@ -19,7 +19,10 @@ use zip::{CompressionMethod, ZipWriter};
 /// (PyTorch uses the file stem; any name without `/` or `\` works).
 pub fn write_state_dict(tensors: &[(String, RawTensor)], archive_name: &str) -> Result<Vec<u8>> {
     let fail = |m: String| Error::Data(format!("writing a PyTorch state_dict: {m}"));
-    if archive_name.is_empty() || archive_name.contains(['/', '\\']) || archive_name.chars().any(char::is_control) {
+    if archive_name.is_empty()
+        || archive_name.contains(['/', '\\'])
+        || archive_name.chars().any(char::is_control)
+    {
         return Err(fail(format!("invalid archive name {archive_name:?}")));
     }
     let mut seen = HashSet::new();

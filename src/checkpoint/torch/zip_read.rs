@@ -7,11 +7,15 @@
 //! inflated by the `zip` crate from a local header rebuilt here, with the declared size bounded by
 //! the compressed size (deflate cannot expand more than 1032:1).
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::Read;
 
 /// Largest record this reader inflates.
 const MAX_INFLATED: u64 = 1 << 31;
+/// What all inflated records together may take, beyond `INFLATE_FACTOR` times the archive's size.
+const INFLATE_ALLOWANCE: u64 = 64 << 20;
+const INFLATE_FACTOR: u64 = 64;
 
 /// One record of the central directory.
 #[derive(Debug, Clone)]
@@ -33,6 +37,8 @@ pub(super) struct Archive<'a> {
     /// Records in central directory order.
     pub entries: Vec<Entry>,
     by_name: HashMap<String, usize>,
+    /// Bytes that inflating records may still produce.
+    inflate_budget: Cell<u64>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -157,7 +163,8 @@ impl<'a> Archive<'a> {
             entries.push(Entry { name, flags, method, crc, compressed, size, header_offset });
             p = next;
         }
-        Ok(Archive { bytes, entries, by_name })
+        let inflate_budget = (len as u64).saturating_mul(INFLATE_FACTOR).saturating_add(INFLATE_ALLOWANCE);
+        Ok(Archive { bytes, entries, by_name, inflate_budget: Cell::new(inflate_budget) })
     }
 
     /// The record with this exact name.
@@ -180,7 +187,11 @@ impl<'a> Archive<'a> {
             .checked_add(usize::try_from(e.compressed).unwrap_or(usize::MAX))
             .filter(|&end| end <= bytes.len())
             .ok_or_else(|| {
-                bad(&format!("{} bytes of data declared, past the end of the {}-byte file", e.compressed, bytes.len()))
+                bad(&format!(
+                    "{} bytes of data declared, past the end of the {}-byte file",
+                    e.compressed,
+                    bytes.len()
+                ))
             })?;
         let raw = &bytes[start..end];
         if e.flags & 1 != 0 {
@@ -196,7 +207,20 @@ impl<'a> Archive<'a> {
                 }
                 Ok(Cow::Borrowed(raw))
             }
-            8 => inflate(e, raw).map(Cow::Owned),
+            8 => {
+                let budget = self.inflate_budget.get();
+                if e.size > budget {
+                    return Err(format!(
+                        "zip record {} declares {} bytes once inflated, more than this {}-byte archive can \
+                         plausibly hold",
+                        e.name,
+                        e.size,
+                        bytes.len()
+                    ));
+                }
+                self.inflate_budget.set(budget - e.size);
+                inflate(e, raw).map(Cow::Owned)
+            }
             m => Err(format!("zip record {} uses compression method {m}, which is not supported", e.name)),
         }
     }
@@ -205,7 +229,7 @@ impl<'a> Archive<'a> {
 /// Inflates a deflated record with the `zip` crate.
 fn inflate(e: &Entry, raw: &[u8]) -> Result<Vec<u8>, String> {
     let limit = (raw.len() as u64).saturating_mul(1032).saturating_add(1024).min(MAX_INFLATED);
-    if e.size > limit {
+    if e.size > limit || raw.len() as u64 >= u64::from(u32::MAX) {
         return Err(format!(
             "zip record {} declares {} bytes from {} compressed bytes (not plausible)",
             e.name,
