@@ -538,7 +538,7 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
         .collect();
     if a.json {
         let mut v = json!({
-            "format": "safetensors", "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
+            "format": ck.format, "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
             "layout": rnvp::checkpoint::config_json(&c)["layout"], "tensors": tensors,
             "parameters": ck.tensors.values().map(|t| t.numel()).sum::<usize>(),
             "optimizer_state": ck.optimizer.is_some(), "info": ck.info,
@@ -549,7 +549,7 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{}: safetensors", a.checkpoint.display());
+    println!("{}: {}", a.checkpoint.display(), ck.format);
     println!(
         "architecture: {} d = {}, k = {}, hidden = {}, layers = {}",
         if c.layout == rnvp::Layout::Single { "R_NVP" } else { "stacked_NVP" },

@@ -40,6 +40,8 @@ pub struct Checkpoint {
     pub optimizer: Option<OptimizerState>,
     /// Free-form training information (seed, data set, step, ...), kept as JSON.
     pub info: Map<String, Value>,
+    /// What the file was, e.g. "safetensors (rnvp)" or "torch.save state_dict (zip)".
+    pub format: String,
 }
 
 /// The kinds of file a checkpoint path can hold, recognised from the content.
@@ -84,7 +86,14 @@ impl Checkpoint {
             .into_iter()
             .map(|(name, t)| (name, t.detach().to_device(Device::Cpu).copy()))
             .collect();
-        Checkpoint { config: *flow.config(), scaler, tensors, optimizer: None, info: Map::new() }
+        Checkpoint {
+            config: *flow.config(),
+            scaler,
+            tensors,
+            optimizer: None,
+            info: Map::new(),
+            format: "rnvp model".into(),
+        }
     }
 
     /// Reads a checkpoint, recognising its format from the content.

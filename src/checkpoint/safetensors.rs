@@ -124,7 +124,8 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Checkpoint> {
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
     };
-    Ok(Checkpoint { config, scaler, tensors, optimizer, info })
+    let format = if meta.contains_key("config") { "safetensors (rnvp)" } else { "safetensors" };
+    Ok(Checkpoint { config, scaler, tensors, optimizer, info, format: format.into() })
 }
 
 /// One tensor entry of the header, checked against the data section.
