@@ -1,11 +1,17 @@
 //! Checkpoints: a flow's weights with its architecture, data scaler and (optionally) optimizer
 //! state, read and written with checks on every name and shape.
 //!
-//! Formats: `.safetensors` is rnvp's native format (architecture and scaler in its metadata).
-//! PyTorch `.pt` and tch/TorchScript `.ot` files are detected from their content and refused with a
-//! "not yet supported" message for now.
+//! Formats, recognised from the content when reading and chosen by the extension when writing:
+//! - `.safetensors`: rnvp's native format (architecture, scaler and optimizer state inside);
+//! - PyTorch `.pt`: what `torch.save` writes (state_dicts, training checkpoints, whole pickled
+//!   modules, the legacy non-zip format) and TorchScript archives, read by a pure-Rust reader
+//!   that never executes anything; rnvp writes plain state_dicts that `torch.load` accepts;
+//! - tch `.ot`: libtorch archives (`torch.jit.load` in Python).
+//!
+//! Names and shapes are checked against the model before any copy.
 pub mod export;
 pub mod safetensors;
+pub mod torch;
 
 use crate::config::{FlowConfig, Init, Layout};
 use crate::data::Scaler;
@@ -70,11 +76,20 @@ impl Format {
     }
 }
 
-fn not_yet(path: &Path, what: &str) -> Error {
-    Error::Data(format!(
-        "{}: {what} checkpoints are not yet supported (rnvp reads and writes .safetensors for now)",
-        path.display()
-    ))
+/// A tensor as dense little-endian bytes for the PyTorch writer.
+fn raw_tensor(t: &Tensor) -> Result<torch::RawTensor> {
+    let dtype = match t.kind() {
+        Kind::Float => torch::DType::F32,
+        Kind::Double => torch::DType::F64,
+        Kind::Half => torch::DType::F16,
+        Kind::BFloat16 => torch::DType::BF16,
+        k => return Err(Error::Data(format!("cannot write a {k:?} tensor to a .pt file"))),
+    };
+    let t = t.f_to_device(Device::Cpu)?.f_contiguous()?;
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * dtype.size()];
+    t.f_copy_data_u8(&mut data, numel)?;
+    Ok(torch::RawTensor { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data })
 }
 
 impl Checkpoint {
@@ -99,13 +114,49 @@ impl Checkpoint {
     /// Reads a checkpoint, recognising its format from the content.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| crate::error::io_err(path, e))?;
-        match Format::detect(&bytes) {
-            Some(Format::Safetensors) => safetensors::decode(&bytes, &path.display().to_string()),
-            Some(Format::Zip) => Err(not_yet(path, "PyTorch (.pt) and TorchScript (.ot) zip")),
-            Some(Format::Pickle) => Err(not_yet(path, "legacy PyTorch pickle (.pt)")),
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses a checkpoint held in memory; `name` is used in messages.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
+        match Format::detect(bytes) {
+            Some(Format::Safetensors) => safetensors::decode(bytes, name),
+            Some(Format::Zip) | Some(Format::Pickle) => {
+                let file = torch::read(bytes, name)?;
+                let mut tensors = BTreeMap::new();
+                for (key, raw) in file.tensors {
+                    let kind = match raw.dtype {
+                        torch::DType::F32 => Kind::Float,
+                        torch::DType::F64 => Kind::Double,
+                        torch::DType::F16 => Kind::Half,
+                        torch::DType::BF16 => Kind::BFloat16,
+                    };
+                    let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
+                    if raw.numel().and_then(|n| n.checked_mul(raw.dtype.size())) != Some(raw.data.len()) {
+                        return Err(Error::Data(format!(
+                            "{name}: tensor '{key}' has the wrong number of bytes"
+                        )));
+                    }
+                    let t = Tensor::f_from_data_size(&raw.data, &shape, kind).map_err(|e| {
+                        Error::Data(format!(
+                            "{name}: tensor '{key}': {}",
+                            crate::error::first_line(&e.to_string())
+                        ))
+                    })?;
+                    tensors.insert(key, t);
+                }
+                let config = infer_config(&tensors).map_err(|e| Error::Data(format!("{name}: {e}")))?;
+                Ok(Checkpoint {
+                    config,
+                    scaler: None,
+                    tensors,
+                    optimizer: None,
+                    info: Map::new(),
+                    format: file.description,
+                })
+            }
             None => Err(Error::Data(format!(
-                "{}: not a checkpoint rnvp recognises (expected safetensors)",
-                path.display()
+                "{name}: not a checkpoint rnvp recognises (safetensors, PyTorch .pt or TorchScript/.ot)"
             ))),
         }
     }
@@ -113,8 +164,7 @@ impl Checkpoint {
     /// Checks, before any work, that `path` names a format rnvp writes in an existing directory.
     pub fn check_writable(path: &Path) -> Result<()> {
         match path.extension().and_then(|e| e.to_str()) {
-            Some("safetensors") | Some("ot") => {}
-            Some("pt") => return Err(not_yet(path, "PyTorch .pt")),
+            Some("safetensors") | Some("ot") | Some("pt") => {}
             _ => {
                 return Err(Error::Data(format!(
                     "{}: unknown checkpoint extension (expected .safetensors, .pt or .ot)",
@@ -135,6 +185,20 @@ impl Checkpoint {
         Self::check_writable(path)?;
         match path.extension().and_then(|e| e.to_str()) {
             Some("ot") => export::save_ot(self, path),
+            Some("pt") => {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let archive: String = stem
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+                    .collect();
+                let archive = if archive.is_empty() { "archive".to_string() } else { archive };
+                let raws = self
+                    .tensors
+                    .iter()
+                    .map(|(k, t)| Ok((k.clone(), raw_tensor(t)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                crate::data::io::write_atomic(path, &torch::write_state_dict(&raws, &archive)?)
+            }
             _ => crate::data::io::write_atomic(path, &safetensors::encode(self)?),
         }
     }

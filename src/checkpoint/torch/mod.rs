@@ -189,6 +189,15 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
         }
         (named, describe(&found, "zip"))
     };
+    // files written on big-endian machines say so (PyTorch >= 1.10); older ones are little-endian
+    let little_endian = match archive.find(&format!("{dir}/byteorder")) {
+        Some(e) => match &archive.read(e)?[..] {
+            b"little" => true,
+            b"big" => false,
+            other => return Err(format!("unknown byte order {:?}", String::from_utf8_lossy(other))),
+        },
+        None => true,
+    };
     let mut blobs: HashMap<String, Cow<'_, [u8]>> = HashMap::new();
     let mut budget = output_budget(bytes.len());
     let mut tensors = Vec::with_capacity(named.len());
@@ -208,7 +217,7 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
             blobs.insert(key.to_string(), blob);
         }
         let blob = blobs.get(key).map(|b| &b[..]).unwrap_or(&[]);
-        let raw = extract::materialize(&name, t, blob, true, &mut budget)?;
+        let raw = extract::materialize(&name, t, blob, little_endian, &mut budget)?;
         tensors.push((name, raw));
     }
     Ok(TorchFile { description, tensors })

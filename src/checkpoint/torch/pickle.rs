@@ -920,7 +920,7 @@ impl<'a> Unpickler<'a> {
                     let items = items.to_vec();
                     self.charge(items.len(), at)?;
                     for it in items {
-                        if let Some([k, v]) = self.arena.seq(&it).map(|p| p.to_vec()).as_deref() {
+                        if let Some([k, v]) = self.arena.seq(&it) {
                             d.insert(k.clone(), v.clone());
                         }
                     }

@@ -228,6 +228,13 @@ fn hand_made_tensor_reads() {
     // offset 4, stride 0 (expanded)
     let f = read(&zip_tensor(b"K\x06", b"K\x04", b"K\x03\x85", b"K\x00\x85", &data), "t.pt").expect("ok");
     assert_eq!(values(&f.tensors[0].1), vec![5., 5., 5.]);
+    // a file from a big-endian machine
+    let be: Vec<u8> = [1f32, 2., 3., 4., 5., 6.].iter().flat_map(|v| v.to_be_bytes()).collect();
+    let p = tensor_pickle(b"K\x06", b"K\x01", b"K\x02\x85", b"K\x02\x85");
+    let z = zip_with(&[("data.pkl", &p), ("byteorder", b"big"), ("data/0", &be), ("version", b"3\n")]);
+    assert_eq!(values(&read(&z, "t.pt").expect("ok").tensors[0].1), vec![2., 4.]);
+    let z = zip_with(&[("data.pkl", &p), ("byteorder", b"middle"), ("data/0", &be), ("version", b"3\n")]);
+    assert!(err_text(read(&z, "t.pt")).contains("byte order"));
 }
 
 #[test]
@@ -344,6 +351,42 @@ fn find_central(z: &[u8], name: &str) -> usize {
     (0..z.len() - 46)
         .find(|&i| z[i..i + 4] == [0x50, 0x4b, 0x01, 0x02] && z[i + 46..].starts_with(name.as_bytes()))
         .expect("central directory entry")
+}
+
+/// The records of a zip, re-written with deflate compression.
+fn deflated_copy(bytes: &[u8]) -> Vec<u8> {
+    let ar = zip_read::Archive::parse(bytes).expect("zip");
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for e in &ar.entries {
+        let o = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        z.start_file(e.name.clone(), o).expect("start");
+        z.write_all(&ar.read(e).expect("record")).expect("write");
+    }
+    z.finish().expect("finish").into_inner()
+}
+
+#[test]
+fn deflated_records_read() {
+    for name in ["sd_stacked.pt", "module_stacked.pt", "views_misc.pt", "jit_script_stacked.pt"] {
+        let original = read(&fixture(name), name).expect("reads");
+        let deflated = deflated_copy(&fixture(name));
+        let f = read(&deflated, name).expect("deflated copy reads");
+        assert_eq!(f.tensors, original.tensors);
+        assert_eq!(f.description, original.description);
+        // a corrupted deflate stream or CRC is an error, never a panic
+        let mut rng = Lcg(3);
+        for _ in 0..200 {
+            let mut b = deflated.clone();
+            let i = (rng.next() as usize) % b.len();
+            b[i] ^= 1 << (rng.next() % 8);
+            let _ = read(&b, name);
+        }
+    }
+    // a stored record with a wrong CRC reads (PyTorch does not check it either)
+    let mut z = fixture("sd_single.pt");
+    let cd = find_central(&z, "sd_single/data/0");
+    z[cd + 16] ^= 0xff;
+    assert!(read(&z, "m.pt").is_ok());
 }
 
 fn zip_pickle(p: &[u8]) -> Vec<u8> {
