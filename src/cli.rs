@@ -21,7 +21,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  rnvp train --data two-moons --out moons.safetensors --plot-dir out/moons\n  rnvp train --data my.csv --layers 6 --steps 5000 --out my.safetensors --log loss.csv\n  rnvp train --data two-moons --out moons.safetensors --resume moons.safetensors --steps 2000"
     )]
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Mean negative log-likelihood (nats) of a data set under a trained flow.
     #[command(
         after_help = "Example:\n  rnvp eval --checkpoint moons.safetensors --data two-moons -n 20000 --json"

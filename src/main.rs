@@ -69,7 +69,7 @@ fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
                 let sub = matches.subcommand_matches("train").context("invariant: train matches")?;
                 apply_preset(&mut a, &name, sub)?;
             }
-            train(a)
+            train(*a)
         }
         Command::Eval(a) => eval(a),
         Command::Sample(a) => sample(a),
