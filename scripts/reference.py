@@ -298,6 +298,25 @@ def cmd_log_prob(a):
     np.save(a.out, (log_pz + log_jacob).numpy())
 
 
+def cmd_broken(a):
+    """State dicts that do not fit the architecture their names imply, and non-model pickles."""
+    torch.manual_seed(0)
+    sd = stacked_NVP(2, 1, 8, 2).state_dict()
+    os.makedirs(a.out, exist_ok=True)
+    p = lambda f: os.path.join(a.out, f)
+    wrong = dict(sd)
+    wrong["bijectors.1.mu_net.0.weight"] = torch.zeros(7, 1)
+    torch.save(wrong, p("wrong_shape.pt"))
+    missing = dict(sd)
+    del missing["bijectors.1.sig_net.2.bias"]
+    torch.save(missing, p("missing_key.pt"))
+    extra = dict(sd)
+    extra["bijectors.0.scale"] = torch.ones(3)
+    torch.save(extra, p("extra_key.pt"))
+    torch.save({"names": ["a", "b"], "epoch": 3}, p("no_model.pt"))
+    torch.save([1, 2, 3], p("a_list.pt"))
+
+
 def cmd_moons(a):
     from sklearn.datasets import make_moons
     X, _ = make_moons(a.n, noise=a.noise, shuffle=not a.no_shuffle, random_state=0)
@@ -356,6 +375,8 @@ def main(argv):
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     q.add_argument("--half", action="store_true", help="also float16 and bfloat16 state_dicts")
+    q = sub.add_parser("broken", help="state_dicts that do not fit their architecture, non-model pickles")
+    q.add_argument("--out", required=True)
     q = sub.add_parser("load", help="torch.load a file rnvp wrote; outputs on IO/x.npy, IO/z_in.npy")
     q.add_argument("--file", required=True)
     q.add_argument("--io", required=True)
@@ -364,7 +385,7 @@ def main(argv):
     q.add_argument("--io", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
-    {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "load": cmd_load,
+    {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "broken": cmd_broken, "load": cmd_load,
      "jit": cmd_jit}[a.cmd](a)
 
 

@@ -27,6 +27,10 @@ fn main() -> ExitCode {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("unknown error");
+        if msg.contains("Broken pipe") {
+            // the reader of our output went away (`rnvp inspect m.pt | head`): stop quietly
+            std::process::exit(141);
+        }
         eprintln!("error: internal: {}", rnvp::error::first_line(msg));
     }));
     let parsed = Cli::command().try_get_matches().and_then(|m| {
@@ -246,6 +250,13 @@ fn train(a: cli::TrainArgs) -> Result<()> {
     let (device, kind) = compute(&a.compute)?;
     let spec = DataSpec::parse(&a.data)?;
     Checkpoint::check_writable(&a.out)?;
+    if a.out.extension().is_none_or(|e| e != "safetensors") {
+        bail!(
+            "{}: training checkpoints are .safetensors (they keep the optimizer state and the data scaler); \
+             convert the result afterwards with `rnvp convert`",
+            a.out.display()
+        );
+    }
     let cfg = TrainConfig {
         steps: non_negative("--steps", a.steps)?,
         batch_size: positive("--batch-size", a.batch_size)? as usize,
@@ -531,6 +542,8 @@ fn plot(a: cli::PlotArgs) -> Result<()> {
 fn inspect(a: cli::InspectArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
     let c = ck.config;
+    // does it build the inferred model (names and shapes)?
+    let check = ck.to_flow(Device::Cpu, Kind::Float).map(|_| ());
     let tensors: Vec<_> = ck
         .tensors
         .iter()
@@ -542,6 +555,7 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
             "layout": rnvp::checkpoint::config_json(&c)["layout"], "tensors": tensors,
             "parameters": ck.tensors.values().map(|t| t.numel()).sum::<usize>(),
             "optimizer_state": ck.optimizer.is_some(), "info": ck.info,
+            "check": match &check { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
         });
         if let Some(s) = &ck.scaler {
             v["scaler"] = json!({ "mean": s.mean, "std": s.std });
@@ -559,6 +573,10 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
         c.layers
     );
     println!("parameters: {}", ck.tensors.values().map(|t| t.numel()).sum::<usize>());
+    match &check {
+        Ok(()) => println!("check: names and shapes match the architecture"),
+        Err(e) => println!("check: {e}"),
+    }
     if let Some(s) = &ck.scaler {
         println!("scaler: mean {:?}, std {:?}", s.mean, s.std);
     }

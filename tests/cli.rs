@@ -289,7 +289,7 @@ fn bad_input_gives_one_line_errors_and_a_non_zero_exit() {
             "5",
             "--quiet",
         ],
-        &["not yet supported"],
+        &["m.pt", ".safetensors", "rnvp convert"],
     );
     fails(&["sample", "--checkpoint", ck, "-n", "-5"], &["-n -5"]);
     fails(
@@ -346,4 +346,60 @@ fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
     let lp = ok(&["eval", "--checkpoint", s(&ck), "--data", "two-moons", "-n", "100", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&lp).unwrap();
     assert!(v["nll"].is_number(), "the kept checkpoint is finite: {lp}");
+}
+
+#[test]
+fn pytorch_files_convert_inspect_and_fail_cleanly() {
+    let dir = tmp_dir("cli-torch");
+    let d = s(&dir);
+    reference(&["variants", "--out", d, "--layers", "2", "--hidden", "8"]);
+    reference(&["broken", "--out", d]);
+    // a notebook state_dict: inspect, use directly, convert both ways
+    let sd = dir.join("state_dict.pt");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&sd), "--json"])).unwrap();
+    assert_eq!(
+        (info["d"].as_i64(), info["k"].as_i64(), info["hidden"].as_i64(), info["layers"].as_i64()),
+        (Some(2), Some(1), Some(8), Some(2))
+    );
+    assert_eq!(info["check"], "ok");
+    assert!(info["format"].as_str().unwrap().contains("state_dict"), "{info}");
+    let lp_pt = ok(&["log-prob", "--checkpoint", s(&sd), "--input", s(&dir.join("x.npy"))]);
+    let st = dir.join("m.safetensors");
+    ok(&["convert", s(&sd), s(&st)]);
+    let lp_st = ok(&["log-prob", "--checkpoint", s(&st), "--input", s(&dir.join("x.npy"))]);
+    assert_eq!(lp_pt, lp_st);
+    for out in ["back.pt", "back.ot"] {
+        ok(&["convert", s(&st), s(&dir.join(out))]);
+        let lp = ok(&["log-prob", "--checkpoint", s(&dir.join(out)), "--input", s(&dir.join("x.npy"))]);
+        assert_eq!(lp, lp_st, "{out}");
+    }
+    let served = dir.join("served");
+    let listed = ok(&["export", "--checkpoint", s(&sd), "--out", s(&served)]);
+    assert_eq!(listed.lines().count(), 3);
+
+    // bad files: one line naming the problem
+    let b = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    fails(
+        &["sample", "--checkpoint", &b("wrong_shape.pt"), "-n", "2"],
+        &["bijectors.1.mu_net.0.weight", "[8, 1]", "[7, 1]"],
+    );
+    fails(
+        &["sample", "--checkpoint", &b("missing_key.pt"), "-n", "2"],
+        &["missing [bijectors.1.sig_net.2.bias]"],
+    );
+    fails(&["sample", "--checkpoint", &b("extra_key.pt"), "-n", "2"], &["unexpected [bijectors.0.scale]"]);
+    fails(&["sample", "--checkpoint", &b("no_model.pt"), "-n", "2"], &["no state_dict found"]);
+    fails(&["inspect", &b("a_list.pt")], &["no state_dict found"]);
+    let bytes = std::fs::read(&sd).unwrap();
+    for cut in [10, bytes.len() / 3, bytes.len() - 30] {
+        let t = dir.join(format!("trunc{cut}.pt"));
+        std::fs::write(&t, &bytes[..cut]).unwrap();
+        fails(&["inspect", s(&t)], &[&format!("trunc{cut}.pt")]);
+    }
+    let inspect_wrong = ok(&["inspect", &b("wrong_shape.pt")]);
+    assert!(inspect_wrong.contains("check: ") && inspect_wrong.contains("[7, 1]"), "{inspect_wrong}");
+    // a failed convert leaves the existing output untouched
+    std::fs::write(dir.join("keep.pt"), "precious").unwrap();
+    fails(&["convert", &b("no_model.pt"), s(&dir.join("keep.pt"))], &["no state_dict"]);
+    assert_eq!(std::fs::read_to_string(dir.join("keep.pt")).unwrap(), "precious");
 }
