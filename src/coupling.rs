@@ -45,7 +45,12 @@ fn conditioner(p: nn::Path, c: i64, hidden: i64, out: i64, init: Init) -> (nn::S
     };
     let first = nn::linear(&p / 0, c, hidden, pytorch_default(c));
     let probe = first.ws.shallow_clone();
-    let net = nn::seq().add(first).add_fn(|xs| xs.leaky_relu()).add(nn::linear(&p / 2, hidden, out, last));
+    let net = nn::seq().add(first).add_fn(|xs| xs.shallow_clone().leaky_relu_()).add(nn::linear(
+        &p / 2,
+        hidden,
+        out,
+        last,
+    ));
     (net, probe)
 }
 
