@@ -84,7 +84,9 @@ fn peak_rss() -> Result<u64> {
 /// Child process: two training steps of an identity-initialised flow (batch 4096, hidden 512);
 /// prints the peak RSS before and after.
 fn mem_child(layers: i64, reversible: bool) -> Result<()> {
-    rnvp::tune_allocator();
+    // the same allocator setting for both modes: big blocks are unmapped when freed, so the peak
+    // reflects live memory (see rnvp::tune_allocator_for_memory)
+    rnvp::tune_allocator_for_memory();
     tch::set_num_threads(1);
     let flow = Flow::new(
         &FlowConfig::stacked(2, 1, 512, layers).with_init(Init::Identity),

@@ -42,13 +42,30 @@ pub use config::{FlowConfig, Init, Layout};
 /// faults at the cost of a resident heap as large as the biggest working set. Call it once, early
 /// (the `rnvp` command and the examples do). Does nothing outside glibc.
 pub fn tune_allocator() {
+    set_mmap_threshold(32 << 20); // glibc's maximum
+}
+
+/// The opposite trade for memory-bound runs (`--reversible-backprop`): blocks of 1 MiB and more
+/// are mapped and unmapped on every allocation, so freed activations go back to the OS at once.
+///
+/// Without it glibc's heap fragments as small long-lived tensors (gradients, each layer's
+/// recomputed input) land between freed activations, and the resident size grows with depth
+/// although the live memory does not (measured: 64 layers, batch 4096, hidden 512 reached 1.4 GiB
+/// resident with 130 MiB live).
+pub fn tune_allocator_for_memory() {
+    set_mmap_threshold(1 << 20);
+}
+
+fn set_mmap_threshold(bytes: i32) {
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = bytes;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     // SAFETY: mallopt only changes allocator parameters; it has no memory-safety preconditions.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, bytes);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, if bytes >= 32 << 20 { i32::MAX } else { 2 * bytes });
+        libc::mallopt(libc::M_TOP_PAD, if bytes >= 32 << 20 { 64 << 20 } else { 0 });
     }
 }
 pub use coupling::RNvp;

@@ -255,6 +255,9 @@ fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: u64) -> Res
 
 fn train(a: cli::TrainArgs) -> Result<()> {
     let (device, kind) = compute(&a.compute)?;
+    if a.reversible_backprop {
+        rnvp::tune_allocator_for_memory();
+    }
     let spec = DataSpec::parse(&a.data)?;
     Checkpoint::check_writable(&a.out)?;
     if a.out.extension().is_none_or(|e| e != "safetensors") {
