@@ -182,7 +182,7 @@ fn training(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
     writeln!(md, "## Training step (notebook recipe: batch 512, hidden 512)\n")?;
     writeln!(
         md,
-        "`rnvp train --data two-moons --layers L` with default flags (validation on 20,000 points and a \
+        "`rnvp train --data two-moons --layers L` with default flags (validation on 5,000 points and a \
          checkpoint every 100 steps included) against the notebook's loop in PyTorch (`scripts/reference.py \
          train`: scikit-learn's make_moons and StandardScaler every step, Adam, ExponentialLR). Per-step \
          time = (time of {long} steps − time of {short} steps) / {}, so start-up cancels.\n",

@@ -141,6 +141,9 @@ pub struct TrainArgs {
     /// Validate and checkpoint every this many steps.
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     pub val_every: i64,
+    /// Validation points drawn from a toy set.
+    #[arg(long, default_value_t = 5000, allow_negative_numbers = true)]
+    pub val_size: i64,
     /// Fraction of a file's rows held out for validation.
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub val_fraction: f64,

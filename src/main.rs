@@ -281,6 +281,7 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         seed: a.seed,
         clip_grad: a.clip_grad,
         val_every: positive("--val-every", a.val_every)? as usize,
+        val_size: positive("--val-size", a.val_size)? as usize,
         val_fraction: a.val_fraction,
         reversible: a.reversible_backprop,
         ..TrainConfig::default()

@@ -51,7 +51,7 @@ impl Default for TrainConfig {
             seed: 0,
             clip_grad: None,
             val_every: 100,
-            val_size: 20_000,
+            val_size: 5_000,
             val_fraction: 0.1,
             reversible: false,
         }
