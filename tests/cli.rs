@@ -33,15 +33,15 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A small model trained once and shared by the tests of this file.
-fn trained(dir: &Path) -> PathBuf {
-    let ck = dir.join("m.safetensors");
-    ok(&[
+/// Trains a small model into `ck` (60 steps, 2 layers of 32 units) with `extra` flags; returns
+/// the command's output.
+fn train_small(ck: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
         "train",
         "--data",
         "two-moons",
         "--out",
-        s(&ck),
+        s(ck),
         "--steps",
         "60",
         "--hidden",
@@ -53,9 +53,15 @@ fn trained(dir: &Path) -> PathBuf {
         "--val-every",
         "30",
         "--quiet",
-        "--device",
-        "cpu",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+/// A small model trained once and shared by the tests of this file.
+fn trained(dir: &Path) -> PathBuf {
+    let ck = dir.join("m.safetensors");
+    train_small(&ck, &["--device", "cpu"]);
     ck
 }
 
@@ -65,28 +71,7 @@ fn a_user_session_trains_samples_scores_plots_and_inspects() {
     let log = dir.join("loss.csv");
     let plots = dir.join("plots");
     let ck = dir.join("m.safetensors");
-    let out = ok(&[
-        "train",
-        "--data",
-        "two-moons",
-        "--out",
-        s(&ck),
-        "--steps",
-        "60",
-        "--hidden",
-        "32",
-        "--layers",
-        "2",
-        "--batch-size",
-        "128",
-        "--val-every",
-        "30",
-        "--log",
-        s(&log),
-        "--plot-dir",
-        s(&plots),
-        "--quiet",
-    ]);
+    let out = train_small(&ck, &["--log", s(&log), "--plot-dir", s(&plots)]);
     assert!(out.contains("trained 60 steps"), "{out}");
     assert!(dir.join("m.best.safetensors").exists());
     let csv = std::fs::read_to_string(&log).unwrap();
