@@ -167,7 +167,7 @@ impl StackedNvp {
                 Some(acc) => acc + ld,
             });
         }
-        (zs, log_det.expect("invariant: at least one layer"))
+        (zs, log_det.expect("invariant: at least one layer")) // invariant: validate() ensures layers ≥ 1
     }
 
     /// The inverse through all layers, without input checks.

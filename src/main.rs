@@ -312,15 +312,15 @@ fn train(a: cli::TrainArgs) -> Result<()> {
     };
     let d = train_data.dim() as i64;
     let resume = match &a.resume {
-        Some(p) => Some(Checkpoint::load(p)?),
+        Some(p) => Some((p, Checkpoint::load(p)?)),
         None => None,
     };
     let flow_cfg = match &resume {
-        Some(ck) => {
+        Some((path, ck)) => {
             if ck.config.d != d {
                 bail!(
                     "--resume {}: the checkpoint has d = {}, the data has {d} columns",
-                    a.resume.as_ref().unwrap().display(),
+                    path.display(),
                     ck.config.d
                 );
             }
@@ -338,7 +338,7 @@ fn train(a: cli::TrainArgs) -> Result<()> {
     tch::manual_seed(a.seed as i64);
     let flow = Flow::new(&flow_cfg, device, kind)?;
     let optimizer = match &resume {
-        Some(ck) => {
+        Some((_, ck)) => {
             rnvp::checkpoint::load_weights(&flow, &ck.tensors)?;
             Some(ck.optimizer.as_ref().context("--resume: the checkpoint has no optimizer state")?)
         }
@@ -362,7 +362,7 @@ fn train(a: cli::TrainArgs) -> Result<()> {
     let pb = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new((cfg.steps - start) as u64) };
     pb.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg} {per_sec} ETA {eta}")
-            .expect("invariant: a valid template")
+            .expect("invariant: a valid template") // invariant: the template is a literal
             .progress_chars("=> "),
     );
     let quiet = a.quiet;

@@ -167,7 +167,7 @@ impl TrainData {
                     let perm = Rng::new(mix(cfg.seed, epoch as u64)).permutation(train.rows);
                     *epoch_perm = Some((epoch, perm));
                 }
-                let perm = &epoch_perm.as_ref().expect("invariant: set above").1;
+                let perm = &epoch_perm.as_ref().expect("invariant: set above").1; // invariant: set above
                 let rows = &perm[j * cfg.batch_size..((j + 1) * cfg.batch_size).min(train.rows)];
                 let data = rows.iter().flat_map(|&i| train.row(i).iter().copied()).collect();
                 Matrix::new(rows.len(), train.cols, data)

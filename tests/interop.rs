@@ -57,16 +57,17 @@ fn every_way_pytorch_users_save_the_notebook_model_loads() {
 }
 
 fn seeded_checkpoint(cfg: FlowConfig, kind: Kind) -> (Flow, Checkpoint) {
-    tch::manual_seed(21);
-    let flow = Flow::new(&cfg, Device::Cpu, kind).unwrap();
+    let flow = seeded(21, || Flow::new(&cfg, Device::Cpu, kind).unwrap());
     let ck = Checkpoint::from_flow(&flow, None);
     (flow, ck)
 }
 
 fn write_inputs(dir: &Path, kind: Kind) {
-    tch::manual_seed(5);
-    Tensor::randn([300, 2], (kind, Device::Cpu)).write_npy(dir.join("x.npy")).unwrap();
-    Tensor::randn([300, 2], (kind, Device::Cpu)).write_npy(dir.join("z_in.npy")).unwrap();
+    let (x, z) = seeded(5, || {
+        (Tensor::randn([300, 2], (kind, Device::Cpu)), Tensor::randn([300, 2], (kind, Device::Cpu)))
+    });
+    x.write_npy(dir.join("x.npy")).unwrap();
+    z.write_npy(dir.join("z_in.npy")).unwrap();
 }
 
 #[test]

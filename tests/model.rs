@@ -17,8 +17,7 @@ fn scale_vars(f: &Flow, part: &str, factor: f64) {
 }
 
 fn flow(cfg: FlowConfig, kind: Kind, seed: i64) -> Flow {
-    tch::manual_seed(seed);
-    Flow::new(&cfg, Device::Cpu, kind).unwrap()
+    seeded(seed, || Flow::new(&cfg, Device::Cpu, kind).unwrap())
 }
 
 #[test]
@@ -33,7 +32,7 @@ fn inverse_undoes_forward_for_many_shapes() {
                     // layer can contract a coordinate by e^-10, and float32 (PyTorch's too) cannot
                     // invert that to 1e-5 (z's rounding error is multiplied by e^10 on the way back).
                     scale_vars(&f, "sig_net.2", 0.5);
-                    let xs = Tensor::randn([256, d], (kind, Device::Cpu));
+                    let xs = seeded(d * 100 + layers, || Tensor::randn([256, d], (kind, Device::Cpu)));
                     let (zs, _, log_jacob) = f.forward(&xs).unwrap();
                     // a real (non-identity) transformation
                     assert!(max_abs_diff(&zs, &xs) > 1e-2, "d={d} k={k} layers={layers}");
@@ -70,7 +69,7 @@ fn autograd_jacobian(f: &Flow, xs: &Tensor) -> Tensor {
 fn log_jacobian_equals_autograd_log_det() {
     for (d, k, layers) in [(2, 1, 1), (2, 1, 3), (3, 1, 2), (4, 2, 3), (4, 3, 4), (6, 2, 5)] {
         let f = flow(FlowConfig::stacked(d, k, 12, layers), Kind::Double, d * 10 + layers);
-        let xs = Tensor::randn([32, d], (Kind::Double, Device::Cpu));
+        let xs = seeded(d + 1000, || Tensor::randn([32, d], (Kind::Double, Device::Cpu)));
         let (zs, _, log_jacob) = f.forward(&xs).unwrap();
         assert!(bool::try_from(zs.isfinite().all()).unwrap(), "d={d} k={k} layers={layers}");
         let jac = autograd_jacobian(&f, &xs);
@@ -86,7 +85,7 @@ fn log_jacobian_equals_autograd_log_det() {
 fn density_integrates_to_one_on_a_grid() {
     let f = flow(FlowConfig::stacked(2, 1, 32, 3), Kind::Double, 3);
     // a non-identity flow: log-determinants vary over the plane
-    let probe = Tensor::randn([1000, 2], (Kind::Double, Device::Cpu));
+    let probe = seeded(4, || Tensor::randn([1000, 2], (Kind::Double, Device::Cpu)));
     let (_, _, lj) = f.forward(&probe).unwrap();
     assert!(f64::try_from(lj.std(true)).unwrap() > 0.05, "the flow is too close to the identity");
 
@@ -103,7 +102,7 @@ fn density_integrates_to_one_on_a_grid() {
 #[test]
 fn identity_init_gives_the_base_density() {
     let f = flow(FlowConfig::stacked(3, 1, 16, 4).with_init(Init::Identity), Kind::Double, 0);
-    let xs = Tensor::randn([100, 3], (Kind::Double, Device::Cpu));
+    let xs = seeded(5, || Tensor::randn([100, 3], (Kind::Double, Device::Cpu)));
     let (zs, log_pz, log_jacob) = f.forward(&xs).unwrap();
     assert_eq!(max_abs_diff(&zs, &xs), 0.0);
     assert_eq!(f64::try_from(log_jacob.abs().max()).unwrap(), 0.0);

@@ -63,10 +63,12 @@ fn small_run(steps: usize, seed: u64, out: Option<std::path::PathBuf>, resume: b
             let ck = rnvp::checkpoint::Checkpoint::load(p).unwrap();
             (ck.to_flow(Device::Cpu, Kind::Float).unwrap(), ck.optimizer)
         }
-        _ => {
-            tch::manual_seed(seed as i64);
-            (Flow::new(&FlowConfig::stacked(2, 1, 32, 2), Device::Cpu, Kind::Float).unwrap(), None)
-        }
+        _ => (
+            seeded(seed as i64, || {
+                Flow::new(&FlowConfig::stacked(2, 1, 32, 2), Device::Cpu, Kind::Float).unwrap()
+            }),
+            None,
+        ),
     };
     let trainer =
         Trainer { flow: &flow, data: &data, cfg: &cfg, scaler: None, out, info: Default::default() };
@@ -109,8 +111,7 @@ fn file_data_keeps_its_scaler_and_units() {
     let (train, scaler) = TrainData::from_table(&m, 0.1, 0).unwrap();
     assert!((scaler.mean[0] - 10.0).abs() < 0.2 && (scaler.std[1] - 0.5).abs() < 0.05, "{scaler:?}");
     let cfg = TrainConfig { steps: 150, batch_size: 256, lr: 3e-3, val_every: 50, ..Default::default() };
-    tch::manual_seed(0);
-    let flow = Flow::new(&FlowConfig::stacked(2, 1, 32, 2), Device::Cpu, Kind::Float).unwrap();
+    let flow = seeded(0, || Flow::new(&FlowConfig::stacked(2, 1, 32, 2), Device::Cpu, Kind::Float).unwrap());
     let t = Trainer {
         flow: &flow,
         data: &train,
@@ -136,8 +137,8 @@ fn notebook_recipe_reaches_the_notebooks_quality() {
     let mut nlls = vec![];
     for seed in 0..3 {
         let cfg = TrainConfig { seed, val_every: 1000, val_size: 2000, ..Default::default() };
-        tch::manual_seed(seed as i64);
-        let flow = Flow::new(&FlowConfig::notebook(3), Device::Cpu, Kind::Float).unwrap();
+        let flow =
+            seeded(seed as i64, || Flow::new(&FlowConfig::notebook(3), Device::Cpu, Kind::Float).unwrap());
         let t = Trainer {
             flow: &flow,
             data: &data,

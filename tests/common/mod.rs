@@ -89,3 +89,12 @@ pub fn load_npy_weights(vs: &tch::nn::VarStore, dir: &Path) {
         }
     });
 }
+
+/// Runs `f` right after seeding libtorch's global generator, holding a lock so that another test
+/// of the same binary (tests run on parallel threads) cannot draw from the generator in between.
+pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    f()
+}
