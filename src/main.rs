@@ -284,7 +284,6 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         val_size: positive("--val-size", a.val_size)? as usize,
         val_fraction: a.val_fraction,
         reversible: a.reversible_backprop,
-        ..TrainConfig::default()
     };
     cfg.validate()?;
     let init = match a.init.as_str() {
