@@ -244,12 +244,18 @@ fn positive(name: &str, v: i64) -> Result<i64> {
     Ok(v)
 }
 
-/// Toy points: `n` drawn with `seed`, standardized on themselves (as the notebook does).
-fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: u64) -> Result<Matrix> {
+/// The `--noise` of a toy set, or the set's own; checked.
+fn toy_noise(set: data::ToySet, noise: Option<f64>) -> Result<f64> {
     let noise = noise.unwrap_or(set.default_noise());
     if !(noise.is_finite() && noise >= 0.0) {
         bail!("--noise {noise}: must be a non-negative number");
     }
+    Ok(noise)
+}
+
+/// Toy points: `n` drawn with `seed`, standardized on themselves (as the notebook does).
+fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: u64) -> Result<Matrix> {
+    let noise = toy_noise(set, noise)?;
     Ok(data::scaler::standardize(&set.sample(n, noise, &mut Rng::new(seed)))?)
 }
 
@@ -292,13 +298,7 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         o => bail!("--init {o}: expected pytorch or identity"),
     };
     let (train_data, scaler) = match &spec {
-        DataSpec::Toy(set) => {
-            let noise = a.noise.unwrap_or(set.default_noise());
-            if !(noise.is_finite() && noise >= 0.0) {
-                bail!("--noise {noise}: must be a non-negative number");
-            }
-            (TrainData::Toy { set: *set, noise }, None)
-        }
+        DataSpec::Toy(set) => (TrainData::Toy { set: *set, noise: toy_noise(*set, a.noise)? }, None),
         DataSpec::File(p) => {
             let m = io::read_matrix(p)?;
             if m.cols < 2 {

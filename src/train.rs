@@ -194,7 +194,6 @@ pub struct Adam {
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     step: i64,
-    lr0: f64,
     cfg: TrainConfig,
 }
 
@@ -227,23 +226,16 @@ impl Adam {
             exp_avg.push(state(resume.map(|r| &r.exp_avg))?);
             exp_avg_sq.push(state(resume.map(|r| &r.exp_avg_sq))?);
         }
-        Ok(Adam {
-            vars,
-            exp_avg,
-            exp_avg_sq,
-            step: resume.map_or(0, |r| r.step),
-            lr0: cfg.lr,
-            cfg: cfg.clone(),
-        })
+        Ok(Adam { vars, exp_avg, exp_avg_sq, step: resume.map_or(0, |r| r.step), cfg: cfg.clone() })
     }
 
     /// The learning rate after `t` steps.
     pub fn lr_at(&self, t: i64) -> f64 {
         let base = match self.cfg.schedule {
-            Schedule::Exponential => self.lr0 * self.cfg.gamma.powf(t as f64),
+            Schedule::Exponential => self.cfg.lr * self.cfg.gamma.powf(t as f64),
             Schedule::Cosine => {
                 let frac = (t as f64 / self.cfg.steps.max(1) as f64).min(1.0);
-                self.lr0 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
+                self.cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
             }
         };
         if (t as usize) < self.cfg.warmup {
