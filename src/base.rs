@@ -2,7 +2,7 @@
 use tch::{Device, Kind, Tensor};
 
 /// `ln(2π)`.
-const LN_2PI: f64 = 1.837_877_066_409_345_5;
+pub(crate) const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
 /// `log N(z; 0, I) = −½ Σᵢ zᵢ² − (d/2)·ln 2π`, one value per row of `z` (`[n, d]` → `[n]`).
 ///

@@ -79,9 +79,13 @@ pub struct Compute {
     /// Precision: f32 or f64.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// libtorch intra-op threads (default: libtorch's choice).
+    /// libtorch intra-op threads (default: libtorch's choice); the fused kernels use as many.
     #[arg(long)]
     pub threads: Option<i32>,
+    /// What computes the passes: auto (the fused CPU kernels for float32 flows with k and d − k
+    /// at most 4, libtorch otherwise), fused, or libtorch (autograd, as the notebook).
+    #[arg(long, default_value = "auto")]
+    pub engine: String,
 }
 
 #[derive(Args, Debug)]

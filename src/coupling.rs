@@ -25,11 +25,13 @@ pub struct RNvp {
     cond: i64,
     /// `sig_net.0.weight`, to read the layer's dtype and device.
     probe: Tensor,
+    /// `[0.weight, 0.bias, 2.weight, 2.bias]` of `sig_net` then of `mu_net` (shared with the nets).
+    weights: [[Tensor; 4]; 2],
 }
 
 /// A conditioner network `Linear(c, hidden) → LeakyReLU(0.01) → Linear(hidden, out)` at `p`,
 /// with variables `p.0.{weight,bias}` and `p.2.{weight,bias}`.
-fn conditioner(p: nn::Path, c: i64, hidden: i64, out: i64, init: Init) -> (nn::Sequential, Tensor) {
+fn conditioner(p: nn::Path, c: i64, hidden: i64, out: i64, init: Init) -> (nn::Sequential, [Tensor; 4]) {
     let pytorch_default = |fan_in: i64| {
         let bound = 1.0 / (fan_in as f64).sqrt();
         let u = nn::Init::Uniform { lo: -bound, up: bound };
@@ -44,14 +46,11 @@ fn conditioner(p: nn::Path, c: i64, hidden: i64, out: i64, init: Init) -> (nn::S
         },
     };
     let first = nn::linear(&p / 0, c, hidden, pytorch_default(c));
-    let probe = first.ws.shallow_clone();
-    let net = nn::seq().add(first).add_fn(|xs| xs.shallow_clone().leaky_relu_()).add(nn::linear(
-        &p / 2,
-        hidden,
-        out,
-        last,
-    ));
-    (net, probe)
+    let second = nn::linear(&p / 2, hidden, out, last);
+    let bias = |l: &nn::Linear| l.bs.as_ref().expect("invariant: built with a bias").shallow_clone();
+    let weights = [first.ws.shallow_clone(), bias(&first), second.ws.shallow_clone(), bias(&second)];
+    let net = nn::seq().add(first).add_fn(|xs| xs.shallow_clone().leaky_relu_()).add(second);
+    (net, weights)
 }
 
 impl RNvp {
@@ -67,9 +66,10 @@ impl RNvp {
         let cfg = crate::config::FlowConfig::single(d, k, hidden);
         cfg.validate()?;
         let cond = cfg.cond_dim(flip);
-        let (sig_net, probe) = conditioner(p / "sig_net", cond, hidden, d - cond, init);
-        let (mu_net, _) = conditioner(p / "mu_net", cond, hidden, d - cond, init);
-        Ok(RNvp { sig_net, mu_net, d, k, cond, probe })
+        let (sig_net, sig_w) = conditioner(p / "sig_net", cond, hidden, d - cond, init);
+        let (mu_net, mu_w) = conditioner(p / "mu_net", cond, hidden, d - cond, init);
+        let probe = sig_w[0].shallow_clone();
+        Ok(RNvp { sig_net, mu_net, d, k, cond, probe, weights: [sig_w, mu_w] })
     }
 
     /// Data dimension `d`.
@@ -85,6 +85,11 @@ impl RNvp {
     /// `sig_net.0.weight` (its dtype and device are the layer's).
     pub(crate) fn probe(&self) -> &Tensor {
         &self.probe
+    }
+
+    /// The weights `[0.weight, 0.bias, 2.weight, 2.bias]` of `sig_net` (`[0]`) and `mu_net` (`[1]`).
+    pub fn weights(&self) -> &[[Tensor; 4]; 2] {
+        &self.weights
     }
 
     /// The conditioner networks `(sig_net, mu_net)`.

@@ -3,9 +3,10 @@
 //! Direction, as in the notebook: `forward` maps data `x` to latent `z`, `inverse` maps `z` to `x`,
 //! and `log p(x) = log N(f(x); 0, I) + Σᵢ log|det ∂zᵢ/∂zᵢ₋₁|`. Sampling is `inverse(N(0, I))`.
 use crate::base;
-use crate::config::{FlowConfig, Layout};
+use crate::config::{Engine, FlowConfig, Layout};
 use crate::coupling::{check_input, RNvp};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kernel::{self, Packing};
 use tch::{nn, Device, Kind, Tensor};
 
 /// A stack of coupling layers with alternating flips (the notebook's `stacked_NVP`), or a single
@@ -16,6 +17,7 @@ pub struct StackedNvp {
     flips: Vec<bool>,
     cfg: FlowConfig,
     probe: Tensor,
+    engine: Engine,
 }
 
 impl StackedNvp {
@@ -35,7 +37,7 @@ impl StackedNvp {
             })
             .collect::<Result<Vec<_>>>()?;
         let probe = bijectors[0].probe().shallow_clone(); // invariant: validate() ensures layers ≥ 1
-        Ok(StackedNvp { bijectors, flips, cfg: *cfg, probe })
+        Ok(StackedNvp { bijectors, flips, cfg: *cfg, probe, engine: Engine::Auto })
     }
 
     /// The architecture.
@@ -51,6 +53,53 @@ impl StackedNvp {
     /// The flips, in forward order (`false, true, false, …`).
     pub fn flips(&self) -> &[bool] {
         &self.flips
+    }
+
+    /// What computes `log_prob`, `encode`, `decode`, `sample` and training steps.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Chooses what computes `log_prob`, `encode`, `decode`, `sample` and training steps.
+    pub fn set_engine(&mut self, engine: Engine) {
+        self.engine = engine;
+    }
+
+    /// The packing for the fused kernels when the engine uses them for this flow now (`Auto`
+    /// falls back to libtorch silently; `Fused` fails where they do not apply).
+    pub fn fused_packing(&self) -> Result<Option<Packing>> {
+        match self.engine {
+            Engine::Libtorch => Ok(None),
+            Engine::Auto => Ok(kernel::packing_for(self)),
+            Engine::Fused => kernel::packing_for(self).map(Some).ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "the fused engine runs float32 flows on the CPU with k and d − k at most {} \
+                     (this flow: {:?} on {:?}, d = {}, k = {})",
+                    kernel::MAX_WIDTH,
+                    self.kind(),
+                    self.device(),
+                    self.cfg.d,
+                    self.cfg.k
+                ))
+            }),
+        }
+    }
+
+    /// Runs the fused forward pass on `xs`: `(z, Σ log|det|)` as flat row-major vectors.
+    fn fused_forward(&self, pk: &Packing, xs: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+        let params = pk.pack(self)?;
+        let mut zs = kernel::flat(xs)?;
+        let mut log_det = vec![0.0f32; xs.size()[0] as usize];
+        pk.forward_par(&params, &mut zs, &mut log_det, threads());
+        Ok((zs, log_det))
+    }
+
+    /// Runs the fused inverse on `zs`.
+    fn fused_inverse(&self, pk: &Packing, zs: &Tensor) -> Result<Tensor> {
+        let params = pk.pack(self)?;
+        let mut xs = kernel::flat(zs)?;
+        pk.inverse_par(&params, &mut xs, threads());
+        Ok(Tensor::from_slice(&xs).view([-1, self.cfg.d]))
     }
 
     /// The dtype of the weights (and so of the inputs the flow takes).
@@ -87,6 +136,18 @@ impl StackedNvp {
     /// `log p(x)`, one value per row, without autograd.
     pub fn log_prob(&self, xs: &Tensor) -> Result<Tensor> {
         self.check(xs, "input")?;
+        if let Some(pk) = self.fused_packing()? {
+            let (zs, log_det) = self.fused_forward(&pk, xs)?;
+            let c = 0.5 * self.cfg.d as f64 * base::LN_2PI;
+            let lp: Vec<f32> = zs
+                .chunks_exact(self.cfg.d as usize)
+                .zip(log_det)
+                .map(|(z, ld)| {
+                    (-0.5 * z.iter().map(|&v| v as f64 * v as f64).sum::<f64>() - c + ld as f64) as f32
+                })
+                .collect();
+            return Ok(Tensor::from_slice(&lp));
+        }
         Ok(chunked(xs, |xs| {
             let (zs, log_jacob) = self.transform(xs);
             base::log_prob(&zs) + log_jacob
@@ -96,12 +157,19 @@ impl StackedNvp {
     /// `z = f(x)` without autograd.
     pub fn encode(&self, xs: &Tensor) -> Result<Tensor> {
         self.check(xs, "input")?;
+        if let Some(pk) = self.fused_packing()? {
+            let (zs, _) = self.fused_forward(&pk, xs)?;
+            return Ok(Tensor::from_slice(&zs).view([-1, self.cfg.d]));
+        }
         Ok(chunked(xs, |xs| self.transform(xs).0))
     }
 
     /// `x = f⁻¹(z)` without autograd.
     pub fn decode(&self, zs: &Tensor) -> Result<Tensor> {
         self.check(zs, "latent")?;
+        if let Some(pk) = self.fused_packing()? {
+            return self.fused_inverse(&pk, zs);
+        }
         Ok(chunked(zs, |zs| self.untransform(zs)))
     }
 
@@ -112,6 +180,9 @@ impl StackedNvp {
             return Err(crate::Error::InvalidConfig(format!("cannot draw {n} samples")));
         }
         let zs = base::sample(n, self.cfg.d, self.kind(), self.device());
+        if let Some(pk) = self.fused_packing()? {
+            return self.fused_inverse(&pk, &zs);
+        }
         Ok(chunked(&zs, |zs| self.untransform(zs)))
     }
 
@@ -196,6 +267,11 @@ fn chunked(xs: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
     })
 }
 
+/// libtorch's intra-op thread count, which the fused kernels follow.
+pub(crate) fn threads() -> usize {
+    tch::get_num_threads().max(1) as usize
+}
+
 /// A flow that owns its variables: a [`StackedNvp`] in its own `VarStore`.
 ///
 /// Derefs to the [`StackedNvp`], so `flow.log_prob(&xs)`, `flow.sample(n)`, ... work directly.
@@ -222,6 +298,11 @@ impl Flow {
     /// The variable store (names are the notebook's state_dict keys).
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
+    }
+
+    /// Chooses what computes `log_prob`, `encode`, `decode`, `sample` and training steps.
+    pub fn set_engine(&mut self, engine: Engine) {
+        self.net.set_engine(engine);
     }
 
     /// The variable store, mutably (to load weights, change dtype or device, build an optimizer).

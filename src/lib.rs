@@ -16,7 +16,7 @@
 //! let log_p = flow.log_prob(&xs)?;      // one value per row
 //! # Ok::<(), rnvp::Error>(())
 //! ```
-#![deny(unsafe_code)] // one exception: `tune_allocator`
+#![deny(unsafe_code)] // exceptions: `tune_allocator` and the kernels' run-time CPU dispatch
 #![deny(missing_docs)]
 
 pub mod base;
@@ -28,10 +28,11 @@ pub mod device;
 pub mod error;
 pub mod figures;
 pub mod flow;
+pub mod kernel;
 pub mod plot;
 pub mod train;
 
-pub use config::{FlowConfig, Init, Layout};
+pub use config::{Engine, FlowConfig, Init, Layout};
 
 /// Keeps freed memory in the process instead of handing it back to the OS.
 ///

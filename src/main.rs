@@ -10,7 +10,7 @@ use rnvp::data::{self, io, DataSpec, Matrix, Rng, Scaler};
 use rnvp::device::{parse_device, parse_kind};
 use rnvp::figures::Figures;
 use rnvp::train::{best_path, Event, Schedule, TrainConfig, TrainData, Trainer};
-use rnvp::{Flow, FlowConfig, Init};
+use rnvp::{Engine, Flow, FlowConfig, Init};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -195,10 +195,20 @@ fn compute(c: &Compute) -> Result<(Device, Kind)> {
     Ok((parse_device(&c.device)?, parse_kind(&c.dtype)?))
 }
 
+/// The `--engine` flag.
+fn engine(c: &Compute) -> Result<Engine> {
+    match c.engine.parse::<Engine>() {
+        Ok(e) => Ok(e),
+        Err(_) => bail!("--engine {}: expected auto, fused or libtorch", c.engine),
+    }
+}
+
 fn load_flow(path: &Path, c: &Compute) -> Result<(Flow, Checkpoint)> {
     let (device, kind) = compute(c)?;
+    let engine = engine(c)?;
     let ck = Checkpoint::load(path)?;
-    let flow = ck.to_flow(device, kind).with_context(|| format!("loading {}", path.display()))?;
+    let mut flow = ck.to_flow(device, kind).with_context(|| format!("loading {}", path.display()))?;
+    flow.set_engine(engine);
     Ok((flow, ck))
 }
 
@@ -261,6 +271,7 @@ fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: u64) -> Res
 
 fn train(a: cli::TrainArgs) -> Result<()> {
     let (device, kind) = compute(&a.compute)?;
+    let engine = engine(&a.compute)?;
     if a.reversible_backprop {
         rnvp::tune_allocator_for_memory();
     }
@@ -335,7 +346,9 @@ fn train(a: cli::TrainArgs) -> Result<()> {
     };
     flow_cfg.validate()?;
     tch::manual_seed(a.seed as i64);
-    let flow = Flow::new(&flow_cfg, device, kind)?;
+    let mut flow = Flow::new(&flow_cfg, device, kind)?;
+    flow.set_engine(engine);
+    flow.fused_packing()?; // an engine that cannot run this flow fails before training starts
     let optimizer = match &resume {
         Some((_, ck)) => {
             rnvp::checkpoint::load_weights(&flow, &ck.tensors)?;

@@ -1,9 +1,11 @@
 //! Training: the notebook's recipe (Adam, ExponentialLR stepped every iteration, loss
 //! `−mean(log p(x))`), seeded batches, validation, checkpoints and resuming.
 use crate::checkpoint::{Checkpoint, OptimizerState};
+use crate::config::Layout;
 use crate::data::{self, Matrix, Rng, Scaler, ToySet};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
+use crate::kernel::{Packing, Scratch};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,22 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The learning rate after `t` steps (schedule and warm-up applied).
+    pub fn lr_at(&self, t: i64) -> f64 {
+        let base = match self.schedule {
+            Schedule::Exponential => self.lr * self.gamma.powf(t as f64),
+            Schedule::Cosine => {
+                let frac = (t as f64 / self.steps.max(1) as f64).min(1.0);
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
+            }
+        };
+        if (t as usize) < self.warmup {
+            base * (t + 1) as f64 / self.warmup as f64
+        } else {
+            base
+        }
+    }
+
     /// Checks every value is usable.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::InvalidConfig(m.to_string()));
@@ -231,18 +249,7 @@ impl Adam {
 
     /// The learning rate after `t` steps.
     pub fn lr_at(&self, t: i64) -> f64 {
-        let base = match self.cfg.schedule {
-            Schedule::Exponential => self.cfg.lr * self.cfg.gamma.powf(t as f64),
-            Schedule::Cosine => {
-                let frac = (t as f64 / self.cfg.steps.max(1) as f64).min(1.0);
-                self.cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
-            }
-        };
-        if (t as usize) < self.cfg.warmup {
-            base * (t + 1) as f64 / self.cfg.warmup as f64
-        } else {
-            base
-        }
+        self.cfg.lr_at(t)
     }
 
     /// The learning rate of the next step.
@@ -310,6 +317,175 @@ impl Adam {
                 .collect()
         };
         OptimizerState { step: self.step, exp_avg: copy(&self.exp_avg), exp_avg_sq: copy(&self.exp_avg_sq) }
+    }
+}
+
+/// Training with the fused kernels: the flow's parameters, gradients and Adam's moments as flat
+/// buffers (see [`crate::kernel`]); the same update as [`Adam`], element by element in float32.
+#[derive(Debug)]
+pub struct FusedAdam {
+    pk: Packing,
+    layout: Layout,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+    step: i64,
+    cfg: TrainConfig,
+    scratch: Vec<(Scratch, Vec<f32>)>,
+}
+
+impl FusedAdam {
+    /// Packs the flow's weights (and the optimizer state of `resume`).
+    pub fn new(pk: Packing, flow: &Flow, cfg: &TrainConfig, resume: Option<&OptimizerState>) -> Result<Self> {
+        let layout = flow.config().layout;
+        let params = pk.pack(flow)?;
+        let moment = |m: Option<&BTreeMap<String, Tensor>>| -> Result<Vec<f32>> {
+            match m {
+                Some(m) => pk.from_named(m, layout).map_err(|e| Error::Data(format!("optimizer state: {e}"))),
+                None => Ok(vec![0.0; pk.len()]),
+            }
+        };
+        Ok(FusedAdam {
+            exp_avg: moment(resume.map(|r| &r.exp_avg))?,
+            exp_avg_sq: moment(resume.map(|r| &r.exp_avg_sq))?,
+            grads: vec![0.0; pk.len()],
+            params,
+            pk,
+            layout,
+            step: resume.map_or(0, |r| r.step),
+            cfg: cfg.clone(),
+            scratch: vec![],
+        })
+    }
+
+    /// The batch's mean loss; its gradient replaces the previous one.
+    pub fn loss_grad(&mut self, xs: &[f32]) -> f64 {
+        let threads = crate::flow::threads();
+        let (pk, cfg) = (&self.pk, &self.cfg);
+        pk.mean_loss_grad(&self.params, &mut self.grads, xs, cfg.reversible, threads, &mut self.scratch)
+    }
+
+    /// Scales the gradient so that its L2 norm is at most `max`; returns the norm.
+    pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
+        let total = self.grads.iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt();
+        let coef = max / (total + 1e-6);
+        if coef < 1.0 {
+            self.grads.iter_mut().for_each(|g| *g *= coef as f32);
+        }
+        total
+    }
+
+    /// The learning rate of the next step.
+    pub fn lr(&self) -> f64 {
+        self.cfg.lr_at(self.step)
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> i64 {
+        self.step
+    }
+
+    /// One Adam update, as `torch.optim.Adam` computes it for float32 parameters.
+    pub fn step(&mut self) {
+        let lr = self.lr();
+        self.step += 1;
+        let bc1 = 1.0 - Adam::BETA1.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - Adam::BETA2.powi(self.step as i32)).sqrt() as f32;
+        let (w1, w2, eps, step_size) =
+            ((1.0 - Adam::BETA1) as f32, (1.0 - Adam::BETA2) as f32, Adam::EPS as f32, (-lr / bc1) as f32);
+        let beta2 = Adam::BETA2 as f32;
+        for (((p, &g), m), v) in
+            self.params.iter_mut().zip(&self.grads).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq)
+        {
+            *m += w1 * (g - *m);
+            *v = *v * beta2 + g * (g * w2);
+            *p += step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+        }
+    }
+
+    /// Copies the trained weights into the flow.
+    pub fn write_back(&self, flow: &Flow) -> Result<()> {
+        self.pk.unpack(&self.params, flow)
+    }
+
+    /// The state, for a checkpoint.
+    pub fn state(&self) -> OptimizerState {
+        OptimizerState {
+            step: self.step,
+            exp_avg: self.pk.named(&self.exp_avg, self.layout),
+            exp_avg_sq: self.pk.named(&self.exp_avg_sq, self.layout),
+        }
+    }
+}
+
+/// The optimizer of a run: libtorch's autograd with [`Adam`], or the fused kernels.
+enum Optimizer {
+    Libtorch(Adam),
+    Fused(Box<FusedAdam>),
+}
+
+impl Optimizer {
+    fn steps(&self) -> i64 {
+        match self {
+            Optimizer::Libtorch(a) => a.steps(),
+            Optimizer::Fused(f) => f.steps(),
+        }
+    }
+
+    fn lr(&self) -> f64 {
+        match self {
+            Optimizer::Libtorch(a) => a.lr(),
+            Optimizer::Fused(f) => f.lr(),
+        }
+    }
+
+    fn state(&self) -> OptimizerState {
+        match self {
+            Optimizer::Libtorch(a) => a.state(),
+            Optimizer::Fused(f) => f.state(),
+        }
+    }
+
+    /// One training step on `batch`; returns the loss (no update when it is not finite).
+    fn train_step(&mut self, flow: &Flow, batch: &Matrix, cfg: &TrainConfig) -> Result<f64> {
+        let loss = match self {
+            Optimizer::Libtorch(adam) => {
+                let xs = data::to_tensor(batch, flow.kind(), flow.device())?;
+                adam.zero_grad();
+                flow.loss_backward(&xs, cfg.reversible)?
+            }
+            Optimizer::Fused(f) => {
+                let xs: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
+                f.loss_grad(&xs)
+            }
+        };
+        if !loss.is_finite() {
+            return Ok(loss);
+        }
+        match self {
+            Optimizer::Libtorch(adam) => {
+                if let Some(c) = cfg.clip_grad {
+                    adam.clip_grad_norm(c);
+                }
+                adam.step();
+            }
+            Optimizer::Fused(f) => {
+                if let Some(c) = cfg.clip_grad {
+                    f.clip_grad_norm(c);
+                }
+                f.step();
+            }
+        }
+        Ok(loss)
+    }
+
+    /// Makes the flow's variables current.
+    fn sync(&self, flow: &Flow) -> Result<()> {
+        match self {
+            Optimizer::Libtorch(_) => Ok(()),
+            Optimizer::Fused(f) => f.write_back(flow),
+        }
     }
 }
 
@@ -413,9 +589,9 @@ pub fn best_path(out: &Path) -> PathBuf {
 }
 
 impl Trainer<'_> {
-    fn save(&self, path: &Path, adam: Option<&Adam>, step: usize, val: Option<f64>) -> Result<()> {
+    fn save(&self, path: &Path, opt: Option<&Optimizer>, step: usize, val: Option<f64>) -> Result<()> {
         let mut ck = Checkpoint::from_flow(self.flow, self.scaler.clone());
-        ck.optimizer = adam.map(Adam::state);
+        ck.optimizer = opt.map(Optimizer::state);
         ck.info = self.info.clone();
         ck.info.insert("step".into(), json!(step));
         if let Some(v) = val {
@@ -437,42 +613,40 @@ impl Trainer<'_> {
         mut on_event: impl FnMut(Event),
     ) -> Result<TrainReport> {
         self.cfg.validate()?;
-        let mut adam = Adam::new(self.flow, self.cfg, resume)?;
-        let start = adam.steps() as usize;
+        let mut opt = match self.flow.fused_packing()? {
+            Some(pk) => Optimizer::Fused(Box::new(FusedAdam::new(pk, self.flow, self.cfg, resume)?)),
+            None => Optimizer::Libtorch(Adam::new(self.flow, self.cfg, resume)?),
+        };
+        let start = opt.steps() as usize;
         let val_set = self.data.validation(self.cfg)?;
         let mut report = TrainReport { start_step: start, ..Default::default() };
         let mut best = f64::INFINITY;
         let mut perm = None;
         if let Some(out) = &self.out {
             // fails early on an unwritable path, and is the last good state until the first validation
-            self.save(out, Some(&adam), start, None)?;
+            self.save(out, Some(&opt), start, None)?;
         }
         let t0 = Instant::now();
         let mut paused = 0.0; // seconds spent validating and saving
         for step in start + 1..=self.cfg.steps {
             let batch = self.data.batch(step - 1, self.cfg, &mut perm)?;
-            let xs = data::to_tensor(&batch, self.flow.kind(), self.flow.device())?;
-            let lr = adam.lr();
-            adam.zero_grad();
-            let loss_value = self.flow.loss_backward(&xs, self.cfg.reversible)?;
+            let lr = opt.lr();
+            let loss_value = opt.train_step(self.flow, &batch, self.cfg)?;
             if !loss_value.is_finite() {
                 report.diverged = Some((step, loss_value));
                 break;
             }
-            if let Some(c) = self.cfg.clip_grad {
-                adam.clip_grad_norm(c);
-            }
-            adam.step();
             report.losses.push(loss_value);
             on_event(Event::Step { step, loss: loss_value, lr });
             if step % self.cfg.val_every == 0 || step == self.cfg.steps {
                 let v0 = Instant::now();
                 report.val_seconds.push(t0.elapsed().as_secs_f64() - paused);
+                opt.sync(self.flow)?;
                 let nll = mean_nll(self.flow, &val_set, self.scaler.as_ref())?;
                 let is_best = nll < best;
                 report.val.push((step, nll));
                 if let Some(out) = &self.out {
-                    self.save(out, Some(&adam), step, Some(nll))?;
+                    self.save(out, Some(&opt), step, Some(nll))?;
                     if is_best {
                         self.save(&best_path(out), None, step, Some(nll))?;
                     }
@@ -486,6 +660,7 @@ impl Trainer<'_> {
             }
         }
         report.seconds = t0.elapsed().as_secs_f64();
+        opt.sync(self.flow)?;
         Ok(report)
     }
 }

@@ -288,6 +288,15 @@ fn bad_input_gives_one_line_errors_and_a_non_zero_exit() {
     fails(&["sample", "--checkpoint", ck, "-n", "5", "--device", "cuda:7"], &["cuda:7"]);
     fails(&["sample", "--checkpoint", ck, "-n", "5", "--device", "tpu"], &["tpu"]);
     fails(&["sample", "--checkpoint", ck, "-n", "5", "--dtype", "f16"], &["f16"]);
+    fails(&["sample", "--checkpoint", ck, "-n", "5", "--engine", "gpu"], &["--engine gpu", "libtorch"]);
+    fails(
+        &["sample", "--checkpoint", ck, "-n", "5", "--engine", "fused", "--dtype", "f64"],
+        &["float32", "Double"],
+    );
+    fails(
+        &["train", "--data", "two-moons", "--out", out, "--engine", "fused", "--dtype", "f64"],
+        &["float32"],
+    );
     fails(&["log-prob", "--checkpoint", ck, "--input", &points, "--threads", "0"], &["--threads"]);
     fails(&["sample", "--checkpoint", ck], &["-n"]);
     fails(&["frobnicate"], &["frobnicate"]);

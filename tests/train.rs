@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use rnvp::data::{io, scaler::standardize, Matrix, Rng, ToySet};
-use rnvp::train::{mean_nll, Adam, TrainConfig, TrainData, Trainer};
+use rnvp::train::{mean_nll, Adam, FusedAdam, TrainConfig, TrainData, Trainer};
 use rnvp::{Flow, FlowConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -34,6 +34,25 @@ fn adam_and_exponential_lr_match_pytorch_step_for_step() {
     ]);
 
     let cfg = TrainConfig { lr: 0.01, gamma: 0.9, ..Default::default() };
+    // the fused kernels with their flat Adam, from the same weights
+    let fused_flow = Flow::new(&FlowConfig::stacked(2, 1, 16, 3), Device::Cpu, Kind::Float).unwrap();
+    load_npy_weights(fused_flow.var_store(), &dir.join("weights"));
+    let pk = rnvp::kernel::packing_for(&fused_flow).unwrap();
+    let mut fused = FusedAdam::new(pk, &fused_flow, &cfg, None).unwrap();
+    let mut fused_losses = vec![];
+    for b in &batches {
+        let rows: Vec<f32> = b.data.iter().map(|&v| v as f32).collect();
+        fused_losses.push(fused.loss_grad(&rows));
+        fused.step();
+    }
+    fused.write_back(&fused_flow).unwrap();
+    let want = npy(out.join("losses.npy"));
+    assert_close(&Tensor::from_slice(&fused_losses), &want, 1e-4, 1e-4, "fused losses");
+    for (name, var) in fused_flow.var_store().variables() {
+        let w = npy(out.join("weights").join(format!("{name}.npy")));
+        assert_close(&var, &w, 1e-4, 1e-3, &format!("fused {name}"));
+    }
+
     let mut adam = Adam::new(&flow, &cfg, None).unwrap();
     let mut losses = vec![];
     for b in &batches {
