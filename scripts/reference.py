@@ -142,6 +142,20 @@ def cmd_parity(a):
         save(a.out, name, t)
 
 
+DEVICE = torch.device(os.environ.get("RNVP_DEVICE", "cpu"))  # benches: where train/sample/log-prob run
+
+
+def to_device(model):
+    """The model on DEVICE. The notebook's base_dist is not a buffer, so it is rebuilt there."""
+    model = model.to(DEVICE)
+    for m in model.modules():
+        if isinstance(m, R_NVP):
+            loc = m.base_dist.loc.to(DEVICE)
+            m.base_dist = MultivariateNormal(loc, torch.eye(m.d, dtype=loc.dtype, device=DEVICE),
+                                             validate_args=False)
+    return model
+
+
 def load_weights_dir(dirname, dtype=torch.float32):
     """A stacked_NVP or R_NVP built from DIR/<state_dict key>.npy (architecture from names/shapes)."""
     sd = {f[:-4]: torch.from_numpy(np.load(os.path.join(dirname, f))) for f in os.listdir(dirname)}
@@ -258,15 +272,16 @@ def cmd_train(a):
     import time
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
-    model = stacked_NVP(2, 1, a.hidden, a.layers)
+    model = to_device(stacked_NVP(2, 1, a.hidden, a.layers))
     optim = torch.optim.Adam(model.parameters(), lr=a.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optim, a.gamma)
     if a.eval_every:
         test = torch.from_numpy(StandardScaler().fit_transform(
-            make_moons(a.eval_n, noise=0.05, random_state=12345)[0])).float()
+            make_moons(a.eval_n, noise=0.05, random_state=12345)[0])).float().to(DEVICE)
     spent, t0 = 0.0, time.perf_counter()
     for step in range(1, a.steps + 1):
         X = torch.from_numpy(StandardScaler().fit_transform(make_moons(a.batch, noise=0.05)[0])).float()
+        X = X.to(DEVICE)
         optim.zero_grad()
         z, log_pz, log_jacob = model(X)
         loss = (-log_pz - log_jacob).mean()
@@ -274,6 +289,8 @@ def cmd_train(a):
         optim.step()
         scheduler.step()
         if a.eval_every and (step % a.eval_every == 0 or step == a.steps):
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()
             spent += time.perf_counter() - t0
             with torch.no_grad():
                 z, log_pz, log_jacob = model(test)
@@ -283,19 +300,19 @@ def cmd_train(a):
 
 
 def cmd_sample(a):
-    model = load_weights_dir(a.weights)
+    model = to_device(load_weights_dir(a.weights))
     with torch.no_grad():
         x = model.inverse(model.bijectors[0].base_dist.sample((a.n,)) if hasattr(model, "bijectors")
                           else model.base_dist.sample((a.n,)))
-    np.save(a.out, x.numpy())
+    np.save(a.out, x.cpu().numpy())
 
 
 def cmd_log_prob(a):
-    model = load_weights_dir(a.weights)
-    x = torch.from_numpy(np.load(a.input)).float()
+    model = to_device(load_weights_dir(a.weights))
+    x = torch.from_numpy(np.load(a.input)).float().to(DEVICE)
     with torch.no_grad():
         z, log_pz, log_jacob = model(x)
-    np.save(a.out, (log_pz + log_jacob).numpy())
+    np.save(a.out, (log_pz + log_jacob).cpu().numpy())
 
 
 def cmd_broken(a):

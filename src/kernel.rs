@@ -670,13 +670,34 @@ fn has_avx2_fma() -> bool {
 }
 
 impl Packing {
+    fn check_lengths(&self, params: &[f32], data: usize) {
+        assert_eq!(
+            params.len(),
+            self.len,
+            "kernel: parameter buffer of {} numbers, expected {}",
+            params.len(),
+            self.len
+        );
+        assert_eq!(data % self.d, 0, "kernel: {data} numbers are not rows of d = {}", self.d);
+    }
+
     fn geometry(&self, layer: usize) -> Geometry {
         let (cc, tc) = self.columns(layer);
         Geometry { d: self.d, cc, tc, hp: self.hp }
     }
 
     /// `x → z` in place for rows of `xs` (`n × d`), adding each row's `Σ log|det|` to `log_det`.
+    ///
+    /// Panics if `params` is not a buffer of this packing or the lengths disagree.
     pub fn forward(&self, params: &[f32], xs: &mut [f32], log_det: &mut [f32]) {
+        self.check_lengths(params, xs.len());
+        assert_eq!(
+            xs.len(),
+            log_det.len() * self.d,
+            "kernel: {} rows but {} log-dets",
+            xs.len() / self.d,
+            log_det.len()
+        );
         for l in 0..self.layers() {
             let (c, o) = self.widths(l);
             fwd::run(self.avx2, c, o, &params[self.layer_range(l)], self.geometry(l), xs, log_det, None);
@@ -684,7 +705,10 @@ impl Packing {
     }
 
     /// `z → x` in place for rows of `zs`.
+    ///
+    /// Panics if `params` is not a buffer of this packing or `zs` is not whole rows.
     pub fn inverse(&self, params: &[f32], zs: &mut [f32]) {
+        self.check_lengths(params, zs.len());
         for l in (0..self.layers()).rev() {
             let (c, o) = self.widths(l);
             inv::run(self.avx2, c, o, &params[self.layer_range(l)], self.geometry(l), zs, None);
@@ -703,6 +727,14 @@ impl Packing {
         reversible: bool,
         scratch: &mut Scratch,
     ) -> f64 {
+        self.check_lengths(params, xs.len());
+        assert_eq!(
+            grads.len(),
+            self.len,
+            "kernel: gradient buffer of {} numbers, expected {}",
+            grads.len(),
+            self.len
+        );
         let d = self.d;
         let n = xs.len() / d;
         let layers = self.layers();
@@ -919,9 +951,9 @@ impl Packing {
         let n = xs.len() / d;
         let scale = 1.0 / n.max(1) as f32;
         let blocks = Self::row_blocks(n, threads, 128);
-        scratch.resize_with(blocks.len(), || (Scratch::default(), vec![]));
+        scratch.resize_with(blocks.len().max(1), || (Scratch::default(), vec![]));
         grads.fill(0.0);
-        if blocks.len() == 1 {
+        if blocks.len() <= 1 {
             let (s, _) = &mut scratch[0];
             return self.loss_grad(params, grads, xs, scale, reversible, s) / n.max(1) as f64;
         }

@@ -447,8 +447,10 @@ impl Optimizer {
         }
     }
 
-    /// One training step on `batch`; returns the loss (no update when it is not finite).
-    fn train_step(&mut self, flow: &Flow, batch: &Matrix, cfg: &TrainConfig) -> Result<f64> {
+    /// One training step on `batch`: the loss, and whether the parameters were updated. Without
+    /// clipping every step with a finite loss updates; with `clip_grad`, a step whose loss or
+    /// gradient norm is not finite is skipped instead (one bad batch cannot poison the weights).
+    fn train_step(&mut self, flow: &Flow, batch: &Matrix, cfg: &TrainConfig) -> Result<(f64, bool)> {
         let loss = match self {
             Optimizer::Libtorch(adam) => {
                 let xs = data::to_tensor(batch, flow.kind(), flow.device())?;
@@ -461,23 +463,22 @@ impl Optimizer {
             }
         };
         if !loss.is_finite() {
-            return Ok(loss);
+            return Ok((loss, false));
+        }
+        if let Some(c) = cfg.clip_grad {
+            let norm = match self {
+                Optimizer::Libtorch(adam) => adam.clip_grad_norm(c),
+                Optimizer::Fused(f) => f.clip_grad_norm(c),
+            };
+            if !norm.is_finite() {
+                return Ok((loss, false));
+            }
         }
         match self {
-            Optimizer::Libtorch(adam) => {
-                if let Some(c) = cfg.clip_grad {
-                    adam.clip_grad_norm(c);
-                }
-                adam.step();
-            }
-            Optimizer::Fused(f) => {
-                if let Some(c) = cfg.clip_grad {
-                    f.clip_grad_norm(c);
-                }
-                f.step();
-            }
+            Optimizer::Libtorch(adam) => adam.step(),
+            Optimizer::Fused(f) => f.step(),
         }
-        Ok(loss)
+        Ok((loss, true))
     }
 
     /// Makes the flow's variables current.
@@ -488,6 +489,9 @@ impl Optimizer {
         }
     }
 }
+
+/// Consecutive skipped steps (non-finite loss or gradient, with clipping) that end a run.
+const MAX_SKIPPED: usize = 10;
 
 /// What the trainer reports while it runs.
 #[derive(Debug, Clone, Copy)]
@@ -527,6 +531,8 @@ pub struct TrainReport {
     pub best: Option<(usize, f64)>,
     /// `(step, loss)` where the loss stopped being finite; training stopped there.
     pub diverged: Option<(usize, f64)>,
+    /// Steps skipped because their loss or gradient was not finite (only with `clip_grad`).
+    pub skipped: Vec<usize>,
     /// Seconds spent in the training loop.
     pub seconds: f64,
 }
@@ -631,10 +637,16 @@ impl Trainer<'_> {
         for step in start + 1..=self.cfg.steps {
             let batch = self.data.batch(step - 1, self.cfg, &mut perm)?;
             let lr = opt.lr();
-            let loss_value = opt.train_step(self.flow, &batch, self.cfg)?;
-            if !loss_value.is_finite() {
-                report.diverged = Some((step, loss_value));
-                break;
+            let (loss_value, updated) = opt.train_step(self.flow, &batch, self.cfg)?;
+            if !updated {
+                // without clipping, or after MAX_SKIPPED bad steps in a row, training has diverged
+                let run =
+                    report.skipped.iter().rev().zip((0..step).rev()).take_while(|(s, t)| *s == t).count();
+                if self.cfg.clip_grad.is_none() || run + 1 >= MAX_SKIPPED {
+                    report.diverged = Some((step, loss_value));
+                    break;
+                }
+                report.skipped.push(step);
             }
             report.losses.push(loss_value);
             on_event(Event::Step { step, loss: loss_value, lr });

@@ -400,7 +400,8 @@ fn pytorch_files_convert_inspect_and_fail_cleanly() {
 
 #[test]
 fn preset_best_reaches_the_target_quality() {
-    // seed 0 of the recipe (the search measured seeds 0-2: 1.147, 1.145, 1.153 nats)
+    // seed 0 of the recipe (the search measured seeds 0-2: 1.1330, 1.1326, 1.1314 nats); the
+    // floor is the data's entropy, 1.131, and 20,000 test points leave a standard error of ≈ 0.007
     let dir = tmp_dir("cli-preset");
     let ck = dir.join("best.safetensors");
     ok(&["train", "--data", "two-moons", "--out", s(&ck), "--preset", "best", "--quiet"]);
@@ -416,7 +417,7 @@ fn preset_best_reaches_the_target_quality() {
     ]))
     .unwrap();
     let nll = v["nll"].as_f64().unwrap();
-    assert!(nll < 1.16 && nll > 1.131, "--preset best: test NLL {nll}");
+    assert!(nll < 1.14 && nll > 1.11, "--preset best: test NLL {nll}");
     let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&ck), "--json"])).unwrap();
     assert_eq!((info["layers"].as_i64(), info["hidden"].as_i64()), (Some(8), Some(64)));
 }

@@ -200,3 +200,51 @@ fn two_moons_matches_scikit_learn() {
         assert!((a.std[c] - b.std[c]).abs() < 0.01, "std {c}: {a:?} vs {b:?}");
     }
 }
+
+#[test]
+fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
+    // standard-normal rows and one at 3e20: every batch that holds it has a finite loss (f64) but
+    // an infinite float32 gradient
+    let mut rng = Rng::new(1);
+    let mut data: Vec<f64> = (0..2 * 255).map(|_| rng.normal()).collect();
+    data.extend([3e20, 0.0]);
+    let train = Matrix::new(256, 2, data).unwrap();
+    let val = standardize(&ToySet::TwoMoons.sample(200, 0.05, &mut Rng::new(2))).unwrap();
+    let table = TrainData::Table { train, val };
+    let cfg = FlowConfig::stacked(2, 1, 16, 3).with_init(rnvp::Init::Identity);
+    for engine in [rnvp::Engine::Fused, rnvp::Engine::Libtorch] {
+        for clip in [Some(1.0), None] {
+            let mut flow = Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap();
+            flow.set_engine(engine);
+            let tc = TrainConfig {
+                steps: 40,
+                batch_size: 64,
+                clip_grad: clip,
+                val_every: 40,
+                ..Default::default()
+            };
+            let t = Trainer {
+                flow: &flow,
+                data: &table,
+                cfg: &tc,
+                scaler: None,
+                out: None,
+                info: Default::default(),
+            };
+            let r = t.run(None, |_| {}).unwrap();
+            if clip.is_some() {
+                // one batch in four holds the outlier: 10 of 40 steps
+                assert_eq!(r.skipped.len(), 10, "{engine:?}: skipped {:?}", r.skipped);
+                assert!(r.diverged.is_none(), "{engine:?}: {:?}", r.diverged);
+                assert_eq!(r.losses.len(), 40);
+                for (_, v) in flow.var_store().variables() {
+                    assert!(bool::try_from(v.isfinite().all()).unwrap(), "{engine:?}: non-finite weights");
+                }
+                assert!(r.val[0].1.is_finite(), "{engine:?}: {:?}", r.val);
+            } else {
+                // without clipping the infinite gradient reaches the weights and the run stops
+                assert!(r.diverged.is_some() && r.skipped.is_empty(), "{engine:?}: {:?}", r.diverged);
+            }
+        }
+    }
+}
