@@ -16,6 +16,10 @@
 //! let log_p = flow.log_prob(&xs)?;      // one value per row
 //! # Ok::<(), rnvp::Error>(())
 //! ```
+//!
+//! On the CPU in float32, `log_prob`, `encode`, `decode`, `sample` and training run in fused
+//! kernels ([`kernel`]) instead of libtorch operations, with the same maths to float32 rounding;
+//! [`Flow::set_engine`] with [`Engine::Libtorch`] switches back to libtorch.
 #![deny(unsafe_code)] // exceptions: `tune_allocator` and the kernels' run-time CPU dispatch
 #![deny(missing_docs)]
 
