@@ -117,7 +117,7 @@ fn mem_child(layers: i64, mode: &str) -> Result<()> {
         let mut opt = rnvp::train::FusedAdam::new(pk, &flow, &cfg, None)?;
         let before = peak_rss()?;
         for _ in 0..2 {
-            opt.loss_grad(&rows);
+            opt.loss_grad(&rows)?;
             opt.step();
         }
         println!("{before} {}", peak_rss()?);
@@ -469,11 +469,11 @@ fn ideas(md: &mut String, o: &Opts) -> Result<()> {
                         adam.step();
                     }
                     1 => {
-                        avx.loss_grad(&rows);
+                        avx.loss_grad(&rows)?;
                         avx.step();
                     }
                     _ => {
-                        base.loss_grad(&rows);
+                        base.loss_grad(&rows)?;
                         base.step();
                     }
                 }

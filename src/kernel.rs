@@ -6,8 +6,9 @@
 //! memory traffic, not arithmetic. These kernels instead walk the hidden units of a few rows at a
 //! time in SIMD registers: the forward pass produces each row's `σ` and `μ` without storing any
 //! activation, and the backward pass recomputes the hidden units and accumulates the weight
-//! gradients in the same sweep. A training step then keeps only each layer's input (`n × d`
-//! numbers; none at all with reversible backprop), and the weights stay in the L1 cache.
+//! gradients in the same sweep. A training step then keeps only each layer's input and its `σ`,
+//! `μ` (`n × (d + 2·o)` numbers; with reversible backprop, those of one layer at a time), and the
+//! weights stay in the L1 cache.
 //!
 //! The maths is the notebook's, term for term; only the summation order differs from libtorch's
 //! (tests compare both, and compare the gradients with autograd's). Parameters live in one flat
@@ -228,18 +229,22 @@ struct Blocks<'a, const C: usize, const O: usize> {
     b1: &'a [Lane],
     w2: [&'a [Lane]; O],
     b2: [f32; O],
+    /// Real hidden units in the last block (the rest is padding, masked to exactly zero so that
+    /// infinite inputs cannot turn `0 · ∞` into NaN).
+    last_valid: usize,
 }
 
 impl<'a, const C: usize, const O: usize> Blocks<'a, C, O> {
     #[inline(always)]
-    fn new(net: &Net<'a>) -> Self {
+    fn new(net: &Net<'a>, hidden: usize) -> Self {
         let hp = net.b1.len();
         let lanes = |s: &'a [f32]| -> &'a [Lane] { s.as_chunks::<LANES>().0 };
         let b1 = lanes(net.b1);
         let w1 = std::array::from_fn(|c| lanes(&net.w1t[c * hp..(c + 1) * hp]));
         let w2 = std::array::from_fn(|o| lanes(&net.w2[o * hp..(o + 1) * hp]));
         let b2 = std::array::from_fn(|o| net.b2[o]);
-        Blocks { w1, b1, w2, b2 }
+        let last_valid = hidden - (hp - LANES);
+        Blocks { w1, b1, w2, b2, last_valid }
     }
 }
 
@@ -282,6 +287,9 @@ fn net_forward<const R: usize, const C: usize, const O: usize, const F: bool>(
             }
             for l in 0..LANES {
                 h[l] = if h[l] > 0.0 { h[l] } else { h[l] * SLOPE };
+            }
+            if b + 1 == net.b1.len() {
+                h[net.last_valid..].fill(0.0);
             }
             for o in 0..O {
                 for l in 0..LANES {
@@ -329,6 +337,10 @@ fn net_backward<const R: usize, const C: usize, const O: usize, const F: bool>(
                 let pos = h[l] > 0.0;
                 a[l] = if pos { h[l] } else { h[l] * SLOPE };
                 dh[l] = if pos { da[l] } else { da[l] * SLOPE };
+            }
+            if b + 1 == net.b1.len() {
+                a[net.last_valid..].fill(0.0);
+                dh[net.last_valid..].fill(0.0);
             }
             for o in 0..O {
                 for l in 0..LANES {
@@ -408,6 +420,7 @@ struct Geometry {
     /// First transformed column.
     tc: usize,
     hp: usize,
+    hidden: usize,
 }
 
 /// Gathers the conditioning columns of rows `i..i + R`.
@@ -428,7 +441,7 @@ fn layer_forward<const C: usize, const O: usize, const F: bool>(
 ) {
     let sig_net = split_net(params, C, O, geo.hp);
     let mu_net = split_net(&params[net_len(C, O, geo.hp)..], C, O, geo.hp);
-    let (sig, mu) = (Blocks::<C, O>::new(&sig_net), Blocks::<C, O>::new(&mu_net));
+    let (sig, mu) = (Blocks::<C, O>::new(&sig_net, geo.hidden), Blocks::<C, O>::new(&mu_net, geo.hidden));
     let n = log_det.len();
     let mut i = 0;
     while i < n {
@@ -484,7 +497,7 @@ fn layer_inverse<const C: usize, const O: usize, const F: bool>(
 ) {
     let sig_net = split_net(params, C, O, geo.hp);
     let mu_net = split_net(&params[net_len(C, O, geo.hp)..], C, O, geo.hp);
-    let (sig, mu) = (Blocks::<C, O>::new(&sig_net), Blocks::<C, O>::new(&mu_net));
+    let (sig, mu) = (Blocks::<C, O>::new(&sig_net, geo.hidden), Blocks::<C, O>::new(&mu_net, geo.hidden));
     let n = zs.len() / geo.d;
     let mut i = 0;
     while i < n {
@@ -541,7 +554,7 @@ fn layer_backward<const C: usize, const O: usize, const F: bool>(
     let nl = net_len(C, O, geo.hp);
     let sig_net = split_net(params, C, O, geo.hp);
     let mu_net = split_net(&params[nl..], C, O, geo.hp);
-    let (sig, mu) = (Blocks::<C, O>::new(&sig_net), Blocks::<C, O>::new(&mu_net));
+    let (sig, mu) = (Blocks::<C, O>::new(&sig_net, geo.hidden), Blocks::<C, O>::new(&mu_net, geo.hidden));
     let (gs, gm) = grads.split_at_mut(nl);
     let mut gsig = BlocksMut::<C, O>::new(split_net_mut(gs, C, O, geo.hp));
     let mut gmu = BlocksMut::<C, O>::new(split_net_mut(gm, C, O, geo.hp));
@@ -683,7 +696,7 @@ impl Packing {
 
     fn geometry(&self, layer: usize) -> Geometry {
         let (cc, tc) = self.columns(layer);
-        Geometry { d: self.d, cc, tc, hp: self.hp }
+        Geometry { d: self.d, cc, tc, hp: self.hp, hidden: self.hidden }
     }
 
     /// `x → z` in place for rows of `xs` (`n × d`), adding each row's `Σ log|det|` to `log_det`.
@@ -740,7 +753,7 @@ impl Packing {
         let layers = self.layers();
         let o_max = self.k.max(d - self.k);
         let kept = if reversible { 1 } else { layers };
-        scratch.inputs.resize(kept * n * d, 0.0);
+        scratch.inputs.resize(if reversible { 0 } else { layers * n * d }, 0.0);
         scratch.sm.resize(kept * n * 2 * o_max, 0.0);
         scratch.z.clear();
         scratch.z.extend_from_slice(xs);

@@ -415,8 +415,13 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         io::write_atomic(log, report.csv().as_bytes())?;
     }
     if let Some((step, loss)) = report.diverged {
+        let what = if loss.is_finite() {
+            format!("the gradient was not finite for 10 steps in a row (the last at step {step})")
+        } else {
+            format!("the loss became {loss} at step {step}")
+        };
         bail!(
-            "the loss became {loss} at step {step}: training stopped; {} keeps the last good checkpoint (try a lower --lr, --clip-grad or --init identity)",
+            "{what}: training stopped; {} keeps the last good checkpoint (try a lower --lr, --clip-grad or --init identity)",
             a.out.display()
         );
     }

@@ -223,6 +223,7 @@ impl Adam {
     /// An optimizer over every trainable variable of the flow with the learning rate and schedule
     /// of `cfg` (state from `resume` if given).
     pub fn new(flow: &Flow, cfg: &TrainConfig, resume: Option<&OptimizerState>) -> Result<Self> {
+        check_resume_step(resume)?;
         let mut vars: Vec<(String, Tensor)> = flow.var_store().variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let (mut exp_avg, mut exp_avg_sq) = (vec![], vec![]);
@@ -260,6 +261,12 @@ impl Adam {
     /// Steps taken.
     pub fn steps(&self) -> i64 {
         self.step
+    }
+
+    /// Counts a step without updating (a skipped step): the schedule and resuming stay aligned
+    /// with the training loop's step numbers.
+    pub fn skip(&mut self) {
+        self.step += 1;
     }
 
     /// Clears the gradients.
@@ -338,6 +345,7 @@ pub struct FusedAdam {
 impl FusedAdam {
     /// Packs the flow's weights (and the optimizer state of `resume`).
     pub fn new(pk: Packing, flow: &Flow, cfg: &TrainConfig, resume: Option<&OptimizerState>) -> Result<Self> {
+        check_resume_step(resume)?;
         let layout = flow.config().layout;
         let params = pk.pack(flow)?;
         let moment = |m: Option<&BTreeMap<String, Tensor>>| -> Result<Vec<f32>> {
@@ -359,11 +367,22 @@ impl FusedAdam {
         })
     }
 
-    /// The batch's mean loss; its gradient replaces the previous one.
-    pub fn loss_grad(&mut self, xs: &[f32]) -> f64 {
+    /// The mean loss of the rows `xs` (row-major, `d` numbers per row); its gradient replaces the
+    /// previous one.
+    pub fn loss_grad(&mut self, xs: &[f32]) -> Result<f64> {
+        let d = self.pk.d();
+        if !xs.len().is_multiple_of(d) {
+            return Err(Error::Data(format!("a batch of {} numbers is not rows of d = {d}", xs.len())));
+        }
         let threads = crate::flow::threads();
         let (pk, cfg) = (&self.pk, &self.cfg);
-        pk.mean_loss_grad(&self.params, &mut self.grads, xs, cfg.reversible, threads, &mut self.scratch)
+        Ok(pk.mean_loss_grad(&self.params, &mut self.grads, xs, cfg.reversible, threads, &mut self.scratch))
+    }
+
+    /// Counts a step without updating (a skipped step): the schedule and resuming stay aligned
+    /// with the training loop's step numbers.
+    pub fn skip(&mut self) {
+        self.step += 1;
     }
 
     /// Scales the gradient so that its L2 norm is at most `max`; returns the norm.
@@ -419,6 +438,13 @@ impl FusedAdam {
     }
 }
 
+fn check_resume_step(resume: Option<&OptimizerState>) -> Result<()> {
+    match resume {
+        Some(r) if r.step < 0 => Err(Error::Data(format!("the optimizer state has step {} (< 0)", r.step))),
+        _ => Ok(()),
+    }
+}
+
 /// The optimizer of a run: libtorch's autograd with [`Adam`], or the fused kernels.
 enum Optimizer {
     Libtorch(Adam),
@@ -458,8 +484,16 @@ impl Optimizer {
                 flow.loss_backward(&xs, cfg.reversible)?
             }
             Optimizer::Fused(f) => {
+                let d = flow.config().d;
+                if batch.cols as i64 != d {
+                    return Err(Error::Shape {
+                        what: "batch".into(),
+                        expected: format!("[n, {d}]"),
+                        found: vec![batch.rows as i64, batch.cols as i64],
+                    });
+                }
                 let xs: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
-                f.loss_grad(&xs)
+                f.loss_grad(&xs)?
             }
         };
         if !loss.is_finite() {
@@ -479,6 +513,14 @@ impl Optimizer {
             Optimizer::Fused(f) => f.step(),
         }
         Ok((loss, true))
+    }
+
+    /// Counts a skipped step.
+    fn skip(&mut self) {
+        match self {
+            Optimizer::Libtorch(a) => a.skip(),
+            Optimizer::Fused(f) => f.skip(),
+        }
     }
 
     /// Makes the flow's variables current.
@@ -646,6 +688,7 @@ impl Trainer<'_> {
                     report.diverged = Some((step, loss_value));
                     break;
                 }
+                opt.skip();
                 report.skipped.push(step);
             }
             report.losses.push(loss_value);

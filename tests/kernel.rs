@@ -234,9 +234,14 @@ fn far_out_and_infinite_inputs_give_libtorchs_values() {
     let vals = [0.5f32, -1e30, 1e30, 3e4, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0];
     let rows: Vec<f32> = vals.iter().flat_map(|&a| vals.iter().flat_map(move |&b| [a, b])).collect();
     let xs = Tensor::from_slice(&rows).view([-1, 2]);
-    for cfg in
-        [FlowConfig::stacked(2, 1, 13, 3), FlowConfig::stacked(2, 1, 16, 3), FlowConfig::single(2, 1, 5)]
-    {
+    for cfg in [
+        FlowConfig::single(2, 1, 1),
+        FlowConfig::single(2, 1, 3),
+        FlowConfig::stacked(2, 1, 1, 3),
+        FlowConfig::stacked(2, 1, 13, 3),
+        FlowConfig::stacked(2, 1, 16, 3),
+        FlowConfig::single(2, 1, 5),
+    ] {
         let (mut flow, _) = flow_and_data(&cfg, 1, 77);
         flow.set_engine(Engine::Libtorch);
         let (lp, z, x) = (flow.log_prob(&xs).unwrap(), flow.encode(&xs).unwrap(), flow.decode(&xs).unwrap());

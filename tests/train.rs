@@ -42,7 +42,7 @@ fn adam_and_exponential_lr_match_pytorch_step_for_step() {
     let mut fused_losses = vec![];
     for b in &batches {
         let rows: Vec<f32> = b.data.iter().map(|&v| v as f32).collect();
-        fused_losses.push(fused.loss_grad(&rows));
+        fused_losses.push(fused.loss_grad(&rows).unwrap());
         fused.step();
     }
     fused.write_back(&fused_flow).unwrap();
@@ -246,5 +246,57 @@ fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
                 assert!(r.diverged.is_some() && r.skipped.is_empty(), "{engine:?}: {:?}", r.diverged);
             }
         }
+        // skipped steps count as steps: a run checkpointed at step 20 and resumed to 40 repeats the
+        // straight run exactly
+        let dir = tmp_dir(&format!("skip-resume-{engine:?}"));
+        let ck = dir.join("s.safetensors");
+        let run = |steps: usize, resume: bool| {
+            let (mut flow, state) = if resume {
+                let c = rnvp::checkpoint::Checkpoint::load(&ck).unwrap();
+                (c.to_flow(Device::Cpu, Kind::Float).unwrap(), c.optimizer)
+            } else {
+                (seeded(4, || Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap()), None)
+            };
+            flow.set_engine(engine);
+            let tc = TrainConfig {
+                steps,
+                batch_size: 64,
+                clip_grad: Some(1.0),
+                val_every: 20,
+                ..Default::default()
+            };
+            let t = Trainer {
+                flow: &flow,
+                data: &table,
+                cfg: &tc,
+                scaler: None,
+                out: Some(ck.clone()),
+                info: Default::default(),
+            };
+            t.run(state.as_ref(), |_| {}).unwrap()
+        };
+        let straight = run(40, false);
+        let first = run(20, false);
+        let rest = run(40, true);
+        assert_eq!((first.losses.len(), rest.start_step, rest.losses.len()), (20, 20, 20), "{engine:?}");
+        let resumed: Vec<f64> = first.losses.iter().chain(&rest.losses).copied().collect();
+        for (i, (a, b)) in resumed.iter().zip(&straight.losses).enumerate() {
+            let same = a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * b.abs();
+            assert!(same, "{engine:?} step {}: {a} vs {b}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn a_batch_of_the_wrong_width_is_an_error_in_either_engine() {
+    let data = TrainData::Toy { set: ToySet::TwoMoons, noise: 0.05 };
+    for engine in [rnvp::Engine::Fused, rnvp::Engine::Libtorch] {
+        let mut flow = Flow::new(&FlowConfig::stacked(3, 1, 8, 2), Device::Cpu, Kind::Float).unwrap();
+        flow.set_engine(engine);
+        let tc = TrainConfig { steps: 3, batch_size: 300, ..Default::default() };
+        let t =
+            Trainer { flow: &flow, data: &data, cfg: &tc, scaler: None, out: None, info: Default::default() };
+        let err = t.run(None, |_| {}).unwrap_err().to_string();
+        assert!(err.contains("[n, 3]"), "{engine:?}: {err}");
     }
 }
