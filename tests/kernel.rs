@@ -168,19 +168,22 @@ fn sampling_matches_libtorch_on_the_same_noise() {
 
 #[test]
 fn the_fused_engine_refuses_what_it_cannot_run() {
-    let mut f64_flow = Flow::new(&FlowConfig::notebook(2), Device::Cpu, Kind::Double).unwrap();
-    f64_flow.set_engine(Engine::Fused);
-    let xs = Tensor::zeros([4, 2], (Kind::Double, Device::Cpu));
-    let err = f64_flow.log_prob(&xs).unwrap_err().to_string();
-    assert!(err.contains("float32") && err.contains("Double"), "{err}");
-    let mut wide = Flow::new(&FlowConfig::stacked(10, 5, 8, 2), Device::Cpu, Kind::Float).unwrap();
-    assert!(packing_for(&wide).is_none(), "k = 5 is beyond the compiled widths");
-    wide.set_engine(Engine::Fused);
-    let err = wide.sample(3).unwrap_err().to_string();
-    assert!(err.contains("k = 5"), "{err}");
-    // auto falls back to libtorch
-    wide.set_engine(Engine::Auto);
-    assert_eq!(wide.sample(3).unwrap().size(), [3, 10]);
+    // every draw from libtorch's global generator holds the lock (other tests seed it)
+    common::seeded(1, || {
+        let mut f64_flow = Flow::new(&FlowConfig::notebook(2), Device::Cpu, Kind::Double).unwrap();
+        f64_flow.set_engine(Engine::Fused);
+        let xs = Tensor::zeros([4, 2], (Kind::Double, Device::Cpu));
+        let err = f64_flow.log_prob(&xs).unwrap_err().to_string();
+        assert!(err.contains("float32") && err.contains("Double"), "{err}");
+        let mut wide = Flow::new(&FlowConfig::stacked(10, 5, 8, 2), Device::Cpu, Kind::Float).unwrap();
+        assert!(packing_for(&wide).is_none(), "k = 5 is beyond the compiled widths");
+        wide.set_engine(Engine::Fused);
+        let err = wide.sample(3).unwrap_err().to_string();
+        assert!(err.contains("k = 5"), "{err}");
+        // auto falls back to libtorch
+        wide.set_engine(Engine::Auto);
+        assert_eq!(wide.sample(3).unwrap().size(), [3, 10]);
+    });
 }
 
 /// Trains the same flow with each engine; returns the losses and the final weights.

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 fn adam_and_exponential_lr_match_pytorch_step_for_step() {
     let dir = tmp_dir("adam");
     reference(&["parity", "--layers", "3", "--hidden", "16", "--scale", "1", "--out", dir.to_str().unwrap()]);
-    let flow = Flow::new(&FlowConfig::stacked(2, 1, 16, 3), Device::Cpu, Kind::Float).unwrap();
+    let flow = seeded(0, || Flow::new(&FlowConfig::stacked(2, 1, 16, 3), Device::Cpu, Kind::Float).unwrap());
     load_npy_weights(flow.var_store(), &dir.join("weights"));
     // 25 standardized two-moons batches of 64, the same for both sides
     let batches: Vec<Matrix> =
@@ -35,7 +35,8 @@ fn adam_and_exponential_lr_match_pytorch_step_for_step() {
 
     let cfg = TrainConfig { lr: 0.01, gamma: 0.9, ..Default::default() };
     // the fused kernels with their flat Adam, from the same weights
-    let fused_flow = Flow::new(&FlowConfig::stacked(2, 1, 16, 3), Device::Cpu, Kind::Float).unwrap();
+    let fused_flow =
+        seeded(0, || Flow::new(&FlowConfig::stacked(2, 1, 16, 3), Device::Cpu, Kind::Float).unwrap());
     load_npy_weights(fused_flow.var_store(), &dir.join("weights"));
     let pk = rnvp::kernel::packing_for(&fused_flow).unwrap();
     let mut fused = FusedAdam::new(pk, &fused_flow, &cfg, None).unwrap();
@@ -214,7 +215,7 @@ fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
     let cfg = FlowConfig::stacked(2, 1, 16, 3).with_init(rnvp::Init::Identity);
     for engine in [rnvp::Engine::Fused, rnvp::Engine::Libtorch] {
         for clip in [Some(1.0), None] {
-            let mut flow = Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap();
+            let mut flow = seeded(4, || Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap());
             flow.set_engine(engine);
             let tc = TrainConfig {
                 steps: 40,
@@ -291,7 +292,8 @@ fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
 fn a_batch_of_the_wrong_width_is_an_error_in_either_engine() {
     let data = TrainData::Toy { set: ToySet::TwoMoons, noise: 0.05 };
     for engine in [rnvp::Engine::Fused, rnvp::Engine::Libtorch] {
-        let mut flow = Flow::new(&FlowConfig::stacked(3, 1, 8, 2), Device::Cpu, Kind::Float).unwrap();
+        let mut flow =
+            seeded(0, || Flow::new(&FlowConfig::stacked(3, 1, 8, 2), Device::Cpu, Kind::Float).unwrap());
         flow.set_engine(engine);
         let tc = TrainConfig { steps: 3, batch_size: 300, ..Default::default() };
         let t =
