@@ -2,7 +2,7 @@
 use tch::{Device, Kind, Tensor};
 
 /// `ln(2π)`.
-pub(crate) const LN_2PI: f64 = 1.837_877_066_409_345_5;
+const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
 /// `log N(z; 0, I) = −½ Σᵢ zᵢ² − (d/2)·ln 2π`, one value per row of `z` (`[n, d]` → `[n]`).
 ///
@@ -11,6 +11,11 @@ pub(crate) const LN_2PI: f64 = 1.837_877_066_409_345_5;
 pub fn log_prob(zs: &Tensor) -> Tensor {
     let d = zs.size()[1] as f64; // invariant: callers pass [n, d]
     zs.square().sum_dim_intlist(-1, false, None) * -0.5 - 0.5 * d * LN_2PI
+}
+
+/// `log N(z; 0, I)` of one row, in f64 (the fused kernels' rows).
+pub(crate) fn log_prob_row(z: &[f32]) -> f64 {
+    -0.5 * z.iter().map(|&v| v as f64 * v as f64).sum::<f64>() - 0.5 * z.len() as f64 * LN_2PI
 }
 
 /// `n` draws from `N(0, I)` in `d` dimensions (libtorch's generator: seed it with `tch::manual_seed`).

@@ -138,13 +138,10 @@ impl StackedNvp {
         self.check(xs, "input")?;
         if let Some(pk) = self.fused_packing()? {
             let (zs, log_det) = self.fused_forward(&pk, xs)?;
-            let c = 0.5 * self.cfg.d as f64 * base::LN_2PI;
             let lp: Vec<f32> = zs
                 .chunks_exact(self.cfg.d as usize)
                 .zip(log_det)
-                .map(|(z, ld)| {
-                    (-0.5 * z.iter().map(|&v| v as f64 * v as f64).sum::<f64>() - c + ld as f64) as f32
-                })
+                .map(|(z, ld)| (base::log_prob_row(z) + ld as f64) as f32)
                 .collect();
             return Ok(Tensor::from_slice(&lp));
         }

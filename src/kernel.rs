@@ -38,8 +38,6 @@ const SLOPE: f32 = 0.01;
 const ROWS: usize = 4;
 /// Largest `c` and `o` with a compiled kernel.
 pub const MAX_WIDTH: usize = 4;
-/// `½ ln(2π)`.
-const HALF_LN_2PI: f64 = 0.918_938_533_204_672_7;
 
 /// Where each layer's packed parameters lie in the flat buffer.
 #[derive(Debug, Clone, PartialEq)]
@@ -461,6 +459,17 @@ fn gather<const R: usize, const C: usize>(xs: &[f32], geo: Geometry, i: usize) -
     std::array::from_fn(|r| std::array::from_fn(|c| xs[(i + r) * geo.d + geo.cc + c]))
 }
 
+/// A layer's `sig_net` and `mu_net` viewed as blocks.
+#[inline(always)]
+fn layer_nets<const C: usize, const O: usize>(
+    params: &[f32],
+    geo: Geometry,
+) -> (Blocks<'_, C, O>, Blocks<'_, C, O>) {
+    let sig_net = split_net(params, C, O, geo.hp);
+    let mu_net = split_net(&params[net_len(C, O, geo.hp)..], C, O, geo.hp);
+    (Blocks::new(&sig_net, geo.hidden), Blocks::new(&mu_net, geo.hidden))
+}
+
 /// Forward through one layer, in place (`xs`: rows of `x` become rows of `z`), adding `Σ σ` to
 /// `log_det`; with `keep`, stores each row's `σ` then `μ` (`2·O` numbers per row).
 #[inline(always)]
@@ -469,53 +478,9 @@ fn layer_forward<const C: usize, const O: usize, const F: bool>(
     geo: Geometry,
     xs: &mut [f32],
     log_det: &mut [f32],
-    mut keep: Option<&mut [f32]>,
-) {
-    let sig_net = split_net(params, C, O, geo.hp);
-    let mu_net = split_net(&params[net_len(C, O, geo.hp)..], C, O, geo.hp);
-    let (sig, mu) = (Blocks::<C, O>::new(&sig_net, geo.hidden), Blocks::<C, O>::new(&mu_net, geo.hidden));
-    let n = log_det.len();
-    let mut i = 0;
-    while i < n {
-        if i + ROWS <= n {
-            forward_rows::<ROWS, C, O, F>(&sig, &mu, geo, xs, log_det, keep.as_deref_mut(), i);
-            i += ROWS;
-        } else {
-            forward_rows::<1, C, O, F>(&sig, &mu, geo, xs, log_det, keep.as_deref_mut(), i);
-            i += 1;
-        }
-    }
-}
-
-#[inline(always)]
-fn forward_rows<const R: usize, const C: usize, const O: usize, const F: bool>(
-    sig: &Blocks<'_, C, O>,
-    mu: &Blocks<'_, C, O>,
-    geo: Geometry,
-    xs: &mut [f32],
-    log_det: &mut [f32],
     keep: Option<&mut [f32]>,
-    i: usize,
 ) {
-    let x1 = gather::<R, C>(xs, geo, i);
-    let s = net_forward::<R, C, O, F>(sig, &x1);
-    let m = net_forward::<R, C, O, F>(mu, &x1);
-    for r in 0..R {
-        let row = (i + r) * geo.d + geo.tc;
-        let mut sum = 0.0;
-        for o in 0..O {
-            xs[row + o] = xs[row + o] * s[r][o].exp() + m[r][o];
-            sum += s[r][o];
-        }
-        log_det[i + r] += sum;
-    }
-    if let Some(keep) = keep {
-        for r in 0..R {
-            let at = (i + r) * 2 * O;
-            keep[at..at + O].copy_from_slice(&s[r]);
-            keep[at + O..at + 2 * O].copy_from_slice(&m[r]);
-        }
-    }
+    layer_pass::<C, O, F, false>(params, geo, xs, log_det, keep)
 }
 
 /// Inverse through one layer, in place (rows of `z` become rows of `x`); with `keep`, stores
@@ -525,40 +490,61 @@ fn layer_inverse<const C: usize, const O: usize, const F: bool>(
     params: &[f32],
     geo: Geometry,
     zs: &mut [f32],
+    keep: Option<&mut [f32]>,
+) {
+    layer_pass::<C, O, F, true>(params, geo, zs, &mut [], keep)
+}
+
+/// The forward (`INVERSE = false`, adding `Σ σ` to `log_det`) or inverse pass of one layer over
+/// all rows of `data`, in place, in groups of `ROWS` rows and then single rows.
+#[inline(always)]
+fn layer_pass<const C: usize, const O: usize, const F: bool, const INVERSE: bool>(
+    params: &[f32],
+    geo: Geometry,
+    data: &mut [f32],
+    log_det: &mut [f32],
     mut keep: Option<&mut [f32]>,
 ) {
-    let sig_net = split_net(params, C, O, geo.hp);
-    let mu_net = split_net(&params[net_len(C, O, geo.hp)..], C, O, geo.hp);
-    let (sig, mu) = (Blocks::<C, O>::new(&sig_net, geo.hidden), Blocks::<C, O>::new(&mu_net, geo.hidden));
-    let n = zs.len() / geo.d;
+    let (sig, mu) = layer_nets::<C, O>(params, geo);
+    let n = data.len() / geo.d;
     let mut i = 0;
     while i < n {
         if i + ROWS <= n {
-            inverse_rows::<ROWS, C, O, F>(&sig, &mu, geo, zs, keep.as_deref_mut(), i);
+            pass_rows::<ROWS, C, O, F, INVERSE>(&sig, &mu, geo, data, log_det, keep.as_deref_mut(), i);
             i += ROWS;
         } else {
-            inverse_rows::<1, C, O, F>(&sig, &mu, geo, zs, keep.as_deref_mut(), i);
+            pass_rows::<1, C, O, F, INVERSE>(&sig, &mu, geo, data, log_det, keep.as_deref_mut(), i);
             i += 1;
         }
     }
 }
 
 #[inline(always)]
-fn inverse_rows<const R: usize, const C: usize, const O: usize, const F: bool>(
+fn pass_rows<const R: usize, const C: usize, const O: usize, const F: bool, const INVERSE: bool>(
     sig: &Blocks<'_, C, O>,
     mu: &Blocks<'_, C, O>,
     geo: Geometry,
-    zs: &mut [f32],
+    data: &mut [f32],
+    log_det: &mut [f32],
     keep: Option<&mut [f32]>,
     i: usize,
 ) {
-    let z1 = gather::<R, C>(zs, geo, i);
-    let s = net_forward::<R, C, O, F>(sig, &z1);
-    let m = net_forward::<R, C, O, F>(mu, &z1);
+    let x1 = gather::<R, C>(data, geo, i);
+    let s = net_forward::<R, C, O, F>(sig, &x1);
+    let m = net_forward::<R, C, O, F>(mu, &x1);
     for r in 0..R {
         let row = (i + r) * geo.d + geo.tc;
-        for o in 0..O {
-            zs[row + o] = (zs[row + o] - m[r][o]) * (-s[r][o]).exp();
+        if INVERSE {
+            for o in 0..O {
+                data[row + o] = (data[row + o] - m[r][o]) * (-s[r][o]).exp();
+            }
+        } else {
+            let mut sum = 0.0;
+            for o in 0..O {
+                data[row + o] = data[row + o] * s[r][o].exp() + m[r][o];
+                sum += s[r][o];
+            }
+            log_det[i + r] += sum;
         }
     }
     if let Some(keep) = keep {
@@ -583,11 +569,8 @@ fn layer_backward<const C: usize, const O: usize, const F: bool>(
     grad: &mut [f32],
     dlogdet: f32,
 ) {
-    let nl = net_len(C, O, geo.hp);
-    let sig_net = split_net(params, C, O, geo.hp);
-    let mu_net = split_net(&params[nl..], C, O, geo.hp);
-    let (sig, mu) = (Blocks::<C, O>::new(&sig_net, geo.hidden), Blocks::<C, O>::new(&mu_net, geo.hidden));
-    let (gs, gm) = grads.split_at_mut(nl);
+    let (sig, mu) = layer_nets::<C, O>(params, geo);
+    let (gs, gm) = grads.split_at_mut(net_len(C, O, geo.hp));
     let mut gsig = BlocksMut::<C, O>::new(split_net_mut(gs, C, O, geo.hp));
     let mut gmu = BlocksMut::<C, O>::new(split_net_mut(gm, C, O, geo.hp));
     let n = input.len() / geo.d;
@@ -662,6 +645,7 @@ macro_rules! dispatch {
             (4, 2) => $f::<4, 2>($($arg),*),
             (4, 3) => $f::<4, 3>($($arg),*),
             (4, 4) => $f::<4, 4>($($arg),*),
+            // invariant: Packing::new admits only widths 1..=MAX_WIDTH, all listed above
             _ => unreachable!("Packing::new admits widths up to MAX_WIDTH"),
         }
     };
@@ -805,8 +789,7 @@ impl Packing {
         }
         let mut loss = 0.0f64;
         for (row, ld) in scratch.z.chunks_exact(d).zip(&scratch.log_det) {
-            let sq: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            loss += 0.5 * sq + d as f64 * HALF_LN_2PI - *ld as f64;
+            loss -= crate::base::log_prob_row(row) + *ld as f64;
         }
         if !loss.is_finite() {
             return loss;
@@ -901,24 +884,30 @@ impl Packing {
 
     /// A packed buffer (gradients, optimizer moments) as tensors named like the flow's variables.
     pub fn named(&self, buf: &[f32], layout: Layout) -> BTreeMap<String, Tensor> {
-        let mut out = BTreeMap::new();
-        for l in 0..self.layers() {
-            for (net, net_name) in ["sig_net", "mu_net"].iter().enumerate() {
-                for (&part, part_name) in PARTS.iter().zip(PART_NAMES) {
-                    let name = match layout {
-                        Layout::Stacked => format!("bijectors.{l}.{net_name}.{part_name}"),
-                        Layout::Single => format!("{net_name}.{part_name}"),
-                    };
-                    out.insert(name, self.unpack_one(buf, l, net == 1, part));
-                }
-            }
-        }
-        out
+        self.variables(layout)
+            .into_iter()
+            .map(|(name, l, mu, part)| (name, self.unpack_one(buf, l, mu, part)))
+            .collect()
     }
 
     /// The inverse of [`Packing::named`]: every name must be present with the right shape.
     pub fn from_named(&self, named: &BTreeMap<String, Tensor>, layout: Layout) -> Result<Vec<f32>> {
         let mut buf = vec![0.0f32; self.len];
+        for (name, l, mu, part) in self.variables(layout) {
+            let t = named.get(&name).ok_or_else(|| Error::Data(format!("no tensor '{name}'")))?;
+            let shape = self.shape(l, part);
+            if t.size() != shape {
+                return Err(Error::Shape { what: name, expected: format!("{shape:?}"), found: t.size() });
+            }
+            let v = flat(t)?;
+            self.for_each(l, mu, part, |i, j| buf[j] = v[i]);
+        }
+        Ok(buf)
+    }
+
+    /// Every variable of the flow: its state_dict name, layer, whether it is `mu_net`'s, and part.
+    fn variables(&self, layout: Layout) -> Vec<(String, usize, bool, Part)> {
+        let mut out = Vec::with_capacity(self.layers() * 8);
         for l in 0..self.layers() {
             for (net, net_name) in ["sig_net", "mu_net"].iter().enumerate() {
                 for (&part, part_name) in PARTS.iter().zip(PART_NAMES) {
@@ -926,21 +915,11 @@ impl Packing {
                         Layout::Stacked => format!("bijectors.{l}.{net_name}.{part_name}"),
                         Layout::Single => format!("{net_name}.{part_name}"),
                     };
-                    let t = named.get(&name).ok_or_else(|| Error::Data(format!("no tensor '{name}'")))?;
-                    let shape = self.shape(l, part);
-                    if t.size() != shape {
-                        return Err(Error::Shape {
-                            what: name,
-                            expected: format!("{shape:?}"),
-                            found: t.size(),
-                        });
-                    }
-                    let v = flat(t)?;
-                    self.for_each(l, net == 1, part, |i, j| buf[j] = v[i]);
+                    out.push((name, l, net == 1, part));
                 }
             }
         }
-        Ok(buf)
+        out
     }
 
     /// Row blocks for `threads` workers: at most `threads` ranges of whole `ROWS` groups, none
@@ -951,8 +930,16 @@ impl Packing {
         (0..n).step_by(per.max(1)).map(|s| s..(s + per).min(n)).collect()
     }
 
-    /// [`Packing::forward`] on `threads` threads.
+    /// [`Packing::forward`] on `threads` threads (same panics).
     pub fn forward_par(&self, params: &[f32], xs: &mut [f32], log_det: &mut [f32], threads: usize) {
+        self.check_lengths(params, xs.len());
+        assert_eq!(
+            xs.len(),
+            log_det.len() * self.d,
+            "kernel: {} rows but {} log-dets",
+            xs.len() / self.d,
+            log_det.len()
+        );
         let d = self.d;
         let blocks = Self::row_blocks(log_det.len(), threads, 1024);
         if blocks.len() <= 1 {
@@ -966,8 +953,9 @@ impl Packing {
         });
     }
 
-    /// [`Packing::inverse`] on `threads` threads.
+    /// [`Packing::inverse`] on `threads` threads (same panics).
     pub fn inverse_par(&self, params: &[f32], zs: &mut [f32], threads: usize) {
+        self.check_lengths(params, zs.len());
         let d = self.d;
         let blocks = Self::row_blocks(zs.len() / d, threads, 1024);
         if blocks.len() <= 1 {
@@ -992,6 +980,14 @@ impl Packing {
         threads: usize,
         scratch: &mut Vec<(Scratch, Vec<f32>)>,
     ) -> f64 {
+        self.check_lengths(params, xs.len());
+        assert_eq!(
+            grads.len(),
+            self.len,
+            "kernel: gradient buffer of {} numbers, expected {}",
+            grads.len(),
+            self.len
+        );
         let d = self.d;
         let n = xs.len() / d;
         let scale = 1.0 / n.max(1) as f32;
@@ -1015,6 +1011,8 @@ impl Packing {
                     })
                 })
                 .collect();
+            // invariant: the lengths are checked before the threads start; a kernel thread has no
+            // other way to panic, and if it did, re-raising its panic here is the right outcome
             handles.into_iter().map(|h| h.join().expect("kernel threads do not panic")).collect()
         });
         for (_, g) in scratch.iter() {
