@@ -214,25 +214,27 @@ fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
     let table = TrainData::Table { train, val };
     let cfg = FlowConfig::stacked(2, 1, 16, 3).with_init(rnvp::Init::Identity);
     for engine in [rnvp::Engine::Fused, rnvp::Engine::Libtorch] {
-        for clip in [Some(1.0), None] {
-            let mut flow = seeded(4, || Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap());
+        let dir = tmp_dir(&format!("skip-resume-{engine:?}"));
+        let ck = dir.join("s.safetensors");
+        // `steps` steps from seeded weights, or resumed from `ck`; checkpoints to `ck` with `save`
+        let run = |steps: usize, clip: Option<f64>, save: bool, resume: bool| {
+            let (mut flow, state) = if resume {
+                let c = rnvp::checkpoint::Checkpoint::load(&ck).unwrap();
+                (c.to_flow(Device::Cpu, Kind::Float).unwrap(), c.optimizer)
+            } else {
+                (seeded(4, || Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap()), None)
+            };
             flow.set_engine(engine);
-            let tc = TrainConfig {
-                steps: 40,
-                batch_size: 64,
-                clip_grad: clip,
-                val_every: 40,
-                ..Default::default()
-            };
-            let t = Trainer {
-                flow: &flow,
-                data: &table,
-                cfg: &tc,
-                scaler: None,
-                out: None,
-                info: Default::default(),
-            };
-            let r = t.run(None, |_| {}).unwrap();
+            let tc =
+                TrainConfig { steps, batch_size: 64, clip_grad: clip, val_every: 20, ..Default::default() };
+            let out = save.then(|| ck.clone());
+            let t =
+                Trainer { flow: &flow, data: &table, cfg: &tc, scaler: None, out, info: Default::default() };
+            let report = t.run(state.as_ref(), |_| {}).unwrap();
+            (report, flow)
+        };
+        for clip in [Some(1.0), None] {
+            let (r, flow) = run(40, clip, false, false);
             if clip.is_some() {
                 // one batch in four holds the outlier: 10 of 40 steps
                 assert_eq!(r.skipped.len(), 10, "{engine:?}: skipped {:?}", r.skipped);
@@ -249,36 +251,9 @@ fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
         }
         // skipped steps count as steps: a run checkpointed at step 20 and resumed to 40 repeats the
         // straight run exactly
-        let dir = tmp_dir(&format!("skip-resume-{engine:?}"));
-        let ck = dir.join("s.safetensors");
-        let run = |steps: usize, resume: bool| {
-            let (mut flow, state) = if resume {
-                let c = rnvp::checkpoint::Checkpoint::load(&ck).unwrap();
-                (c.to_flow(Device::Cpu, Kind::Float).unwrap(), c.optimizer)
-            } else {
-                (seeded(4, || Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap()), None)
-            };
-            flow.set_engine(engine);
-            let tc = TrainConfig {
-                steps,
-                batch_size: 64,
-                clip_grad: Some(1.0),
-                val_every: 20,
-                ..Default::default()
-            };
-            let t = Trainer {
-                flow: &flow,
-                data: &table,
-                cfg: &tc,
-                scaler: None,
-                out: Some(ck.clone()),
-                info: Default::default(),
-            };
-            t.run(state.as_ref(), |_| {}).unwrap()
-        };
-        let straight = run(40, false);
-        let first = run(20, false);
-        let rest = run(40, true);
+        let (straight, _) = run(40, Some(1.0), true, false);
+        let (first, _) = run(20, Some(1.0), true, false);
+        let (rest, _) = run(40, Some(1.0), true, true);
         assert_eq!((first.losses.len(), rest.start_step, rest.losses.len()), (20, 20, 20), "{engine:?}");
         let resumed: Vec<f64> = first.losses.iter().chain(&rest.losses).copied().collect();
         for (i, (a, b)) in resumed.iter().zip(&straight.losses).enumerate() {
