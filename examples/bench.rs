@@ -3,8 +3,9 @@
 //! plots. Every timing is a whole process (start-up included) and the two sides are interleaved;
 //! the tables give medians and min–max over the repetitions.
 //!
-//! `bench [--reps 5] [--quick] [--threads 2] [--out docs]`; `bench mem LAYERS autograd|reversible`
-//! is the child process that measures peak memory of training steps.
+//! `bench [--reps 5] [--quick] [--threads 2] [--device cpu|cuda] [--only SECTIONS] [--out docs]`
+//! (sections: train, inference, ideas, memory, quality; all by default); `bench mem LAYERS
+//! autograd|reversible` is the child process that measures peak memory of training steps.
 use anyhow::{bail, Context, Result};
 use rnvp::checkpoint::Checkpoint;
 use rnvp::data::{scaler::standardize, Rng, ToySet};
@@ -25,7 +26,18 @@ struct Opts {
     /// Where both sides run the timed commands: cpu or cuda (memory and the in-process breakdown
     /// are CPU measurements either way).
     device: String,
+    /// Sections to run (`--only train,inference,...`); all when empty.
+    only: Vec<String>,
 }
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+/// The sections of the report, in order (`--only` picks some).
+const SECTIONS: [&str; 5] = ["train", "inference", "ideas", "memory", "quality"];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -147,6 +159,7 @@ fn main() -> Result<()> {
         out: repo().join("docs"),
         best_preset: true,
         device: "cpu".into(),
+        only: vec![],
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -157,7 +170,13 @@ fn main() -> Result<()> {
             "--out" => o.out = PathBuf::from(it.next().context("--out DIR")?),
             "--no-preset" => o.best_preset = false,
             "--device" => o.device = it.next().context("--device cpu|cuda")?.clone(),
-            other => bail!("unknown argument {other} (bench [--reps N] [--quick] [--threads N] [--device cpu|cuda] [--out DIR])"),
+            "--only" => {
+                o.only = it.next().context("--only SECTIONS")?.split(',').map(str::to_string).collect();
+                if let Some(bad) = o.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                    bail!("--only {bad}: sections are {}", SECTIONS.join(", "));
+                }
+            }
+            other => bail!("unknown argument {other} (bench [--reps N] [--quick] [--threads N] [--device cpu|cuda] [--only SECTIONS] [--out DIR])"),
         }
     }
     std::fs::create_dir_all(&o.out)?;
@@ -165,11 +184,21 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let mut md = String::new();
     header(&mut md, &o)?;
-    training(&mut md, &o, &work)?;
-    inference(&mut md, &o, &work)?;
-    ideas(&mut md, &o)?;
-    memory(&mut md, &o)?;
-    quality(&mut md, &o, &work)?;
+    if o.runs("train") {
+        training(&mut md, &o, &work)?;
+    }
+    if o.runs("inference") {
+        inference(&mut md, &o, &work)?;
+    }
+    if o.runs("ideas") {
+        ideas(&mut md, &o)?;
+    }
+    if o.runs("memory") {
+        memory(&mut md, &o)?;
+    }
+    if o.runs("quality") {
+        quality(&mut md, &o, &work)?;
+    }
     std::fs::write(o.out.join("BENCHMARKS.md"), md)?;
     let _ = std::fs::remove_dir_all(&work);
     println!("wrote {}", o.out.join("BENCHMARKS.md").display());

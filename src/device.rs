@@ -4,13 +4,27 @@ use tch::{Cuda, Device, Kind};
 
 /// Parses a device name; `auto` is CUDA device 0 when libtorch sees one, else the CPU. A CUDA
 /// device that is not there is an error.
+///
+/// libtorch's CUDA library is loaded (once) when a CUDA device is named, and for `auto` when an
+/// NVIDIA driver is installed ([`crate::sys::load_cuda`]); CPU-only runs never load it.
 pub fn parse_device(name: &str) -> Result<Device> {
     let name = name.trim().to_ascii_lowercase();
-    let count = || if Cuda::is_available() { Cuda::device_count() } else { 0 };
+    let wants_cuda = name != "cpu" && (name != "auto" || nvidia_driver_present());
+    let count = || {
+        if wants_cuda && crate::sys::load_cuda() && Cuda::is_available() {
+            Cuda::device_count()
+        } else {
+            0
+        }
+    };
     let cuda = |i: i64| {
         let n = count();
         if i < n {
             Ok(Device::Cuda(i as usize))
+        } else if n == 0 && !crate::sys::load_cuda() {
+            Err(Error::InvalidConfig(format!(
+                "device cuda:{i}: CUDA is not available (this libtorch has no libtorch_cuda.so)"
+            )))
         } else if n == 0 {
             Err(Error::InvalidConfig(format!(
                 "device cuda:{i}: CUDA is not available (libtorch sees no GPU)"
@@ -30,6 +44,12 @@ pub fn parse_device(name: &str) -> Result<Device> {
             ))),
         },
     }
+}
+
+/// Whether an NVIDIA kernel driver is installed (then `auto` looks for a GPU).
+fn nvidia_driver_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+        || std::path::Path::new("/dev/nvidiactl").exists()
 }
 
 /// Parses a dtype name: `f32` (float32) or `f64` (float64).

@@ -279,16 +279,22 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// A freshly initialised flow on `device` with weights of dtype `kind` (`Float` or `Double`).
+    /// A freshly initialised flow on `device` with weights of dtype `kind` (`Float` or `Double`),
+    /// drawn from libtorch's CPU generator whatever the device (`tch::manual_seed` seeds it).
     pub fn new(cfg: &FlowConfig, device: Device, kind: Kind) -> Result<Self> {
         if !matches!(kind, Kind::Float | Kind::Double) {
             return Err(crate::Error::InvalidConfig(format!(
                 "dtype {kind:?}: rnvp computes in Float (f32) or Double (f64)"
             )));
         }
-        let mut vs = nn::VarStore::new(device);
+        // weights are drawn on the CPU and then moved, so a seed gives the same model on every
+        // device (CUDA's generator draws other numbers than the CPU's)
+        let mut vs = nn::VarStore::new(Device::Cpu);
         let net = StackedNvp::new(&vs.root(), cfg)?;
         vs.set_kind(kind);
+        if device != Device::Cpu {
+            vs.set_device(device);
+        }
         Ok(Flow { vs, net })
     }
 
