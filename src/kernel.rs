@@ -17,7 +17,9 @@
 //! SIMD width (padded units are exactly zero and get zero gradients).
 //!
 //! On x86-64 CPUs with AVX2 and FMA (detected at run time) the kernels are compiled for them;
-//! elsewhere the same code runs with the baseline instruction set.
+//! elsewhere the same code runs with the baseline instruction set. `RNVP_KERNELS=baseline` in the
+//! environment forces the baseline build on any CPU (the AVX2 build fuses multiply-adds, so the two
+//! round differently; CI runs the suite both ways).
 // `unsafe` only calls `#[target_feature]` functions after run-time detection. The lane loops
 // index several arrays in step; written as index loops they vectorise predictably.
 #![allow(unsafe_code)]
@@ -690,12 +692,23 @@ entry_points! {
     bwd, layer_backward, (params: &[f32], grads: &mut [f32], geo: Geometry, input: &[f32], sm: &[f32], grad: &mut [f32], dlogdet: f32);
 }
 
-/// Whether this CPU has AVX2 and FMA.
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-    #[allow(unreachable_code)]
-    false
+/// Whether the AVX2 + FMA build of the kernels runs: the CPU has both, and the environment
+/// variable `RNVP_KERNELS` is not `baseline` (which forces the baseline build everywhere, as
+/// `ATEN_CPU_CAPABILITY=default` does for libtorch's own kernels; read once).
+pub fn has_avx2_fma() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| {
+        let forced_baseline = std::env::var("RNVP_KERNELS").is_ok_and(|v| v.trim() == "baseline");
+        #[cfg(target_arch = "x86_64")]
+        return !forced_baseline
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma");
+        #[allow(unreachable_code)]
+        {
+            let _ = forced_baseline;
+            false
+        }
+    })
 }
 
 impl Packing {

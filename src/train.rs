@@ -385,6 +385,17 @@ impl FusedAdam {
         self.step += 1;
     }
 
+    /// The gradient buffer (packed like the parameters) that the next [`FusedAdam::step`] applies:
+    /// the last [`FusedAdam::loss_grad`]'s, or whatever is written here.
+    pub fn grads_mut(&mut self) -> &mut [f32] {
+        &mut self.grads
+    }
+
+    /// The packed parameters.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
     /// Scales the gradient so that its L2 norm is at most `max`; returns the norm.
     pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
         let total = self.grads.iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt();

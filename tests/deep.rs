@@ -55,34 +55,56 @@ fn reversible_backprop_gives_autograds_gradients() {
 #[test]
 fn sixty_four_layers_train_with_the_identity_initialisation() {
     let data = TrainData::Toy { set: ToySet::TwoMoons, noise: 0.05 };
-    // The notebook's exp(σ) is unbounded, so deep stacks can still blow up once training moves
-    // them away from the identity: measured over seeds 0-9 at this size with the default lr 1e-3,
-    // 3 of 8 seeds diverged without clipping and 1 of 10 (seed 6) with --clip-grad 1. The test
-    // pins seed 0 with clipping; the README and the issue note report the rates.
+    // The notebook's exp(σ) is unbounded, so deep stacks can still produce a non-finite gradient
+    // once training moves them away from the identity; with --clip-grad such a step is skipped
+    // (10 in a row stop the run). Measured at this size (lr 1e-3, clipping 1, 100 steps, seeds
+    // 0-19, fused engine): 4 of 20 seeds skipped 1-7 steps, none stopped. Which seeds skip depends
+    // on the CPU's rounding, so no seed is pinned: each mode trains three seeds, and at least two
+    // must finish with a falling loss.
     for (engine, reversible) in
         [(Engine::Libtorch, false), (Engine::Libtorch, true), (Engine::Fused, false), (Engine::Fused, true)]
     {
-        let cfg = FlowConfig::stacked(2, 1, 64, 64).with_init(Init::Identity);
-        let mut flow = seeded_flow(&cfg, Kind::Float, 0);
-        flow.set_engine(engine);
-        let tc = TrainConfig {
-            steps: 100,
-            val_every: 100,
-            val_size: 2000,
-            clip_grad: Some(1.0),
-            reversible,
-            ..Default::default()
-        };
-        let t =
-            Trainer { flow: &flow, data: &data, cfg: &tc, scaler: None, out: None, info: Default::default() };
-        let r = t.run(None, |_| {}).unwrap();
-        assert!(r.diverged.is_none(), "{engine:?} reversible={reversible}: {:?}", r.diverged);
-        assert_eq!(r.losses.len(), 100);
-        assert!(r.losses.iter().all(|l| l.is_finite()));
-        let first: f64 = r.losses[..10].iter().sum::<f64>() / 10.0;
-        let last: f64 = r.losses[90..].iter().sum::<f64>() / 10.0;
-        // the identity flow starts at the base density's NLL of standardized data, ≈ 2.84
-        assert!((r.losses[0] - 2.84).abs() < 0.1, "{}", r.losses[0]);
-        assert!(last < first - 0.3, "{engine:?} reversible={reversible}: {first} -> {last}");
+        let mut trained = vec![];
+        for seed in 0..3u64 {
+            let cfg = FlowConfig::stacked(2, 1, 64, 64).with_init(Init::Identity);
+            let mut flow = seeded_flow(&cfg, Kind::Float, seed as i64);
+            flow.set_engine(engine);
+            let tc = TrainConfig {
+                steps: 100,
+                val_every: 100,
+                val_size: 2000,
+                clip_grad: Some(1.0),
+                reversible,
+                seed,
+                ..Default::default()
+            };
+            let t = Trainer {
+                flow: &flow,
+                data: &data,
+                cfg: &tc,
+                scaler: None,
+                out: None,
+                info: Default::default(),
+            };
+            let r = t.run(None, |_| {}).unwrap();
+            let what = format!("{engine:?} reversible={reversible} seed {seed}");
+            // the identity flow starts at the base density's NLL of standardized data, ≈ 2.84
+            assert!((r.losses[0] - 2.84).abs() < 0.1, "{what}: first loss {}", r.losses[0]);
+            // skipped steps were not applied: every weight is still finite
+            for (name, v) in flow.var_store().variables() {
+                assert!(bool::try_from(v.isfinite().all()).unwrap(), "{what}: {name} is not finite");
+            }
+            if r.diverged.is_some() {
+                eprintln!("{what}: stopped {:?}", r.diverged);
+                continue;
+            }
+            let finite: Vec<f64> = r.losses.iter().copied().filter(|l| l.is_finite()).collect();
+            assert!(finite.len() >= 20, "{what}: only {} finite losses", finite.len());
+            let first: f64 = finite[..10].iter().sum::<f64>() / 10.0;
+            let last: f64 = finite[finite.len() - 10..].iter().sum::<f64>() / 10.0;
+            assert!(last < first - 0.3, "{what}: {first} -> {last}");
+            trained.push(seed);
+        }
+        assert!(trained.len() >= 2, "{engine:?} reversible={reversible}: only seeds {trained:?} trained");
     }
 }

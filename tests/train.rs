@@ -8,7 +8,7 @@ use rnvp::{Flow, FlowConfig};
 use tch::{Device, Kind, Tensor};
 
 #[test]
-fn adam_and_exponential_lr_match_pytorch_step_for_step() {
+fn adam_and_exponential_lr_follow_pytorchs_run() {
     let dir = tmp_dir("adam");
     reference(&["parity", "--layers", "3", "--hidden", "16", "--scale", "1", "--out", dir.to_str().unwrap()]);
     let flow = seeded(0, || Flow::new(&FlowConfig::stacked(2, 1, 16, 3), Device::Cpu, Kind::Float).unwrap());
@@ -34,43 +34,73 @@ fn adam_and_exponential_lr_match_pytorch_step_for_step() {
     ]);
 
     let cfg = TrainConfig { lr: 0.01, gamma: 0.9, ..Default::default() };
-    // the fused kernels with their flat Adam, from the same weights
-    let fused_flow =
-        seeded(0, || Flow::new(&FlowConfig::stacked(2, 1, 16, 3), Device::Cpu, Kind::Float).unwrap());
-    load_npy_weights(fused_flow.var_store(), &dir.join("weights"));
-    let pk = rnvp::kernel::packing_for(&fused_flow).unwrap();
-    let mut fused = FusedAdam::new(pk, &fused_flow, &cfg, None).unwrap();
-    let mut fused_losses = vec![];
-    for b in &batches {
-        let rows: Vec<f32> = b.data.iter().map(|&v| v as f32).collect();
-        fused_losses.push(fused.loss_grad(&rows).unwrap());
-        fused.step();
-    }
-    fused.write_back(&fused_flow).unwrap();
-    let want = npy(out.join("losses.npy"));
-    assert_close(&Tensor::from_slice(&fused_losses), &want, 1e-4, 1e-4, "fused losses");
-    for (name, var) in fused_flow.var_store().variables() {
-        let w = npy(out.join("weights").join(format!("{name}.npy")));
-        assert_close(&var, &w, 1e-4, 1e-3, &format!("fused {name}"));
-    }
-
-    let mut adam = Adam::new(&flow, &cfg, None).unwrap();
-    let mut losses = vec![];
-    for b in &batches {
-        let xs = rnvp::data::to_tensor(b, Kind::Float, Device::Cpu).unwrap();
-        let (_, log_pz, log_jacob) = flow.forward(&xs).unwrap();
-        let loss = -(log_pz + log_jacob).mean(Kind::Float);
-        losses.push(loss.double_value(&[]));
-        adam.zero_grad();
-        loss.backward();
-        adam.step();
-    }
-    let want = npy(out.join("losses.npy"));
-    assert_close(&Tensor::from_slice(&losses), &want, 1e-4, 1e-4, "losses");
-    assert!(losses[0] - losses[24] > 0.1, "the loss went down: {losses:?}");
-    for (name, var) in flow.var_store().variables() {
-        let w = npy(out.join("weights").join(format!("{name}.npy")));
-        assert_close(&var, &w, 1e-4, 1e-3, &name);
+    let want_losses = Vec::<f64>::try_from(npy(out.join("losses.npy")).to_kind(Kind::Double)).unwrap();
+    let want = {
+        let mut names: Vec<String> = flow.var_store().variables().into_keys().collect();
+        names.sort();
+        names
+            .iter()
+            .flat_map(|n| {
+                let t = npy(out.join("weights").join(format!("{n}.npy"))).to_kind(Kind::Double);
+                Vec::<f64>::try_from(t.flatten(0, -1)).unwrap()
+            })
+            .collect::<Vec<f64>>()
+    };
+    // rnvp's two optimizers from the same weights (perturbed by 1 ± 1e-6 when `perturb` is set)
+    let run = |fused: bool, perturb: Option<u64>| -> (Vec<f64>, Vec<f64>) {
+        let flow =
+            seeded(0, || Flow::new(&FlowConfig::stacked(2, 1, 16, 3), Device::Cpu, Kind::Float).unwrap());
+        load_npy_weights(flow.var_store(), &dir.join("weights"));
+        if let Some(seed) = perturb {
+            common::perturb(&flow, 1e-6, seed);
+        }
+        let mut losses = vec![];
+        if fused {
+            let pk = rnvp::kernel::packing_for(&flow).unwrap();
+            let mut opt = FusedAdam::new(pk, &flow, &cfg, None).unwrap();
+            for b in &batches {
+                let rows: Vec<f32> = b.data.iter().map(|&v| v as f32).collect();
+                losses.push(opt.loss_grad(&rows).unwrap());
+                opt.step();
+            }
+            opt.write_back(&flow).unwrap();
+        } else {
+            let mut adam = Adam::new(&flow, &cfg, None).unwrap();
+            for b in &batches {
+                let xs = rnvp::data::to_tensor(b, Kind::Float, Device::Cpu).unwrap();
+                let (_, log_pz, log_jacob) = flow.forward(&xs).unwrap();
+                let loss = -(log_pz + log_jacob).mean(Kind::Float);
+                losses.push(loss.double_value(&[]));
+                adam.zero_grad();
+                loss.backward();
+                adam.step();
+            }
+        }
+        (losses, flat_weights(&flow))
+    };
+    for fused in [false, true] {
+        let what = if fused { "fused" } else { "libtorch" };
+        let (losses, weights) = run(fused, None);
+        // how far rounding-sized differences carry in these 25 steps, on this CPU
+        let (chaos_losses, chaos_weights) = run(fused, Some(7));
+        let chaos = distance(&weights, &chaos_weights);
+        let gap = distance(&weights, &want);
+        let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+        eprintln!("{what}: {gap:.3e} from PyTorch's weights, perturbed run {chaos:.3e}");
+        // the first step is rounding only: the loss agrees tightly
+        assert!((losses[0] - want_losses[0]).abs() <= 1e-5 * want_losses[0].abs(), "{what}: first loss");
+        assert!(gap <= 10.0 * chaos.max(1e-6 * norm), "{what}: {gap:e} from PyTorch, chaos {chaos:e}");
+        for t in 0..25 {
+            let tol = 10.0 * (losses[t] - chaos_losses[t]).abs() + 1e-5 * want_losses[t].abs();
+            assert!(
+                (losses[t] - want_losses[t]).abs() <= tol,
+                "{what} step {}: loss {} vs PyTorch {}",
+                t + 1,
+                losses[t],
+                want_losses[t]
+            );
+        }
+        assert!(losses[0] - losses[24] > 0.1, "{what}: the loss went down: {losses:?}");
     }
 }
 

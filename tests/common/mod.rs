@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+pub mod bound;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Kind, Tensor};
@@ -48,14 +49,35 @@ pub fn npy(path: impl AsRef<Path>) -> Tensor {
 /// Element-wise comparison as f64: finite values within `atol + rtol·|want|`, non-finite values
 /// identical (same infinity, NaN where NaN). Returns the largest error on finite values.
 pub fn assert_close(got: &Tensor, want: &Tensor, atol: f64, rtol: f64, what: &str) -> f64 {
+    assert_close_within(got, want, atol, rtol, None, what)
+}
+
+/// [`assert_close`], where each finite element may also differ by twice its rounding bound
+/// (`bound`, same shape: see [`bound`]), whichever is larger.
+pub fn assert_close_within(
+    got: &Tensor,
+    want: &Tensor,
+    atol: f64,
+    rtol: f64,
+    bound: Option<&Tensor>,
+    what: &str,
+) -> f64 {
     assert_eq!(got.size(), want.size(), "{what}: shapes differ");
-    let g = Vec::<f64>::try_from(got.to_kind(Kind::Double).flatten(0, -1)).unwrap();
-    let w = Vec::<f64>::try_from(want.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    let flat = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    let (g, w) = (flat(got), flat(want));
+    let b = match bound {
+        Some(b) => {
+            assert_eq!(b.size(), want.size(), "{what}: bound shape");
+            flat(b)
+        }
+        None => vec![0.0; w.len()],
+    };
     let mut worst = 0f64;
-    for (i, (g, w)) in g.iter().zip(&w).enumerate() {
+    for (i, ((g, w), b)) in g.iter().zip(&w).zip(&b).enumerate() {
         if w.is_finite() {
             let err = (g - w).abs();
-            assert!(err <= atol + rtol * w.abs(), "{what}[{i}]: got {g}, want {w} (error {err:e})");
+            let tol = (atol + rtol * w.abs()).max(2.0 * b);
+            assert!(err <= tol, "{what}[{i}]: got {g}, want {w} (error {err:e}, tolerance {tol:e})");
             worst = worst.max(err);
         } else {
             assert!((w.is_nan() && g.is_nan()) || g == w, "{what}[{i}]: got {g}, want the non-finite {w}");
@@ -97,4 +119,37 @@ pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
     let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     f()
+}
+
+/// Every variable of a flow as one f64 vector, in name order.
+pub fn flat_weights(flow: &rnvp::Flow) -> Vec<f64> {
+    let mut vars: Vec<(String, Tensor)> = flow.var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars.iter()
+        .flat_map(|(_, t)| Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap())
+        .collect()
+}
+
+/// Euclidean distance between two vectors of the same length.
+pub fn distance(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "distance between vectors of different lengths");
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
+}
+
+/// Multiplies every weight of the flow by `1 ± eps` (signs from a seeded generator): a
+/// perturbation of the size of a few float32 roundings, to measure how much a training run
+/// amplifies rounding differences.
+pub fn perturb(flow: &rnvp::Flow, eps: f64, seed: u64) {
+    let mut rng = rnvp::data::Rng::new(seed);
+    tch::no_grad(|| {
+        let mut vars: Vec<(String, Tensor)> = flow.var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, mut v) in vars {
+            let signs: Vec<f32> = (0..v.numel())
+                .map(|_| if rng.below(2) == 0 { 1.0 + eps as f32 } else { 1.0 - eps as f32 })
+                .collect();
+            let f = Tensor::from_slice(&signs).view(v.size().as_slice()).to_kind(v.kind());
+            let _ = v.f_mul_(&f).unwrap();
+        }
+    });
 }
