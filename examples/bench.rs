@@ -318,7 +318,7 @@ fn training(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
                     match run(who, steps) {
                         Ok(secs) if k == 0 => short_long[who].0 = secs,
                         Ok(secs) => short_long[who].1 = secs,
-                        Err(e) if e.to_string().contains("the loss became") => {
+                        Err(e) if e.to_string().contains("training stopped") => {
                             diverged = true;
                             break 'runs;
                         }

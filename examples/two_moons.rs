@@ -80,8 +80,8 @@ fn main() -> Result<()> {
             }
         })?;
         pb.finish_and_clear();
-        if let Some((step, loss)) = report.diverged {
-            anyhow::bail!("{label}: the loss became {loss} at step {step}");
+        if let Some(stop) = report.diverged {
+            anyhow::bail!("{label}: {stop}");
         }
         let nll = mean_nll(&flow, &test, None)?;
         Figures {

@@ -86,6 +86,10 @@ pub struct Compute {
     /// at most 4, libtorch otherwise), fused, or libtorch (autograd, as the notebook).
     #[arg(long, default_value = "auto")]
     pub engine: String,
+    /// The model's prefix in a checkpoint whose names carry one (`module.`, `model.`, ...): found
+    /// by itself; needed only when a file holds several different models ("" for none).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -262,6 +266,9 @@ pub struct ConvertArgs {
     pub input: PathBuf,
     /// The file to write; its extension picks the format.
     pub output: PathBuf,
+    /// The model's prefix in the checkpoint, when it holds several models (see `rnvp sample --help`).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +282,9 @@ pub struct ExportArgs {
     /// Precision of the exported functions: f32 or f64.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// The model's prefix in the checkpoint, when it holds several models (see `rnvp sample --help`).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -284,6 +294,9 @@ pub struct InspectArgs {
     /// Print a JSON object.
     #[arg(long)]
     pub json: bool,
+    /// The model's prefix in the checkpoint, when it holds several models (see `rnvp sample --help`).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
 }
 
 #[cfg(test)]

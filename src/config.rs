@@ -121,7 +121,67 @@ impl FlowConfig {
             self.k
         }
     }
+
+    /// Number of variables in the state_dict (8 per layer).
+    pub fn variable_count(&self) -> u64 {
+        (self.layers.max(0) as u64).saturating_mul(8)
+    }
+
+    /// The state_dict names of the variables, layer by layer (computed as they are taken, so a
+    /// configuration read from an untrusted file costs nothing until its names are used).
+    pub fn variable_names(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.layers.max(0)).flat_map(move |i| {
+            let prefix = match self.layout {
+                Layout::Stacked => format!("bijectors.{i}."),
+                Layout::Single => String::new(),
+            };
+            VARIABLES.iter().map(move |(net, part)| format!("{prefix}{net}.{part}"))
+        })
+    }
+
+    /// The shape of the variable `name` (a state_dict key), or `None` when the model has no such
+    /// variable: `N.0.weight` is `[hidden, c]`, `N.0.bias` `[hidden]`, `N.2.weight` `[o, hidden]`,
+    /// `N.2.bias` `[o]`, with `c` the layer's conditioning columns and `o = d − c`.
+    pub fn variable_shape(&self, name: &str) -> Option<Vec<i64>> {
+        let (layer, rest) = match self.layout {
+            Layout::Single => (0, name),
+            Layout::Stacked => {
+                let rest = name.strip_prefix("bijectors.")?;
+                let (index, rest) = rest.split_once('.')?;
+                let i: i64 = index.parse().ok()?;
+                if i < 0 || i.to_string() != index || i >= self.layers {
+                    return None; // "01", "+1" or a layer the model does not have
+                }
+                (i, rest)
+            }
+        };
+        let (net, part) = rest.split_once('.')?;
+        if net != "sig_net" && net != "mu_net" {
+            return None;
+        }
+        let c = self.cond_dim(self.flip(layer));
+        let o = self.d - c;
+        match part {
+            "0.weight" => Some(vec![self.hidden, c]),
+            "0.bias" => Some(vec![self.hidden]),
+            "2.weight" => Some(vec![o, self.hidden]),
+            "2.bias" => Some(vec![o]),
+            _ => None,
+        }
+    }
 }
+
+/// The variables of one coupling layer: each network's first and last Linear.
+const VARIABLES: [(&str, &str); 8] = [
+    ("sig_net", "0.weight"),
+    ("sig_net", "0.bias"),
+    ("sig_net", "2.weight"),
+    ("sig_net", "2.bias"),
+    ("mu_net", "0.weight"),
+    ("mu_net", "0.bias"),
+    ("mu_net", "2.weight"),
+    ("mu_net", "2.bias"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -143,6 +203,37 @@ mod tests {
             let err = cfg.validate().expect_err(word).to_string();
             assert!(err.contains(word), "{err} should mention {word}");
         }
+    }
+
+    #[test]
+    fn variable_names_and_shapes_are_the_notebooks() {
+        let cfg = FlowConfig::stacked(5, 2, 8, 3);
+        let names: Vec<String> = cfg.variable_names().collect();
+        assert_eq!(names.len() as u64, cfg.variable_count());
+        assert_eq!(names[0], "bijectors.0.sig_net.0.weight");
+        assert_eq!(names[23], "bijectors.2.mu_net.2.bias");
+        assert_eq!(cfg.variable_shape("bijectors.0.sig_net.0.weight"), Some(vec![8, 2]));
+        assert_eq!(cfg.variable_shape("bijectors.1.mu_net.0.weight"), Some(vec![8, 3])); // flipped
+        assert_eq!(cfg.variable_shape("bijectors.1.mu_net.2.weight"), Some(vec![2, 8]));
+        assert_eq!(cfg.variable_shape("bijectors.2.sig_net.2.bias"), Some(vec![3]));
+        for bad in [
+            "bijectors.3.sig_net.0.weight",
+            "bijectors.01.sig_net.0.weight",
+            "bijectors.0.scale",
+            "sig_net.0.weight",
+            "bijectors.-1.mu_net.0.bias",
+            "bijectors.0.mu_net.1.weight",
+        ] {
+            assert_eq!(cfg.variable_shape(bad), None, "{bad}");
+        }
+        let single = FlowConfig::single(2, 1, 4);
+        assert_eq!(single.variable_names().collect::<Vec<_>>().len(), 8);
+        assert_eq!(single.variable_shape("mu_net.2.weight"), Some(vec![1, 4]));
+        assert_eq!(single.variable_shape("bijectors.0.mu_net.2.weight"), None);
+        // an absurd configuration costs nothing until its names are taken
+        let huge = FlowConfig::stacked(2, 1, 1 << 40, i64::MAX);
+        assert_eq!(huge.variable_names().nth(9), Some("bijectors.1.sig_net.0.bias".to_string()));
+        assert_eq!(huge.variable_shape("bijectors.99999999.sig_net.0.weight"), Some(vec![1 << 40, 1]));
     }
 
     #[test]

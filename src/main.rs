@@ -83,7 +83,7 @@ fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
         Command::Plot(a) => plot(a),
         Command::Inspect(a) => inspect(a),
         Command::Convert(a) => {
-            let ck = Checkpoint::load(&a.input)?;
+            let ck = Checkpoint::load_with(&a.input, a.prefix.as_deref())?;
             if ck.scaler.is_some() && a.output.extension().is_some_and(|e| e != "safetensors") {
                 eprintln!(
                     "warning: {} holds only the state_dict: the data scaler (mean/std) stays in .safetensors files",
@@ -95,7 +95,7 @@ fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Export(a) => {
-            let ck = Checkpoint::load(&a.checkpoint)?;
+            let ck = Checkpoint::load_with(&a.checkpoint, a.prefix.as_deref())?;
             for p in rnvp::checkpoint::export::export_torchscript(&ck, &a.out, parse_kind(&a.dtype)?)? {
                 println!("{}", p.display());
             }
@@ -207,7 +207,7 @@ fn engine(c: &Compute) -> Result<Engine> {
 fn load_flow(path: &Path, c: &Compute) -> Result<(Flow, Checkpoint)> {
     let (device, kind) = compute(c)?;
     let engine = engine(c)?;
-    let ck = Checkpoint::load(path)?;
+    let ck = Checkpoint::load_with(path, c.prefix.as_deref())?;
     let mut flow = ck.to_flow(device, kind).with_context(|| format!("loading {}", path.display()))?;
     flow.set_engine(engine);
     Ok((flow, ck))
@@ -323,7 +323,7 @@ fn train(a: cli::TrainArgs) -> Result<()> {
     };
     let d = train_data.dim() as i64;
     let resume = match &a.resume {
-        Some(p) => Some((p, Checkpoint::load(p)?)),
+        Some(p) => Some((p, Checkpoint::load_with(p, a.compute.prefix.as_deref())?)),
         None => None,
     };
     let flow_cfg = match &resume {
@@ -335,6 +335,7 @@ fn train(a: cli::TrainArgs) -> Result<()> {
                     ck.config.d
                 );
             }
+            ck.check().with_context(|| format!("--resume {}", path.display()))?;
             ck.config
         }
         None => FlowConfig::stacked(
@@ -414,16 +415,8 @@ fn train(a: cli::TrainArgs) -> Result<()> {
     if let Some(log) = &a.log {
         io::write_atomic(log, report.csv().as_bytes())?;
     }
-    if let Some((step, loss)) = report.diverged {
-        let what = if loss.is_finite() {
-            format!("the gradient was not finite for 10 steps in a row (the last at step {step})")
-        } else {
-            format!("the loss became {loss} at step {step}")
-        };
-        bail!(
-            "{what}: training stopped; {} keeps the last good checkpoint (try a lower --lr, --clip-grad or --init identity)",
-            a.out.display()
-        );
+    if let Some(stop) = report.diverged {
+        bail!("{stop}: training stopped; {}", after_stop(&report, &a, &cfg, flow_cfg.init));
     }
     if report.losses.is_empty() {
         bail!("no training steps were run (--steps {})", cfg.steps);
@@ -451,8 +444,9 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         }
         .draw(dir)?;
     }
-    let last = report.losses.last().copied().unwrap_or(f64::NAN);
-    let (best_step, best_nll) = report.best.unwrap_or((0, f64::NAN));
+    // a completed run ends with a validation whose NLL is finite (else it stopped above)
+    let (best_step, best_nll) = report.best.context("invariant: a completed run has a best validation")?;
+    let last = report.losses.iter().rev().copied().find(|l| l.is_finite()).unwrap_or(f64::NAN);
     println!(
         "trained {} steps in {:.1} s ({:.0} steps/s): final loss {last:.4}, validation NLL {best_nll:.4} nats (best, step {best_step}) -> {} (best: {})",
         report.losses.len(),
@@ -462,6 +456,36 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         best_path(&a.out).display()
     );
     Ok(())
+}
+
+/// What the files hold after a run stopped early, and what to try.
+fn after_stop(
+    report: &rnvp::train::TrainReport,
+    a: &cli::TrainArgs,
+    cfg: &TrainConfig,
+    init: Init,
+) -> String {
+    let kept = match report.saved {
+        Some(s) if s == report.start_step && report.start_step == 0 => {
+            format!("{} holds the untrained initial state", a.out.display())
+        }
+        Some(s) => format!("{} keeps the last good checkpoint (step {s})", a.out.display()),
+        None => format!("nothing was written to {}", a.out.display()),
+    };
+    let best = match report.best {
+        Some((s, nll)) => {
+            format!(", {} the best (step {s}, validation NLL {nll:.4})", best_path(&a.out).display())
+        }
+        None => String::new(),
+    };
+    let mut tries = vec![format!("a lower --lr (now {})", cfg.lr)];
+    if cfg.clip_grad.is_none() {
+        tries.push("--clip-grad 1".into());
+    }
+    if init != Init::Identity {
+        tries.push("--init identity".into());
+    }
+    format!("{kept}{best}; try {}", tries.join(", "))
 }
 
 fn eval(a: cli::EvalArgs) -> Result<()> {
@@ -486,11 +510,25 @@ fn eval(a: cli::EvalArgs) -> Result<()> {
     if flow.config().d != points.cols as i64 {
         bail!("{}: the data has {} columns, the model expects {}", spec.name(), points.cols, flow.config().d);
     }
-    let nll = rnvp::train::mean_nll(&flow, &points, scaler)?;
+    let (nll, non_finite) = rnvp::train::nll_and_non_finite(&flow, &points, scaler)?;
+    let finite = nll.is_finite();
     if a.json {
-        println!("{}", json!({ "nll": nll, "n": points.rows, "data": spec.name() }));
-    } else {
+        let mut v = json!({ "nll": nll, "n": points.rows, "data": spec.name(), "finite": finite });
+        if !finite {
+            v["non_finite_rows"] = json!(non_finite);
+        }
+        println!("{v}");
+    } else if finite {
         println!("NLL {nll:.6} nats ({} points of {})", points.rows, spec.name());
+    }
+    if !finite {
+        bail!(
+            "{}: the NLL is {nll}: the model's log-density is not finite on {non_finite} of {} points of {} \
+             (a broken model, or points where its density overflows)",
+            a.checkpoint.display(),
+            points.rows,
+            spec.name()
+        );
     }
     Ok(())
 }
@@ -575,7 +613,7 @@ fn plot(a: cli::PlotArgs) -> Result<()> {
 }
 
 fn inspect(a: cli::InspectArgs) -> Result<()> {
-    let ck = Checkpoint::load(&a.checkpoint)?;
+    let ck = Checkpoint::load_with(&a.checkpoint, a.prefix.as_deref())?;
     let c = ck.config;
     // does it build the inferred model (names and shapes)?
     let check = ck.to_flow(Device::Cpu, Kind::Float).map(|_| ());
@@ -590,6 +628,7 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
             "layout": rnvp::checkpoint::config_json(&c)["layout"], "tensors": tensors,
             "parameters": ck.tensors.values().map(|t| t.numel()).sum::<usize>(),
             "optimizer_state": ck.optimizer.is_some(), "info": ck.info,
+            "prefix": ck.prefix, "ignored": ck.ignored,
             "check": match &check { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
         });
         if let Some(s) = &ck.scaler {
@@ -599,6 +638,15 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!("{}: {}", a.checkpoint.display(), ck.format);
+    if !ck.prefix.is_empty() {
+        println!("prefix: '{}' (stripped from the model's names)", ck.prefix);
+    }
+    if !ck.ignored.is_empty() {
+        let shown: Vec<&str> = ck.ignored.iter().take(6).map(String::as_str).collect();
+        let more =
+            if ck.ignored.len() > 6 { format!(", … ({} in all)", ck.ignored.len()) } else { String::new() };
+        println!("ignored: {} tensor(s) beside the model: {}{more}", ck.ignored.len(), shown.join(", "));
+    }
     println!(
         "architecture: {} d = {}, k = {}, hidden = {}, layers = {}",
         if c.layout == rnvp::Layout::Single { "R_NVP" } else { "stacked_NVP" },

@@ -569,6 +569,44 @@ pub enum Event {
     },
 }
 
+/// Why a run stopped before its last step. The checkpoint file keeps the last good state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stop {
+    /// The batch loss of `step` was not finite (without gradient clipping).
+    Loss {
+        /// The step.
+        step: usize,
+        /// Its loss.
+        loss: f64,
+    },
+    /// Ten steps in a row, the last `step`, had a non-finite loss or gradient (with clipping).
+    Skipped {
+        /// The last of them.
+        step: usize,
+    },
+    /// The validation NLL after `step` was not finite: the model gives some validation point a
+    /// density of zero, infinity or NaN, which is a broken model.
+    Validation {
+        /// The step.
+        step: usize,
+        /// The validation NLL.
+        nll: f64,
+    },
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Loss { step, loss } => write!(f, "the loss became {loss} at step {step}"),
+            Stop::Skipped { step } => write!(
+                f,
+                "the loss or gradient was not finite for {MAX_SKIPPED} steps in a row (the last at step {step})"
+            ),
+            Stop::Validation { step, nll } => write!(f, "the validation NLL became {nll} at step {step}"),
+        }
+    }
+}
+
 /// The outcome of a training run.
 #[derive(Debug, Clone, Default)]
 pub struct TrainReport {
@@ -582,8 +620,11 @@ pub struct TrainReport {
     pub val_seconds: Vec<f64>,
     /// The best validation `(step, NLL)`.
     pub best: Option<(usize, f64)>,
-    /// `(step, loss)` where the loss stopped being finite; training stopped there.
-    pub diverged: Option<(usize, f64)>,
+    /// Why the run stopped before its last step, if it did.
+    pub diverged: Option<Stop>,
+    /// The step whose state the checkpoint file (`out`) holds: the start, or the last validation
+    /// with a finite NLL (`None` without `out`).
+    pub saved: Option<usize>,
     /// Steps skipped because their loss or gradient was not finite (only with `clip_grad`).
     pub skipped: Vec<usize>,
     /// Seconds spent in the training loop.
@@ -616,10 +657,16 @@ impl TrainReport {
 /// Mean negative log-likelihood of `xs` (standardized rows) under the flow, in the data's units:
 /// `−mean(log p_model(xs)) − scaler.log_det()`.
 pub fn mean_nll(flow: &Flow, xs: &Matrix, scaler: Option<&Scaler>) -> Result<f64> {
+    Ok(nll_and_non_finite(flow, xs, scaler)?.0)
+}
+
+/// [`mean_nll`] and the number of rows whose log-density is not finite (which make it so).
+pub fn nll_and_non_finite(flow: &Flow, xs: &Matrix, scaler: Option<&Scaler>) -> Result<(f64, usize)> {
     let t = data::to_tensor(xs, flow.kind(), flow.device())?;
     let lp = flow.log_prob(&t)?;
     let nll = -lp.f_mean(Kind::Double)?.double_value(&[]);
-    Ok(nll - scaler.map_or(0.0, Scaler::log_det))
+    let non_finite = lp.f_isfinite()?.logical_not().f_sum(Kind::Int64)?.int64_value(&[]) as usize;
+    Ok((nll - scaler.map_or(0.0, Scaler::log_det), non_finite))
 }
 
 /// A training run: the flow, the data, the recipe, and where checkpoints go.
@@ -664,8 +711,9 @@ impl Trainer<'_> {
     }
 
     /// Trains from the optimizer state in `resume` (or from scratch) up to `cfg.steps`, calling
-    /// `on_event` after every step and validation. A non-finite loss stops the run (reported in
-    /// `diverged`); the checkpoint on disk then stays the last good one.
+    /// `on_event` after every step and validation. A non-finite loss (or, with clipping, ten
+    /// skipped steps in a row) or a non-finite validation NLL stops the run (reported in
+    /// `diverged`); the checkpoint on disk then stays the last good one (`saved`).
     pub fn run(
         &self,
         resume: Option<&OptimizerState>,
@@ -684,6 +732,7 @@ impl Trainer<'_> {
         if let Some(out) = &self.out {
             // fails early on an unwritable path, and is the last good state until the first validation
             self.save(out, Some(&opt), start, None)?;
+            report.saved = Some(start);
         }
         let t0 = Instant::now();
         let mut paused = 0.0; // seconds spent validating and saving
@@ -695,8 +744,12 @@ impl Trainer<'_> {
                 // without clipping, or after MAX_SKIPPED bad steps in a row, training has diverged
                 let run =
                     report.skipped.iter().rev().zip((0..step).rev()).take_while(|(s, t)| *s == t).count();
-                if self.cfg.clip_grad.is_none() || run + 1 >= MAX_SKIPPED {
-                    report.diverged = Some((step, loss_value));
+                if self.cfg.clip_grad.is_none() {
+                    report.diverged = Some(Stop::Loss { step, loss: loss_value });
+                    break;
+                }
+                if run + 1 >= MAX_SKIPPED {
+                    report.diverged = Some(Stop::Skipped { step });
                     break;
                 }
                 opt.skip();
@@ -709,10 +762,17 @@ impl Trainer<'_> {
                 report.val_seconds.push(t0.elapsed().as_secs_f64() - paused);
                 opt.sync(self.flow)?;
                 let nll = mean_nll(self.flow, &val_set, self.scaler.as_ref())?;
-                let is_best = nll < best;
                 report.val.push((step, nll));
+                if !nll.is_finite() {
+                    // a broken model is never saved over the last good one, nor called the best
+                    report.diverged = Some(Stop::Validation { step, nll });
+                    on_event(Event::Validation { step, nll, best: false });
+                    break;
+                }
+                let is_best = nll < best;
                 if let Some(out) = &self.out {
                     self.save(out, Some(&opt), step, Some(nll))?;
+                    report.saved = Some(step);
                     if is_best {
                         self.save(&best_path(out), None, step, Some(nll))?;
                     }

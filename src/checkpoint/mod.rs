@@ -10,8 +10,11 @@
 //!
 //! Names and shapes are checked against the model before any copy.
 pub mod export;
+pub mod names;
 pub mod safetensors;
 pub mod torch;
+
+pub use names::{check_tensors, infer_config};
 
 use crate::config::{FlowConfig, Init, Layout};
 use crate::data::Scaler;
@@ -48,6 +51,11 @@ pub struct Checkpoint {
     pub info: Map<String, Value>,
     /// What the file was, e.g. "safetensors (rnvp)" or "torch.save state_dict (zip)".
     pub format: String,
+    /// What was stripped from the front of the model's names in the file (`module.`, `model.`,
+    /// ...; empty when the names were the notebook's).
+    pub prefix: String,
+    /// The file's tensors that are not the model's (what a wrapper kept beside it).
+    pub ignored: Vec<String>,
 }
 
 /// The kinds of file a checkpoint path can hold, recognised from the content.
@@ -108,19 +116,35 @@ impl Checkpoint {
             optimizer: None,
             info: Map::new(),
             format: "rnvp model".into(),
+            prefix: String::new(),
+            ignored: vec![],
         }
     }
 
-    /// Reads a checkpoint, recognising its format from the content.
+    /// Reads a checkpoint, recognising its format from the content and the model's names among
+    /// its tensors (see [`Checkpoint::load_with`]).
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| crate::error::io_err(path, e))?;
-        Self::from_bytes(&bytes, &path.display().to_string())
+        Self::load_with(path, None)
+    }
+
+    /// Reads a checkpoint; with `prefix`, the model is the tensors whose names start with it
+    /// (`Some("")`: the names as they are); without, the prefix is found (see
+    /// [`names::find_model`]). The file must be a regular file within
+    /// [`crate::data::io::read_limit`].
+    pub fn load_with(path: &Path, prefix: Option<&str>) -> Result<Self> {
+        let bytes = crate::data::io::read_file(path)?;
+        Self::from_bytes_with(&bytes, &path.display().to_string(), prefix)
     }
 
     /// Parses a checkpoint held in memory; `name` is used in messages.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
+        Self::from_bytes_with(bytes, name, None)
+    }
+
+    /// [`Checkpoint::from_bytes`] with the model's prefix chosen (see [`Checkpoint::load_with`]).
+    pub fn from_bytes_with(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Self> {
         match Format::detect(bytes) {
-            Some(Format::Safetensors) => safetensors::decode(bytes, name),
+            Some(Format::Safetensors) => safetensors::decode(bytes, name, prefix),
             Some(Format::Zip) | Some(Format::Pickle) => {
                 let file = torch::read(bytes, name)?;
                 let mut tensors = BTreeMap::new();
@@ -145,14 +169,17 @@ impl Checkpoint {
                     })?;
                     tensors.insert(key, t);
                 }
-                let config = infer_config(&tensors).map_err(|e| Error::Data(format!("{name}: {e}")))?;
+                let found =
+                    names::find_model(&tensors, prefix).map_err(|e| Error::Data(format!("{name}: {e}")))?;
                 Ok(Checkpoint {
-                    config,
+                    config: found.config,
                     scaler: None,
-                    tensors,
+                    tensors: found.tensors,
                     optimizer: None,
                     info: Map::new(),
                     format: file.description,
+                    prefix: found.prefix,
+                    ignored: found.ignored,
                 })
             }
             None => Err(Error::Data(format!(
@@ -203,8 +230,16 @@ impl Checkpoint {
         }
     }
 
-    /// Builds the flow on `device` in `kind` and copies the weights into it.
+    /// Checks that the tensors are exactly the architecture's variables (names and shapes),
+    /// without building anything.
+    pub fn check(&self) -> Result<()> {
+        check_tensors(&self.config, &self.tensors)
+    }
+
+    /// Builds the flow on `device` in `kind` and copies the weights into it (after
+    /// [`Checkpoint::check`]: nothing is built for a file that does not hold the model).
     pub fn to_flow(&self, device: Device, kind: Kind) -> Result<Flow> {
+        self.check()?;
         let flow = Flow::new(&self.config, device, kind)?;
         load_weights(&flow, &self.tensors)?;
         Ok(flow)
@@ -263,69 +298,24 @@ pub fn config_from_json(v: &Value) -> Result<FlowConfig> {
     Ok(cfg)
 }
 
-/// Infers the architecture from state_dict names and shapes: `bijectors.{i}.…` (stacked) or
-/// `sig_net.…` at the root (single); `d`, `k` and `hidden` from layer 0's `sig_net` shapes.
-pub fn infer_config(tensors: &BTreeMap<String, Tensor>) -> Result<FlowConfig> {
-    let (prefix, layout) = if tensors.contains_key("sig_net.0.weight") {
-        ("", Layout::Single)
-    } else if tensors.contains_key("bijectors.0.sig_net.0.weight") {
-        ("bijectors.0.", Layout::Stacked)
-    } else {
-        return Err(Error::Data(
-            "cannot infer the architecture: no 'bijectors.0.sig_net.0.weight' or 'sig_net.0.weight'".into(),
-        ));
-    };
-    let shape = |name: &str| {
-        tensors.get(name).map(Tensor::size).ok_or_else(|| Error::Data(format!("missing tensor '{name}'")))
-    };
-    let w0 = shape(&format!("{prefix}sig_net.0.weight"))?;
-    let w2 = shape(&format!("{prefix}sig_net.2.weight"))?;
-    if w0.len() != 2 || w2.len() != 2 {
-        return Err(Error::Data(format!("{prefix}sig_net weights are not matrices: {w0:?}, {w2:?}")));
-    }
-    let (hidden, k, d) = (w0[0], w0[1], w0[1] + w2[0]);
-    let layers = match layout {
-        Layout::Single => 1,
-        Layout::Stacked => (0..)
-            .take_while(|i| tensors.contains_key(&format!("bijectors.{i}.sig_net.0.weight")))
-            .count() as i64,
-    };
-    let cfg = FlowConfig { d, k, hidden, layers, layout, init: Init::Pytorch };
-    cfg.validate()?;
-    Ok(cfg)
-}
-
 /// Copies `tensors` into the flow's variables after checking that the names are exactly the
 /// flow's (listing missing and unexpected ones) and that every shape matches.
 pub fn load_weights(flow: &Flow, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    check_tensors(flow.config(), tensors)?;
     let vars = flow.var_store().variables();
-    let missing: Vec<&String> = vars.keys().filter(|n| !tensors.contains_key(*n)).collect();
-    let unexpected: Vec<&String> = tensors.keys().filter(|n| !vars.contains_key(*n)).collect();
-    if !missing.is_empty() || !unexpected.is_empty() {
-        let list = |v: &[&String]| {
-            let mut v: Vec<&str> = v.iter().map(|s| s.as_str()).collect();
-            v.sort();
-            v.join(", ")
-        };
-        return Err(Error::Data(format!(
-            "checkpoint does not match the model: missing [{}], unexpected [{}]",
-            list(&missing),
-            list(&unexpected)
-        )));
-    }
-    for (name, var) in &vars {
-        let src = &tensors[name];
-        if src.size() != var.size() {
-            return Err(Error::Shape {
-                what: format!("tensor '{name}'"),
-                expected: format!("{:?}", var.size()),
-                found: src.size(),
-            });
-        }
-    }
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {
-            let src = tensors[&name].f_to_kind(var.kind())?.f_to_device(var.device())?;
+            let src = tensors
+                .get(&name)
+                .ok_or_else(|| Error::Data(format!("invariant: checked tensor '{name}' is missing")))?;
+            if src.size() != var.size() {
+                return Err(Error::Shape {
+                    what: format!("tensor '{name}'"),
+                    expected: format!("{:?}", var.size()),
+                    found: src.size(),
+                });
+            }
+            let src = src.f_to_kind(var.kind())?.f_to_device(var.device())?;
             var.f_copy_(&src)?;
         }
         Ok(())

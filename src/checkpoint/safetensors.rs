@@ -3,7 +3,7 @@
 //! raw little-endian tensor data. rnvp keeps its configuration, scaler and training information as
 //! JSON strings in `__metadata__`, and Adam's moments as `optimizer.exp_avg.<name>` and
 //! `optimizer.exp_avg_sq.<name>` tensors.
-use super::{config_from_json, infer_config, Checkpoint, OptimizerState};
+use super::{check_tensors, config_from_json, names, Checkpoint, OptimizerState};
 use crate::data::Scaler;
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
@@ -70,8 +70,11 @@ pub fn encode(ck: &Checkpoint) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Parses safetensors bytes; `name` is used in messages.
-pub fn decode(bytes: &[u8], name: &str) -> Result<Checkpoint> {
+/// Parses safetensors bytes; `name` is used in messages. The architecture rnvp stores in the
+/// metadata must match the tensors the file holds (checked before anything is built); files
+/// without it (written by Python's safetensors) are read like PyTorch state_dicts, `prefix` as in
+/// [`Checkpoint::load_with`].
+pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoint> {
     let bad = |m: String| Error::Data(format!("{name}: {m}"));
     let len_bytes: [u8; 8] =
         bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| bad("truncated".into()))?;
@@ -107,9 +110,23 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Checkpoint> {
             tensors.insert(key.clone(), t);
         }
     }
-    let config = match meta.get("config") {
-        Some(c) => config_from_json(c).map_err(|e| bad(e.to_string()))?,
-        None => infer_config(&tensors).map_err(|e| bad(e.to_string()))?,
+    let (config, tensors, prefix, ignored) = match meta.get("config") {
+        Some(c) => {
+            let config = config_from_json(c).map_err(|e| bad(e.to_string()))?;
+            let tensors = match prefix {
+                Some(p) if !p.is_empty() => tensors
+                    .into_iter()
+                    .filter_map(|(n, t)| n.strip_prefix(p).map(|n| (n.to_string(), t)))
+                    .collect(),
+                _ => tensors,
+            };
+            check_tensors(&config, &tensors).map_err(|e| bad(format!("metadata: {e}")))?;
+            (config, tensors, prefix.unwrap_or("").to_string(), vec![])
+        }
+        None => {
+            let f = names::find_model(&tensors, prefix).map_err(|e| bad(e.to_string()))?;
+            (f.config, f.tensors, f.prefix, f.ignored)
+        }
     };
     let scaler = match meta.get("scaler") {
         Some(s) => Some(scaler_from_json(s, config.d).map_err(|m| bad(format!("scaler: {m}")))?),
@@ -125,7 +142,7 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Checkpoint> {
         _ => Map::new(),
     };
     let format = if meta.contains_key("config") { "safetensors (rnvp)" } else { "safetensors" };
-    Ok(Checkpoint { config, scaler, tensors, optimizer, info, format: format.into() })
+    Ok(Checkpoint { config, scaler, tensors, optimizer, info, format: format.into(), prefix, ignored })
 }
 
 /// One tensor entry of the header, checked against the data section.

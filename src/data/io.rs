@@ -28,10 +28,101 @@ fn format_of(path: &Path) -> Result<Format> {
     }
 }
 
+/// The most bytes rnvp reads from one file: `RNVP_MAX_FILE_BYTES` if set, otherwise a quarter of
+/// the memory available now (parsing takes up to a few times the file's size), at most 64 GiB, or
+/// 4 GiB where the available memory is unknown.
+pub fn read_limit() -> u64 {
+    limit_and_reason().0
+}
+
+fn limit_and_reason() -> (u64, &'static str) {
+    if let Some(v) = std::env::var("RNVP_MAX_FILE_BYTES").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        return (v, "RNVP_MAX_FILE_BYTES");
+    }
+    let available = fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb.saturating_mul(1024))
+    });
+    match available {
+        Some(bytes) => {
+            ((bytes / 4).min(64 << 30), "a quarter of the available memory; RNVP_MAX_FILE_BYTES changes it")
+        }
+        None => (4 << 30, "RNVP_MAX_FILE_BYTES changes it"),
+    }
+}
+
+/// A byte count for messages: `123 bytes`, `1.5 GiB`.
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Reads a whole file that rnvp parses in memory (a data file or a checkpoint). Only regular files
+/// are read (a FIFO, a device such as `/dev/zero` or a directory is an error before anything is
+/// read), and only up to [`read_limit`] bytes: the size is checked before reading.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK); // opening a FIFO must not wait for a writer
+    }
+    let file = options.open(path).map_err(|e| io_err(path, e))?;
+    let meta = file.metadata().map_err(|e| io_err(path, e))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file" };
+        let kind = {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::FileTypeExt;
+                let t = meta.file_type();
+                if t.is_fifo() {
+                    " (a FIFO)"
+                } else if t.is_char_device() {
+                    " (a character device)"
+                } else if t.is_block_device() {
+                    " (a block device)"
+                } else if t.is_socket() {
+                    " (a socket)"
+                } else {
+                    ""
+                }
+            }
+            #[cfg(not(unix))]
+            ""
+        };
+        return Err(Error::Data(format!("{}: {what}{kind}; rnvp reads regular files", path.display())));
+    }
+    let (limit, reason) = limit_and_reason();
+    if meta.len() > limit {
+        return Err(Error::Data(format!(
+            "{}: {} is more than rnvp reads into memory here ({}: {reason})",
+            path.display(),
+            size_text(meta.len()),
+            size_text(limit)
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::Data(format!(
+            "{}: the file grew past {} while being read",
+            path.display(),
+            size_text(limit)
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Reads a `.csv` or `.npy` file (chosen by extension) as a matrix.
 pub fn read_matrix(path: &Path) -> Result<Matrix> {
     let format = format_of(path)?;
-    let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
+    let bytes = read_file(path)?;
     let name = path.display().to_string();
     match format {
         Format::Csv => {
