@@ -20,7 +20,8 @@ Usage:
 
 Run with the project's python (torch 2.13): .rnvp/python scripts/make_torch_fixtures.py
 The tch .ot fixture (tch_save_multi.ot) is not made here: it comes from tch's Tensor::save_multi, see
-tests/fixtures/torch/tch_save_multi.README.
+tests/fixtures/torch/tch_save_multi.README. The Lightning fixture (lightning_stacked.ckpt) is made by
+`--lightning`, which needs the lightning package (see make_lightning).
 """
 import argparse
 import collections
@@ -210,6 +211,37 @@ def make_all(out):
                   ["state_dict", "zip"])
 
 
+def make_lightning(out):
+    """A real PyTorch Lightning checkpoint (Trainer.fit for 3 steps on the CPU, then
+    save_checkpoint): the LightningModule keeps the flow as `self.model`, so every state_dict key
+    starts with 'model.'. Needs the `lightning` package (not part of rnvp's environment):
+      pip install --target /tmp/lt lightning && PYTHONPATH=/tmp/lt python make_torch_fixtures.py --lightning"""
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(8)
+            self.model = stacked_NVP(2, 1, 8, 3)
+
+        def training_step(self, batch, _):
+            z, log_pz, log_jacob = self.model(batch)
+            return (-log_pz - log_jacob).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    data = torch.from_numpy(standardize(make_moons(96, 0.05, np.random.default_rng(1)))).float()
+    loader = torch.utils.data.DataLoader(data, batch_size=32)
+    module = Module()
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, loader)
+    items = list(module.state_dict().items())
+    write_fixture(out, "lightning_stacked.ckpt", lambda p: trainer.save_checkpoint(p), items,
+                  ["training checkpoint", "state_dict", "zip"])
+
+
 # ---------------------------------------------------------------------------------------------------
 def reference_tensors(path):
     """[(name, tensor)] from a fixture .json or from anything torch.load(weights_only=False) reads."""
@@ -301,6 +333,7 @@ def main(argv):
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "tests", "fixtures", "torch"))
     p.add_argument("--check-written", metavar="FILE")
     p.add_argument("--expect", metavar="REF")
+    p.add_argument("--lightning", action="store_true", help="only the Lightning fixture (needs lightning)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.check_written:
@@ -310,7 +343,10 @@ def main(argv):
             print(f"FAIL {a.check_written}: {type(e).__name__}: " + " ".join(str(e).split()))
             return 1
         return 0
-    make_all(a.out)
+    if a.lightning:
+        make_lightning(a.out)
+    else:
+        make_all(a.out)
     return 0
 
 

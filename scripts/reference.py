@@ -19,6 +19,10 @@ Usage:
   reference.py variants --out DIR [--layers 3 | --single] [--dtype f32|f64] [--half]
       one seeded model saved every way people save it (state_dict, legacy, checkpoint dict, whole
       module, TorchScript trace, float16/bfloat16), with PyTorch's log p(x), z and inverse.
+  reference.py wrapped --out DIR [--layers 3 --hidden 16]
+      the model inside the wrappers people save (DataParallel, DDP, wrapper modules saved, traced and
+      scripted, nested training dicts, a module holding it twice, one holding an EMA copy too).
+  reference.py outputs --file F [--key a/b] [--prefix P] --io DIR   outputs of the stacked_NVP in F
   reference.py load --file F --io DIR      torch.load (or torch.jit.load for .ot) a file rnvp wrote
   reference.py jit --dir D --io DIR        run rnvp's exported TorchScript functions
 """
@@ -228,6 +232,91 @@ def cmd_variants(a):
         torch.save({k: v.bfloat16() for k, v in sd.items()}, p("bfloat16.pt"))
 
 
+def cmd_wrapped(a):
+    """One seeded model saved inside the wrappers PyTorch users put around a model, with its outputs
+    (and an 'EMA' copy with other weights, whose outputs are ema_*.npy)."""
+    import tempfile
+    torch.manual_seed(a.seed)
+    model = stacked_NVP(2, 1, a.hidden, a.layers)
+    ema = stacked_NVP(2, 1, a.hidden, a.layers)
+    os.makedirs(a.out, exist_ok=True)
+    x = torch.randn(300, 2)
+    z_in = torch.randn(300, 2)
+    save(a.out, "x", x)
+    save(a.out, "z_in", z_in)
+    for prefix, m in [("", model), ("ema_", ema)]:
+        for name, t in outputs(m, x, z_in, False).items():
+            save(a.out, prefix + name, t)
+    p = lambda f: os.path.join(a.out, f)
+    sd = model.state_dict()
+
+    class Wrapper(nn.Module):
+        def __init__(self, flow):
+            super().__init__()
+            self.flow = flow
+
+        def forward(self, x):
+            return self.flow(x)
+
+    # nn.DataParallel (on the CPU it wraps without replicating) and DistributedDataParallel in a
+    # one-process gloo group: every key starts with 'module.'
+    torch.save(nn.DataParallel(model).state_dict(), p("dataparallel.pt"))
+    import torch.distributed as dist
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group("gloo", init_method="file://" + os.path.join(tmp, "store"), rank=0, world_size=1)
+        try:
+            ddp = nn.parallel.DistributedDataParallel(model)
+            torch.save({"epoch": 2, "model": ddp.state_dict()}, p("ddp_checkpoint.pt"))
+        finally:
+            dist.destroy_process_group()
+    # a wrapper module: its state_dict, traced, and scripted (around the scriptable twin)
+    torch.save(Wrapper(model).state_dict(), p("wrapper_state_dict.pt"))
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(Wrapper(model), x[:4], check_trace=False), p("wrapper_traced.pt"))
+    from make_torch_fixtures import ScriptableStackedNVP
+    twin = ScriptableStackedNVP(2, 1, a.hidden, a.layers)
+    twin.load_state_dict(sd)
+    torch.jit.save(torch.jit.script(Wrapper(twin)), p("wrapper_scripted.pt"))
+    # training dicts nested one level deeper than the usual keys, with and without a prefix
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.save({"epoch": 4, "state": {"model": sd, "optimizer": optim.state_dict()}}, p("nested.pt"))
+    torch.save({"step": 9, "checkpoint": {"state_dict": nn.DataParallel(model).state_dict()}},
+               p("nested_prefixed.pt"))
+
+    class Tied(nn.Module):  # the same flow under two attributes: one model
+        def __init__(self):
+            super().__init__()
+            self.flow = model
+            self.alias = model
+
+    torch.save(Tied().state_dict(), p("tied.pt"))
+
+    class TwoFlows(nn.Module):  # the flow and an EMA copy with other weights: two models
+        def __init__(self):
+            super().__init__()
+            self.flow = model
+            self.ema_flow = ema
+
+    torch.save(TwoFlows().state_dict(), p("two_models.pt"))
+
+
+def cmd_outputs(a):
+    """The notebook's outputs on IO/x.npy, IO/z_in.npy for the model in any file torch.load reads
+    (weights_only=False: a trusted test file), under --key and --prefix."""
+    obj = torch.load(a.file, weights_only=False)
+    for k in a.key.split("/") if a.key else []:
+        obj = obj[k]
+    sd = {k[len(a.prefix):]: v for k, v in obj.items() if k.startswith(a.prefix + "bijectors.")}
+    n = len({k.split(".")[1] for k in sd})
+    hidden = sd["bijectors.0.sig_net.0.weight"].shape[0]
+    model = stacked_NVP(2, 1, hidden, n)
+    model.load_state_dict(sd, strict=True)
+    x = torch.from_numpy(np.load(os.path.join(a.io, "x.npy")))
+    z_in = torch.from_numpy(np.load(os.path.join(a.io, "z_in.npy")))
+    for name, t in outputs(model, x, z_in, False).items():
+        save(a.io, "torch_" + name, t)
+
+
 def cmd_load(a):
     """Loads a file rnvp wrote, the way a PyTorch user would, and writes the notebook's outputs."""
     x = torch.from_numpy(np.load(os.path.join(a.io, "x.npy")))
@@ -392,6 +481,17 @@ def main(argv):
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     q.add_argument("--half", action="store_true", help="also float16 and bfloat16 state_dicts")
+    q = sub.add_parser("wrapped", help="a seeded model inside DataParallel/DDP, wrapper modules (saved, traced, "
+                                        "scripted), nested training dicts, tied and two-model modules")
+    q.add_argument("--out", required=True)
+    q.add_argument("--layers", type=int, default=3)
+    q.add_argument("--hidden", type=int, default=16)
+    q.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("outputs", help="outputs on IO/x.npy, IO/z_in.npy of a stacked_NVP in any torch.load-able file")
+    q.add_argument("--file", required=True)
+    q.add_argument("--key", default="", help="path of dict keys to the state_dict, a/b")
+    q.add_argument("--prefix", default="")
+    q.add_argument("--io", required=True)
     q = sub.add_parser("broken", help="state_dicts that do not fit their architecture, non-model pickles")
     q.add_argument("--out", required=True)
     q = sub.add_parser("load", help="torch.load a file rnvp wrote; outputs on IO/x.npy, IO/z_in.npy")
@@ -403,7 +503,7 @@ def main(argv):
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
     {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "broken": cmd_broken, "load": cmd_load,
-     "jit": cmd_jit}[a.cmd](a)
+     "jit": cmd_jit, "wrapped": cmd_wrapped, "outputs": cmd_outputs}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -481,6 +481,34 @@ fn pytorch_files_convert_inspect_and_fail_cleanly() {
     }
     let inspect_wrong = ok(&["inspect", &b("wrong_shape.pt")]);
     assert!(inspect_wrong.contains("check: ") && inspect_wrong.contains("[7, 1]"), "{inspect_wrong}");
+    // a model inside a wrapper: found with no flags, named in inspect; two models: --prefix
+    reference(&["wrapped", "--out", d, "--hidden", "8", "--layers", "2"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", &b("dataparallel.pt"), "--json"])).unwrap();
+    assert_eq!((info["prefix"].as_str(), info["check"].as_str()), (Some("module."), Some("ok")), "{info}");
+    assert!(ok(&["inspect", &b("wrapper_traced.pt")]).contains("prefix: 'flow.'"));
+    let x = b("x.npy");
+    let lp = ok(&["log-prob", "--checkpoint", &b("dataparallel.pt"), "--input", &x]);
+    assert_eq!(lp, ok(&["log-prob", "--checkpoint", &b("wrapper_scripted.pt"), "--input", &x]));
+    fails(
+        &["log-prob", "--checkpoint", &b("two_models.pt"), "--input", &x],
+        &["'flow.'", "'ema_flow.'", "--prefix"],
+    );
+    assert_eq!(
+        lp,
+        ok(&["log-prob", "--checkpoint", &b("two_models.pt"), "--input", &x, "--prefix", "flow."])
+    );
+    let ema = ok(&["log-prob", "--checkpoint", &b("two_models.pt"), "--input", &x, "--prefix", "ema_flow."]);
+    assert_ne!(lp, ema);
+    ok(&["convert", &b("two_models.pt"), &b("ema.safetensors"), "--prefix", "ema_flow."]);
+    assert_eq!(ema, ok(&["log-prob", "--checkpoint", &b("ema.safetensors"), "--input", &x]));
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", &b("two_models.pt"), "--prefix", "flow.", "--json"])).unwrap();
+    assert_eq!(info["ignored"].as_array().map(Vec::len), Some(16), "{info}");
+    fails(
+        &["sample", "--checkpoint", &b("two_models.pt"), "-n", "2", "--prefix", "other."],
+        &["prefix 'other.'"],
+    );
     // a failed convert leaves the existing output untouched
     std::fs::write(dir.join("keep.pt"), "precious").unwrap();
     fails(&["convert", &b("no_model.pt"), s(&dir.join("keep.pt"))], &["no state_dict"]);

@@ -56,6 +56,67 @@ fn every_way_pytorch_users_save_the_notebook_model_loads() {
     }
 }
 
+#[test]
+fn wrapped_checkpoints_load_with_no_flags_and_match_pytorch() {
+    let dir = tmp_dir("interop-wrapped");
+    let d = dir.to_str().unwrap();
+    reference(&["wrapped", "--out", d]);
+    for (file, prefix, what) in [
+        ("dataparallel.pt", "module.", "torch.save state_dict"),
+        ("ddp_checkpoint.pt", "module.", "state_dict under 'model'"),
+        ("wrapper_state_dict.pt", "flow.", "torch.save state_dict"),
+        ("wrapper_traced.pt", "flow.", "TorchScript"),
+        ("wrapper_scripted.pt", "flow.", "TorchScript"),
+        ("nested.pt", "", "state_dict under 'state/model'"),
+        ("nested_prefixed.pt", "module.", "state_dict under 'checkpoint/state_dict'"),
+        ("tied.pt", "flow.", "torch.save state_dict"),
+    ] {
+        let ck = Checkpoint::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(ck.prefix, prefix, "{file}");
+        assert!(ck.format.contains(what), "{file}: {}", ck.format);
+        assert_eq!((ck.config.hidden, ck.config.layers), (16, 3), "{file}");
+        let flow = ck.to_flow(Device::Cpu, Kind::Float).unwrap();
+        compare_outputs(&flow, &dir, "", 1e-5, file);
+    }
+    // an EMA copy beside the flow: two different models, an error naming both; a prefix picks one
+    let two = dir.join("two_models.pt");
+    let err = Checkpoint::load(&two).unwrap_err().to_string();
+    assert!(err.contains("'flow.'") && err.contains("'ema_flow.'") && err.contains("--prefix"), "{err}");
+    let flow = Checkpoint::load_with(&two, Some("flow.")).unwrap().to_flow(Device::Cpu, Kind::Float).unwrap();
+    compare_outputs(&flow, &dir, "", 1e-5, "two_models.pt --prefix flow.");
+    let ema =
+        Checkpoint::load_with(&two, Some("ema_flow.")).unwrap().to_flow(Device::Cpu, Kind::Float).unwrap();
+    compare_outputs(&ema, &dir, "ema_", 1e-5, "two_models.pt --prefix ema_flow.");
+    let err = Checkpoint::load_with(&two, Some("nothing.")).unwrap_err().to_string();
+    assert!(err.contains("prefix 'nothing.'"), "{err}");
+
+    // a real PyTorch Lightning checkpoint (committed: made with the lightning package), against
+    // PyTorch's outputs for the weights under state_dict/model.
+    let ckpt = repo().join("tests/fixtures/torch/lightning_stacked.ckpt");
+    write_inputs(&dir, Kind::Float);
+    let io = dir.to_str().unwrap();
+    reference(&[
+        "outputs",
+        "--file",
+        ckpt.to_str().unwrap(),
+        "--key",
+        "state_dict",
+        "--prefix",
+        "model.",
+        "--io",
+        io,
+    ]);
+    let ck = Checkpoint::load(&ckpt).unwrap();
+    assert_eq!(ck.prefix, "model.");
+    compare_outputs(
+        &ck.to_flow(Device::Cpu, Kind::Float).unwrap(),
+        &dir,
+        "torch_",
+        1e-5,
+        "lightning_stacked.ckpt",
+    );
+}
+
 fn seeded_checkpoint(cfg: FlowConfig, kind: Kind) -> (Flow, Checkpoint) {
     let flow = seeded(21, || Flow::new(&cfg, Device::Cpu, kind).unwrap());
     let ck = Checkpoint::from_flow(&flow, None);

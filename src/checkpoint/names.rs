@@ -97,9 +97,11 @@ pub fn find_model(tensors: &BTreeMap<String, Tensor>, prefix: Option<&str>) -> R
         let Ok(config) = infer_config(&model) else { continue };
         let found = Found { prefix: p, config, tensors: model, ignored };
         if check_tensors(&found.config, &found.tensors).is_ok() {
-            // the same model under two names (a module kept twice) counts once
-            if !complete.iter().any(|c| same_model(c, &found)) {
-                complete.push(found);
+            // the same model under two names (a module kept twice) counts once, under the shorter
+            match complete.iter_mut().find(|c| same_model(c, &found)) {
+                Some(c) if found.prefix.len() < c.prefix.len() => *c = found,
+                Some(_) => {}
+                None => complete.push(found),
             }
         } else if first_incomplete.as_ref().is_none_or(|f| found.prefix.len() < f.prefix.len()) {
             first_incomplete = Some(found);

@@ -5,7 +5,7 @@ use std::io::Write;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/torch");
 
-const ALL: [&str; 17] = [
+const ALL: [&str; 18] = [
     "sd_stacked.pt",
     "sd_single.pt",
     "sd_stacked_legacy.pt",
@@ -23,6 +23,7 @@ const ALL: [&str; 17] = [
     "sd_single_views_legacy.pt",
     "views_misc.pt",
     "tch_save_multi.ot",
+    "lightning_stacked.ckpt",
 ];
 
 fn fixture(name: &str) -> Vec<u8> {
