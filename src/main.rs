@@ -615,14 +615,14 @@ fn plot(a: cli::PlotArgs) -> Result<()> {
 fn inspect(a: cli::InspectArgs) -> Result<()> {
     let ck = Checkpoint::load_with(&a.checkpoint, a.prefix.as_deref())?;
     let c = ck.config;
-    // does it build the inferred model (names and shapes)?
-    let check = ck.to_flow(Device::Cpu, Kind::Float).map(|_| ());
-    let tensors: Vec<_> = ck
-        .tensors
-        .iter()
-        .map(|(n, t)| json!({ "name": n, "dtype": format!("{:?}", t.kind()), "shape": t.size() }))
-        .collect();
+    // do the names and shapes fit the architecture? (checked without building the model)
+    let check = ck.check();
     if a.json {
+        let tensors: Vec<_> = ck
+            .tensors
+            .iter()
+            .map(|(n, t)| json!({ "name": n, "dtype": format!("{:?}", t.kind()), "shape": t.size() }))
+            .collect();
         let mut v = json!({
             "format": ck.format, "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
             "layout": rnvp::checkpoint::config_json(&c)["layout"], "tensors": tensors,
@@ -669,8 +669,12 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
     if !ck.info.is_empty() {
         println!("info: {}", serde_json::Value::Object(ck.info.clone()));
     }
-    for (n, t) in &ck.tensors {
+    const LISTED: usize = 64;
+    for (n, t) in ck.tensors.iter().take(LISTED) {
         println!("  {n:<32} {:<7} {:?}", format!("{:?}", t.kind()), t.size());
+    }
+    if ck.tensors.len() > LISTED {
+        println!("  … and {} more tensors (--json lists them all)", ck.tensors.len() - LISTED);
     }
     Ok(())
 }

@@ -84,6 +84,22 @@ impl Format {
     }
 }
 
+/// A file's tensor copied into libtorch.
+fn raw_to_tensor(raw: &torch::RawTensor) -> std::result::Result<Tensor, String> {
+    let kind = match raw.dtype {
+        torch::DType::F32 => Kind::Float,
+        torch::DType::F64 => Kind::Double,
+        torch::DType::F16 => Kind::Half,
+        torch::DType::BF16 => Kind::BFloat16,
+    };
+    if raw.numel().and_then(|n| n.checked_mul(raw.dtype.size())) != Some(raw.data.len()) {
+        return Err("the wrong number of bytes".into());
+    }
+    let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
+    Tensor::f_from_data_size(&raw.data, &shape, kind)
+        .map_err(|e| crate::error::first_line(&e.to_string()).to_string())
+}
+
 /// A tensor as dense little-endian bytes for the PyTorch writer.
 fn raw_tensor(t: &Tensor) -> Result<torch::RawTensor> {
     let dtype = match t.kind() {
@@ -146,40 +162,35 @@ impl Checkpoint {
         match Format::detect(bytes) {
             Some(Format::Safetensors) => safetensors::decode(bytes, name, prefix),
             Some(Format::Zip) | Some(Format::Pickle) => {
-                let file = torch::read(bytes, name)?;
+                // the model is found and its names checked on the file's descriptions of its
+                // tensors; only the model's tensors are then read and copied into libtorch
+                let mut picked = None;
+                let file = torch::read_selected(bytes, name, &mut |metas| {
+                    let map: BTreeMap<String, &torch::TensorMeta> =
+                        metas.iter().map(|(n, m)| (n.clone(), m)).collect();
+                    let f = names::find_model(&map, prefix).map_err(|e| e.to_string())?;
+                    let keep = f.tensors.keys().map(|k| format!("{}{k}", f.prefix)).collect();
+                    picked = Some((f.config, f.prefix, f.ignored));
+                    Ok(keep)
+                })?;
+                let (config, prefix, ignored) =
+                    picked.ok_or_else(|| Error::Data(format!("invariant: {name}: no model picked")))?;
                 let mut tensors = BTreeMap::new();
-                for (key, raw) in file.tensors {
-                    let kind = match raw.dtype {
-                        torch::DType::F32 => Kind::Float,
-                        torch::DType::F64 => Kind::Double,
-                        torch::DType::F16 => Kind::Half,
-                        torch::DType::BF16 => Kind::BFloat16,
-                    };
-                    let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
-                    if raw.numel().and_then(|n| n.checked_mul(raw.dtype.size())) != Some(raw.data.len()) {
-                        return Err(Error::Data(format!(
-                            "{name}: tensor '{key}' has the wrong number of bytes"
-                        )));
-                    }
-                    let t = Tensor::f_from_data_size(&raw.data, &shape, kind).map_err(|e| {
-                        Error::Data(format!(
-                            "{name}: tensor '{key}': {}",
-                            crate::error::first_line(&e.to_string())
-                        ))
-                    })?;
-                    tensors.insert(key, t);
+                for (key, raw) in &file.tensors {
+                    let key = key.strip_prefix(prefix.as_str()).unwrap_or(key);
+                    let t = raw_to_tensor(raw)
+                        .map_err(|m| Error::Data(format!("{name}: tensor '{key}': {m}")))?;
+                    tensors.insert(key.to_string(), t);
                 }
-                let found =
-                    names::find_model(&tensors, prefix).map_err(|e| Error::Data(format!("{name}: {e}")))?;
                 Ok(Checkpoint {
-                    config: found.config,
+                    config,
                     scaler: None,
-                    tensors: found.tensors,
+                    tensors,
                     optimizer: None,
                     info: Map::new(),
                     format: file.description,
-                    prefix: found.prefix,
-                    ignored: found.ignored,
+                    prefix,
+                    ignored,
                 })
             }
             None => Err(Error::Data(format!(

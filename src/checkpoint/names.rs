@@ -8,15 +8,44 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use tch::Tensor;
 
+/// What the checks need of a tensor: its shape, and (to tell two copies of a model apart)
+/// whether it holds the same values as another. Implemented for libtorch tensors and for a file's
+/// tensors before they are copied into libtorch, so that files are checked before anything is
+/// built from them.
+pub trait Shaped {
+    /// The size of each dimension.
+    fn dims(&self) -> Vec<i64>;
+    /// Whether `other` has the same dtype, shape and values.
+    fn same_values(&self, other: &Self) -> bool;
+}
+
+impl Shaped for Tensor {
+    fn dims(&self) -> Vec<i64> {
+        self.size()
+    }
+    fn same_values(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.size() == other.size() && self.equal(other)
+    }
+}
+
+impl<T: Shaped> Shaped for &T {
+    fn dims(&self) -> Vec<i64> {
+        (**self).dims()
+    }
+    fn same_values(&self, other: &Self) -> bool {
+        (**self).same_values(*other)
+    }
+}
+
 /// The model found among a file's tensors.
 #[derive(Debug)]
-pub struct Found {
+pub struct Found<T> {
     /// What was stripped from the front of the model's names (`""`: none).
     pub prefix: String,
     /// The architecture, from the names and shapes.
     pub config: FlowConfig,
     /// The model's tensors under their notebook names.
-    pub tensors: BTreeMap<String, Tensor>,
+    pub tensors: BTreeMap<String, T>,
     /// Names of the file's tensors that are not the model's (beside it in a wrapper).
     pub ignored: Vec<String>,
 }
@@ -33,17 +62,17 @@ fn in_namespace(name: &str, layout: Layout) -> bool {
 }
 
 /// The tensors under `prefix` in the model's namespace (stripped), and the names left out.
-fn take(
-    tensors: &BTreeMap<String, Tensor>,
+fn take<T: Shaped + Clone>(
+    tensors: &BTreeMap<String, T>,
     prefix: &str,
     layout: Layout,
-) -> (BTreeMap<String, Tensor>, Vec<String>) {
+) -> (BTreeMap<String, T>, Vec<String>) {
     let mut model = BTreeMap::new();
     let mut ignored = vec![];
     for (name, t) in tensors {
         match name.strip_prefix(prefix) {
             Some(rest) if in_namespace(rest, layout) => {
-                model.insert(rest.to_string(), t.shallow_clone());
+                model.insert(rest.to_string(), t.clone());
             }
             _ => ignored.push(name.clone()),
         }
@@ -55,7 +84,10 @@ fn take(
 /// otherwise every prefix under which a model's first variable appears is tried, and the one
 /// holding a complete model (every variable of its architecture, with the right shapes) wins.
 /// Several different complete models are an error that lists them (pick one with a prefix).
-pub fn find_model(tensors: &BTreeMap<String, Tensor>, prefix: Option<&str>) -> Result<Found> {
+pub fn find_model<T: Shaped + Clone>(
+    tensors: &BTreeMap<String, T>,
+    prefix: Option<&str>,
+) -> Result<Found<T>> {
     if let Some(p) = prefix {
         let layout = if tensors.contains_key(&format!("{p}{STACKED}")) {
             Layout::Stacked
@@ -90,8 +122,8 @@ pub fn find_model(tensors: &BTreeMap<String, Tensor>, prefix: Option<&str>) -> R
         }
     }
     candidates.retain(|(p, _)| p.is_empty() || p.ends_with('.'));
-    let mut complete: Vec<Found> = vec![];
-    let mut first_incomplete: Option<Found> = None;
+    let mut complete: Vec<Found<T>> = vec![];
+    let mut first_incomplete: Option<Found<T>> = None;
     for (p, layout) in candidates {
         let (model, ignored) = take(tensors, &p, layout);
         let Ok(config) = infer_config(&model) else { continue };
@@ -138,16 +170,16 @@ pub fn find_model(tensors: &BTreeMap<String, Tensor>, prefix: Option<&str>) -> R
 }
 
 /// Whether two found models have the same architecture and equal weights.
-fn same_model(a: &Found, b: &Found) -> bool {
+fn same_model<T: Shaped>(a: &Found<T>, b: &Found<T>) -> bool {
     a.config == b.config
         && a.tensors.len() == b.tensors.len()
-        && a.tensors.iter().all(|(n, t)| b.tensors.get(n).is_some_and(|u| u.kind() == t.kind() && u.equal(t)))
+        && a.tensors.iter().all(|(n, t)| b.tensors.get(n).is_some_and(|u| u.same_values(t)))
 }
 
 /// Infers the architecture from state_dict names and shapes: `bijectors.{i}.…` (stacked) or
 /// `sig_net.…` at the root (single); `d`, `k` and `hidden` from layer 0's `sig_net` shapes, the
 /// number of layers from the names present.
-pub fn infer_config(tensors: &BTreeMap<String, Tensor>) -> Result<FlowConfig> {
+pub fn infer_config<T: Shaped>(tensors: &BTreeMap<String, T>) -> Result<FlowConfig> {
     let (prefix, layout) = if tensors.contains_key(SINGLE) {
         ("", Layout::Single)
     } else if tensors.contains_key(STACKED) {
@@ -156,7 +188,7 @@ pub fn infer_config(tensors: &BTreeMap<String, Tensor>) -> Result<FlowConfig> {
         return Err(Error::Data(format!("cannot infer the architecture: no '{STACKED}' or '{SINGLE}'")));
     };
     let shape = |name: &str| {
-        tensors.get(name).map(Tensor::size).ok_or_else(|| Error::Data(format!("missing tensor '{name}'")))
+        tensors.get(name).map(Shaped::dims).ok_or_else(|| Error::Data(format!("missing tensor '{name}'")))
     };
     let w0 = shape(&format!("{prefix}sig_net.0.weight"))?;
     let w2 = shape(&format!("{prefix}sig_net.2.weight"))?;
@@ -179,7 +211,7 @@ pub fn infer_config(tensors: &BTreeMap<String, Tensor>) -> Result<FlowConfig> {
 /// Checks that `tensors` are exactly the variables of `cfg`, names and shapes, listing what is
 /// missing and unexpected. Costs time in proportion to the tensors present, whatever the
 /// architecture declares (a file may claim billions of parameters it does not hold).
-pub fn check_tensors(cfg: &FlowConfig, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+pub fn check_tensors<T: Shaped>(cfg: &FlowConfig, tensors: &BTreeMap<String, T>) -> Result<()> {
     cfg.validate()?;
     let mut unexpected = vec![];
     let mut present = 0u64;
@@ -188,11 +220,11 @@ pub fn check_tensors(cfg: &FlowConfig, tensors: &BTreeMap<String, Tensor>) -> Re
             None => unexpected.push(name.as_str()),
             Some(shape) => {
                 present += 1;
-                if t.size() != shape {
+                if t.dims() != shape {
                     return Err(Error::Shape {
                         what: format!("tensor '{name}'"),
                         expected: format!("{shape:?}"),
-                        found: t.size(),
+                        found: t.dims(),
                     });
                 }
             }

@@ -3,9 +3,11 @@
 //! raw little-endian tensor data. rnvp keeps its configuration, scaler and training information as
 //! JSON strings in `__metadata__`, and Adam's moments as `optimizer.exp_avg.<name>` and
 //! `optimizer.exp_avg_sq.<name>` tensors.
-use super::{check_tensors, config_from_json, names, Checkpoint, OptimizerState};
+use super::names::{self, Shaped};
+use super::{check_tensors, config_from_json, Checkpoint, OptimizerState};
 use crate::data::Scaler;
 use crate::error::{Error, Result};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -70,10 +72,105 @@ pub fn encode(ck: &Checkpoint) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A tensor of the file before it is copied anywhere: element type, shape and bytes (checked
+/// against the data section).
+#[derive(Debug, Clone)]
+struct View<'a> {
+    kind: Kind,
+    shape: Vec<i64>,
+    bytes: &'a [u8],
+}
+
+impl Shaped for View<'_> {
+    fn dims(&self) -> Vec<i64> {
+        self.shape.clone()
+    }
+    fn same_values(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.shape == other.shape && self.bytes == other.bytes
+    }
+}
+
+impl View<'_> {
+    fn tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::f_from_data_size(self.bytes, &self.shape, self.kind)?)
+    }
+}
+
+/// One tensor entry of the header as written: `dtype`, `shape` and `data_offsets` (other keys are
+/// skipped). Read without building a JSON object per entry: headers with a hundred thousand
+/// entries stay a few times their size in memory.
+#[derive(Default)]
+struct Entry {
+    dtype: Option<Value>,
+    shape: Option<Value>,
+    offsets: Option<Value>,
+}
+
+/// The header: tensor entries in file order and the `__metadata__` object.
+struct Header {
+    tensors: Vec<(String, Entry)>,
+    metadata: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a tensor entry (an object with dtype, shape and data_offsets)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Entry, A::Error> {
+                let mut e = Entry::default();
+                while let Some(key) = m.next_key::<String>()? {
+                    match key.as_str() {
+                        "dtype" => e.dtype = Some(m.next_value()?),
+                        "shape" => e.shape = Some(m.next_value()?),
+                        "data_offsets" => e.offsets = Some(m.next_value()?),
+                        _ => {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(e)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Header {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Header;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a safetensors header (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Header, A::Error> {
+                let mut h = Header { tensors: vec![], metadata: None };
+                while let Some(key) = m.next_key::<String>()? {
+                    if key == "__metadata__" {
+                        h.metadata = Some(m.next_value()?);
+                    } else {
+                        h.tensors.push((key, m.next_value()?));
+                    }
+                }
+                Ok(h)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Longest `info` metadata rnvp parses (it writes a few hundred bytes).
+const MAX_INFO: usize = 1 << 20;
+
 /// Parses safetensors bytes; `name` is used in messages. The architecture rnvp stores in the
-/// metadata must match the tensors the file holds (checked before anything is built); files
-/// without it (written by Python's safetensors) are read like PyTorch state_dicts, `prefix` as in
-/// [`Checkpoint::load_with`].
+/// metadata must match the tensors the file holds (checked before anything is copied or built);
+/// files without it (written by Python's safetensors) are read like PyTorch state_dicts, `prefix`
+/// as in [`Checkpoint::load_with`]. Only the model's tensors (and the optimizer state, when the
+/// file has one) are copied into libtorch.
 pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoint> {
     let bad = |m: String| Error::Data(format!("{name}: {m}"));
     let len_bytes: [u8; 8] =
@@ -83,62 +180,99 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
         return Err(bad(format!("header length {header_len} exceeds the file ({} bytes)", bytes.len())));
     }
     let header_end = 8 + header_len as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..header_end])
-        .map_err(|e| bad(format!("safetensors header is not valid JSON: {e}")))?;
-    let Value::Object(header) = header else { return Err(bad("safetensors header is not an object".into())) };
+    let header: Header = serde_json::from_slice(&bytes[8..header_end])
+        .map_err(|e| bad(format!("safetensors header is not valid: {e}")))?;
     let data = &bytes[header_end..];
 
-    let mut meta = Map::new();
-    let mut tensors = BTreeMap::new();
+    // metadata values are strings; rnvp's hold JSON, parsed where used
+    let mut meta: BTreeMap<String, String> = BTreeMap::new();
+    match header.metadata {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Value::String(text) = v else {
+                    return Err(bad(format!("metadata '{k}' is not a string")));
+                };
+                meta.insert(k, text);
+            }
+        }
+        Some(_) => return Err(bad("__metadata__ is not an object".into())),
+    }
+    let json = |key: &str| {
+        meta.get(key).map(|t| serde_json::from_str::<Value>(t).unwrap_or(Value::String(t.clone())))
+    };
+
+    let mut views = BTreeMap::new();
     let mut exp_avg = BTreeMap::new();
     let mut exp_avg_sq = BTreeMap::new();
-    for (key, entry) in &header {
-        if key == "__metadata__" {
-            let Value::Object(m) = entry else { return Err(bad("__metadata__ is not an object".into())) };
-            for (k, v) in m {
-                let text = v.as_str().ok_or_else(|| bad(format!("metadata '{k}' is not a string")))?;
-                meta.insert(k.clone(), serde_json::from_str(text).unwrap_or(Value::String(text.into())));
-            }
-            continue;
-        }
-        let t = tensor(entry, data).map_err(|m| bad(format!("tensor '{key}': {m}")))?;
-        if let Some(n) = key.strip_prefix(EXP_AVG) {
-            exp_avg.insert(n.to_string(), t);
+    for (key, entry) in header.tensors {
+        let v = view(&entry, data).map_err(|m| bad(format!("tensor '{key}': {m}")))?;
+        let (map, n) = if let Some(n) = key.strip_prefix(EXP_AVG) {
+            (&mut exp_avg, n)
         } else if let Some(n) = key.strip_prefix(EXP_AVG_SQ) {
-            exp_avg_sq.insert(n.to_string(), t);
+            (&mut exp_avg_sq, n)
         } else {
-            tensors.insert(key.clone(), t);
+            (&mut views, key.as_str())
+        };
+        if map.insert(n.to_string(), v).is_some() {
+            return Err(bad(format!("tensor '{key}' appears twice")));
         }
     }
-    let (config, tensors, prefix, ignored) = match meta.get("config") {
+    let (config, views, prefix, ignored) = match json("config") {
         Some(c) => {
-            let config = config_from_json(c).map_err(|e| bad(e.to_string()))?;
-            let tensors = match prefix {
-                Some(p) if !p.is_empty() => tensors
+            let config = config_from_json(&c).map_err(|e| bad(e.to_string()))?;
+            let views = match prefix {
+                Some(p) if !p.is_empty() => views
                     .into_iter()
                     .filter_map(|(n, t)| n.strip_prefix(p).map(|n| (n.to_string(), t)))
                     .collect(),
-                _ => tensors,
+                _ => views,
             };
-            check_tensors(&config, &tensors).map_err(|e| bad(format!("metadata: {e}")))?;
-            (config, tensors, prefix.unwrap_or("").to_string(), vec![])
+            check_tensors(&config, &views).map_err(|e| bad(format!("metadata: {e}")))?;
+            (config, views, prefix.unwrap_or("").to_string(), vec![])
         }
         None => {
-            let f = names::find_model(&tensors, prefix).map_err(|e| bad(e.to_string()))?;
+            let f = names::find_model(&views, prefix).map_err(|e| bad(e.to_string()))?;
+            drop(views);
             (f.config, f.tensors, f.prefix, f.ignored)
         }
     };
-    let scaler = match meta.get("scaler") {
-        Some(s) => Some(scaler_from_json(s, config.d).map_err(|m| bad(format!("scaler: {m}")))?),
+    let materialize = |views: &BTreeMap<String, View>| -> Result<BTreeMap<String, Tensor>> {
+        views
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.tensor().map_err(|e| bad(format!("tensor '{n}': {e}")))?)))
+            .collect()
+    };
+    let tensors = materialize(&views)?;
+    let optimizer = match json("optimizer_step").as_ref().and_then(Value::as_i64) {
+        Some(step) => {
+            for (what, m) in [("exp_avg", &exp_avg), ("exp_avg_sq", &exp_avg_sq)] {
+                check_tensors(&config, m).map_err(|e| bad(format!("optimizer state {what}: {e}")))?;
+            }
+            Some(OptimizerState {
+                step,
+                exp_avg: materialize(&exp_avg)?,
+                exp_avg_sq: materialize(&exp_avg_sq)?,
+            })
+        }
         None => None,
     };
-    let optimizer = meta.get("optimizer_step").and_then(Value::as_i64).map(|step| OptimizerState {
-        step,
-        exp_avg,
-        exp_avg_sq,
-    });
+    let scaler = match meta.get("scaler") {
+        // 2·d numbers of at most ~25 characters each
+        Some(t) if t.len() as u64 > 64 * config.d as u64 + 64 => {
+            return Err(bad(format!("scaler: {} bytes of metadata for d = {}", t.len(), config.d)))
+        }
+        Some(_) => {
+            let s = json("scaler").unwrap_or(Value::Null);
+            Some(scaler_from_json(&s, config.d).map_err(|m| bad(format!("scaler: {m}")))?)
+        }
+        None => None,
+    };
     let info = match meta.get("info") {
-        Some(Value::Object(m)) => m.clone(),
+        Some(t) if t.len() <= MAX_INFO => match json("info") {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        },
         _ => Map::new(),
     };
     let format = if meta.contains_key("config") { "safetensors (rnvp)" } else { "safetensors" };
@@ -146,18 +280,19 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
 }
 
 /// One tensor entry of the header, checked against the data section.
-fn tensor(entry: &Value, data: &[u8]) -> std::result::Result<Tensor, String> {
-    let dtype = entry.get("dtype").and_then(Value::as_str).ok_or("no dtype")?;
+fn view<'a>(entry: &Entry, data: &'a [u8]) -> std::result::Result<View<'a>, String> {
+    let dtype = entry.dtype.as_ref().and_then(Value::as_str).ok_or("no dtype")?;
     let (kind, size) =
         kind_of(dtype).ok_or_else(|| format!("dtype {dtype} is not supported (F32, F64, F16, BF16)"))?;
     let shape: Vec<i64> = entry
-        .get("shape")
+        .shape
+        .as_ref()
         .and_then(Value::as_array)
         .ok_or("no shape")?
         .iter()
         .map(|v| v.as_i64().filter(|&v| v >= 0).ok_or_else(|| format!("bad dimension {v}")))
         .collect::<std::result::Result<_, _>>()?;
-    let offsets = entry.get("data_offsets").and_then(Value::as_array).ok_or("no data_offsets")?;
+    let offsets = entry.offsets.as_ref().and_then(Value::as_array).ok_or("no data_offsets")?;
     let (start, end) = match offsets.as_slice() {
         [a, b] => (a.as_u64().ok_or("bad offset")?, b.as_u64().ok_or("bad offset")?),
         _ => return Err("data_offsets must have two entries".into()),
@@ -170,7 +305,7 @@ fn tensor(entry: &Value, data: &[u8]) -> std::result::Result<Tensor, String> {
             data.len()
         ));
     }
-    Tensor::f_from_data_size(&data[start as usize..end as usize], &shape, kind).map_err(|e| e.to_string())
+    Ok(View { kind, shape, bytes: &data[start as usize..end as usize] })
 }
 
 fn scaler_from_json(v: &Value, d: i64) -> std::result::Result<Scaler, String> {

@@ -291,7 +291,7 @@ impl<'g> Walker<'g> {
     pub(super) fn tensor(&self, name: &str, v: &'g Value) -> Result<&'g TensorRef, String> {
         let arena = self.arena;
         match arena.node(v) {
-            Some(Node::Tensor(t)) => Ok(t),
+            Some(Node::Tensor(t)) => Ok(t.as_ref()),
             _ => Err(format!("tensor '{name}' is stored as {}, which is not supported", arena.type_name(v))),
         }
     }

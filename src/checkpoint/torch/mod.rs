@@ -83,6 +83,15 @@ impl RawTensor {
     }
 }
 
+impl crate::checkpoint::names::Shaped for RawTensor {
+    fn dims(&self) -> Vec<i64> {
+        self.shape.iter().map(|&d| d.min(i64::MAX as usize) as i64).collect()
+    }
+    fn same_values(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
 /// What was found in a file.
 #[derive(Debug, Clone)]
 pub struct TorchFile {
@@ -94,14 +103,47 @@ pub struct TorchFile {
     pub tensors: Vec<(String, RawTensor)>,
 }
 
+/// A tensor as a file describes it, before its values are copied out: dtype, shape, and where
+/// its values lie (two entries that are views of the same values compare equal).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorMeta {
+    /// PyTorch's name of the dtype (`float32`, `int64`, ...; `unsupported` for what this reader
+    /// cannot read).
+    pub dtype: &'static str,
+    /// Size of each dimension.
+    pub shape: Vec<u64>,
+    /// Storage key, offset and strides.
+    place: (String, u64, Vec<u64>),
+}
+
+impl crate::checkpoint::names::Shaped for TensorMeta {
+    fn dims(&self) -> Vec<i64> {
+        self.shape.iter().map(|&d| d.min(i64::MAX as u64) as i64).collect()
+    }
+    fn same_values(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// What a selector of tensors is given (names and descriptions in file order) and returns (the
+/// names to read).
+pub type Selector<'s> =
+    &'s mut dyn FnMut(&[(String, TensorMeta)]) -> std::result::Result<Vec<String>, String>;
+
 /// Reads any supported PyTorch file, detecting the format from the content (zip magic
 /// `PK\x03\x04`, or a raw pickle starting `0x80 0x02` for the legacy format). `name` (usually the
 /// path) starts every error message.
 pub fn read(bytes: &[u8], name: &str) -> Result<TorchFile> {
+    read_selected(bytes, name, &mut |metas| Ok(metas.iter().map(|(n, _)| n.clone()).collect()))
+}
+
+/// [`read`], copying out only the tensors that `select` picks from the file's descriptions (the
+/// others cost no memory and may have dtypes this reader does not support).
+pub fn read_selected(bytes: &[u8], name: &str, select: Selector) -> Result<TorchFile> {
     let r = if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(bytes)
+        read_zip(bytes, select)
     } else if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
-        read_legacy(bytes)
+        read_legacy(bytes, select)
     } else if bytes.len() >= 262 && &bytes[257..262] == b"ustar" {
         Err("a tar archive: PyTorch's oldest format (before 0.1.10) is not supported".into())
     } else if bytes.is_empty() {
@@ -128,7 +170,32 @@ fn describe(found: &Found, container: &str) -> String {
     }
 }
 
-fn read_zip(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
+/// The descriptions of the named tensors, and the names `select` picks.
+fn pick<'g>(
+    walker: &Walker<'g>,
+    named: &[(String, &'g pickle::Value)],
+    select: Selector,
+) -> std::result::Result<std::collections::HashSet<String>, String> {
+    let metas: Vec<(String, TensorMeta)> = named
+        .iter()
+        .map(|(n, v)| {
+            let meta = match walker.tensor(n, v) {
+                Ok(t) => TensorMeta {
+                    dtype: t.elem.name(),
+                    shape: t.shape.clone(),
+                    place: (t.storage.key.to_string(), t.offset, t.stride.clone()),
+                },
+                Err(_) => {
+                    TensorMeta { dtype: "unsupported", shape: vec![], place: (String::new(), 0, vec![]) }
+                }
+            };
+            (n.clone(), meta)
+        })
+        .collect();
+    Ok(select(&metas)?.into_iter().collect())
+}
+
+fn read_zip(bytes: &[u8], select: Selector) -> std::result::Result<TorchFile, String> {
     let archive = zip_read::Archive::parse(bytes)?;
     // Like PyTorch, the records live in the directory named by the first record's first component.
     let first = archive.entries.first().ok_or("empty zip archive")?;
@@ -198,10 +265,11 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
         },
         None => true,
     };
+    let keep = pick(&walker, &named, select)?;
     let mut blobs: HashMap<String, Cow<'_, [u8]>> = HashMap::new();
     let mut budget = output_budget(bytes.len());
-    let mut tensors = Vec::with_capacity(named.len());
-    for (name, v) in named {
+    let mut tensors = Vec::with_capacity(keep.len());
+    for (name, v) in named.into_iter().filter(|(n, _)| keep.contains(n)) {
         let t = walker.tensor(&name, v)?;
         let key = &*t.storage.key;
         if !blobs.contains_key(key) {
@@ -223,7 +291,7 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
     Ok(TorchFile { description, tensors })
 }
 
-fn read_legacy(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
+fn read_legacy(bytes: &[u8], select: Selector) -> std::result::Result<TorchFile, String> {
     let file = legacy::parse(bytes)?;
     let graph = &file.object;
     let mut walker = Walker::new(&graph.arena, bytes.len());
@@ -234,9 +302,10 @@ fn read_legacy(bytes: &[u8]) -> std::result::Result<TorchFile, String> {
             describe(&found, "legacy")
         ));
     }
+    let keep = pick(&walker, &named, select)?;
     let mut budget = output_budget(bytes.len());
-    let mut tensors = Vec::with_capacity(named.len());
-    for (name, v) in named {
+    let mut tensors = Vec::with_capacity(keep.len());
+    for (name, v) in named.into_iter().filter(|(n, _)| keep.contains(n)) {
         let t = walker.tensor(&name, v)?;
         let blob = file
             .storages

@@ -191,7 +191,7 @@ impl Dict {
 pub(super) enum Node {
     Tuple(Vec<Value>),
     List(Vec<Value>),
-    Dict(Dict),
+    Dict(Box<Dict>),
     Set(Vec<Value>),
     /// An unresolved `GLOBAL module name`.
     Global {
@@ -209,7 +209,8 @@ pub(super) enum Node {
     },
     /// A storage, from a persistent id.
     Storage(Storage),
-    Tensor(TensorRef),
+    /// Boxed, like `Dict`, so that the many small nodes stay small.
+    Tensor(Box<TensorRef>),
 }
 
 /// All objects of one unpickling.
@@ -307,6 +308,7 @@ pub(super) fn unpickle(bytes: &[u8], start: usize) -> Result<Unpickled, String> 
         work_limit: (bytes.len() as u64).saturating_mul(16).saturating_add(1 << 20),
         storages: Vec::new(),
         storage_index: HashMap::new(),
+        globals: HashMap::new(),
     };
     let root = u.run()?;
     Ok(Unpickled { arena: u.arena, root, end: u.pos, storages: u.storages })
@@ -323,6 +325,7 @@ struct Unpickler<'a> {
     work_limit: u64,
     storages: Vec<(Rc<str>, ElemType, u64)>,
     storage_index: HashMap<Rc<str>, usize>,
+    globals: HashMap<String, Value>,
 }
 
 fn opname(op: u8) -> &'static str {
@@ -625,7 +628,7 @@ impl<'a> Unpickler<'a> {
                     self.push(v);
                 }
                 b'}' => {
-                    let v = self.arena.add(Node::Dict(Dict::default()));
+                    let v = self.arena.add(Node::Dict(Box::default()));
                     self.push(v);
                 }
                 b'd' => {
@@ -638,7 +641,7 @@ impl<'a> Unpickler<'a> {
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
                         d.insert(k, v);
                     }
-                    let v = self.arena.add(Node::Dict(d));
+                    let v = self.arena.add(Node::Dict(Box::new(d)));
                     self.push(v);
                 }
                 0x8f => {
@@ -728,8 +731,15 @@ impl<'a> Unpickler<'a> {
         }
     }
 
+    /// The object a `GLOBAL` names: one node per distinct name, however often it appears.
     fn global(&mut self, module: &str, name: &str) -> Value {
-        self.arena.add(Node::Global { module: Rc::from(module), name: Rc::from(name) })
+        let key = format!("{module}\n{name}");
+        if let Some(v) = self.globals.get(&key) {
+            return v.clone();
+        }
+        let v = self.arena.add(Node::Global { module: Rc::from(module), name: Rc::from(name) });
+        self.globals.insert(key, v.clone());
+        v
     }
 
     fn extend(&mut self, target: &Value, items: Vec<Value>, at: usize) -> Result<(), String> {
@@ -914,7 +924,7 @@ impl<'a> Unpickler<'a> {
                 let mut d = Dict::default();
                 // OrderedDict(iterable_of_pairs); defaultdict(factory) has no pairs
                 if module == "collections" && name == "defaultdict" {
-                    return Ok(self.arena.add(Node::Dict(d)));
+                    return Ok(self.arena.add(Node::Dict(Box::new(d))));
                 }
                 if let Some(items) = argv.first().and_then(|a| self.arena.seq(a)) {
                     let items = items.to_vec();
@@ -931,7 +941,7 @@ impl<'a> Unpickler<'a> {
                         d.insert(k, v);
                     }
                 }
-                Ok(self.arena.add(Node::Dict(d)))
+                Ok(self.arena.add(Node::Dict(Box::new(d))))
             }
             ("builtins" | "__builtin__", "set" | "frozenset") => {
                 let items =
@@ -1002,7 +1012,7 @@ impl<'a> Unpickler<'a> {
         } else {
             storage.elem
         };
-        Ok(self.arena.add(Node::Tensor(TensorRef { storage, elem, offset, shape, stride })))
+        Ok(self.arena.add(Node::Tensor(Box::new(TensorRef { storage, elem, offset, shape, stride }))))
     }
 
     fn dims(&self, v: &Value, fname: &str, what: &str, at: usize) -> Result<Vec<u64>, String> {
