@@ -23,10 +23,12 @@ Usage:
       the model inside the wrappers people save (DataParallel, DDP, wrapper modules saved, traced and
       scripted, nested training dicts, a module holding it twice, one holding an EMA copy too).
   reference.py outputs --file F [--key a/b] [--prefix P] --io DIR   outputs of the stacked_NVP in F
+  reference.py matmul --a A.npy --b B.npy --out C.npy   A @ B on one thread; prints the CPU capability
   reference.py load --file F --io DIR      torch.load (or torch.jit.load for .ot) a file rnvp wrote
   reference.py jit --dir D --io DIR        run rnvp's exported TorchScript functions
 """
 import argparse
+import copy
 import math
 import os
 import sys
@@ -299,6 +301,14 @@ def cmd_wrapped(a):
 
     torch.save(TwoFlows().state_dict(), p("two_models.pt"))
 
+    class WithCopy(nn.Module):  # an EMA copy that still equals the flow (other storages): one model
+        def __init__(self):
+            super().__init__()
+            self.flow = model
+            self.ema = copy.deepcopy(model)
+
+    torch.save(WithCopy().state_dict(), p("ema_copy.pt"))
+
 
 def cmd_outputs(a):
     """The notebook's outputs on IO/x.npy, IO/z_in.npy for the model in any file torch.load reads
@@ -315,6 +325,18 @@ def cmd_outputs(a):
     z_in = torch.from_numpy(np.load(os.path.join(a.io, "z_in.npy")))
     for name, t in outputs(model, x, z_in, False).items():
         save(a.io, "torch_" + name, t)
+
+
+def cmd_matmul(a):
+    """A @ B on one thread, and the instruction set of libtorch's own kernels (for the test that
+    checks which rounding regime a run is in)."""
+    torch.set_num_threads(1)
+    # copies in libtorch's own (64-byte aligned) memory, as rnvp's are: MKL may pick its code
+    # path by alignment
+    A = torch.from_numpy(np.load(a.a)).clone()
+    B = torch.from_numpy(np.load(a.b)).clone()
+    np.save(a.out, (A @ B).numpy())
+    print(torch.backends.cpu.get_cpu_capability())
 
 
 def cmd_load(a):
@@ -419,6 +441,7 @@ def cmd_broken(a):
     extra = dict(sd)
     extra["bijectors.0.scale"] = torch.ones(3)
     torch.save(extra, p("extra_key.pt"))
+    torch.save({k: v for k, v in sd.items() if not k.startswith("bijectors.0.")}, p("no_layer0.pt"))
     torch.save({"names": ["a", "b"], "epoch": 3}, p("no_model.pt"))
     torch.save([1, 2, 3], p("a_list.pt"))
 
@@ -492,6 +515,10 @@ def main(argv):
     q.add_argument("--key", default="", help="path of dict keys to the state_dict, a/b")
     q.add_argument("--prefix", default="")
     q.add_argument("--io", required=True)
+    q = sub.add_parser("matmul", help="A @ B on one thread; prints libtorch's CPU capability")
+    q.add_argument("--a", required=True)
+    q.add_argument("--b", required=True)
+    q.add_argument("--out", required=True)
     q = sub.add_parser("broken", help="state_dicts that do not fit their architecture, non-model pickles")
     q.add_argument("--out", required=True)
     q = sub.add_parser("load", help="torch.load a file rnvp wrote; outputs on IO/x.npy, IO/z_in.npy")
@@ -503,7 +530,8 @@ def main(argv):
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
     {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "broken": cmd_broken, "load": cmd_load,
-     "jit": cmd_jit, "wrapped": cmd_wrapped, "outputs": cmd_outputs}[a.cmd](a)
+     "jit": cmd_jit, "wrapped": cmd_wrapped, "outputs": cmd_outputs,
+     "matmul": cmd_matmul}[a.cmd](a)
 
 
 if __name__ == "__main__":

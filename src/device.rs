@@ -21,9 +21,10 @@ pub fn parse_device(name: &str) -> Result<Device> {
         let n = count();
         if i < n {
             Ok(Device::Cuda(i as usize))
-        } else if n == 0 && !crate::sys::load_cuda() {
+        } else if let (0, Err(why)) = (n, crate::sys::cuda_library()) {
             Err(Error::InvalidConfig(format!(
-                "device cuda:{i}: CUDA is not available (this libtorch has no libtorch_cuda.so)"
+                "device cuda:{i}: CUDA is not available (libtorch's CUDA library did not load: {})",
+                crate::error::first_line(&why)
             )))
         } else if n == 0 {
             Err(Error::InvalidConfig(format!(

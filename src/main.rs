@@ -57,12 +57,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli.command, &matches) {
+    let code = match run(cli.command, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", rnvp::error::first_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    };
+    if std::env::var_os("RNVP_PEAK_MEMORY").is_some() {
+        report_peak_memory();
+    }
+    code
+}
+
+/// With `RNVP_PEAK_MEMORY` set, the command's peak resident memory (Linux's VmHWM) goes to stderr
+/// as a last line: `peak memory: N kB`.
+fn report_peak_memory() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    match status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+        Some(v) => eprintln!("peak memory: {}", v.trim()),
+        None => eprintln!("peak memory: unknown (no /proc/self/status)"),
     }
 }
 
@@ -84,6 +98,8 @@ fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
         Command::Inspect(a) => inspect(a),
         Command::Convert(a) => {
             let ck = Checkpoint::load_with(&a.input, a.prefix.as_deref())?;
+            // a file rnvp would refuse to use is not written
+            ck.check().with_context(|| a.input.display().to_string())?;
             if ck.scaler.is_some() && a.output.extension().is_some_and(|e| e != "safetensors") {
                 eprintln!(
                     "warning: {} holds only the state_dict: the data scaler (mean/std) stays in .safetensors files",
@@ -96,6 +112,7 @@ fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
         }
         Command::Export(a) => {
             let ck = Checkpoint::load_with(&a.checkpoint, a.prefix.as_deref())?;
+            ck.check().with_context(|| a.checkpoint.display().to_string())?;
             for p in rnvp::checkpoint::export::export_torchscript(&ck, &a.out, parse_kind(&a.dtype)?)? {
                 println!("{}", p.display());
             }
@@ -618,14 +635,9 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
     // do the names and shapes fit the architecture? (checked without building the model)
     let check = ck.check();
     if a.json {
-        let tensors: Vec<_> = ck
-            .tensors
-            .iter()
-            .map(|(n, t)| json!({ "name": n, "dtype": format!("{:?}", t.kind()), "shape": t.size() }))
-            .collect();
         let mut v = json!({
             "format": ck.format, "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
-            "layout": rnvp::checkpoint::config_json(&c)["layout"], "tensors": tensors,
+            "layout": rnvp::checkpoint::config_json(&c)["layout"],
             "parameters": ck.tensors.values().map(|t| t.numel()).sum::<usize>(),
             "optimizer_state": ck.optimizer.is_some(), "info": ck.info,
             "prefix": ck.prefix, "ignored": ck.ignored,
@@ -634,7 +646,18 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
         if let Some(s) = &ck.scaler {
             v["scaler"] = json!({ "mean": s.mean, "std": s.std });
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        // the tensor list is written one entry at a time (a file may list very many)
+        let text = serde_json::to_string_pretty(&v)?;
+        let body = text.strip_suffix("\n}").context("invariant: a JSON object ends in }")?;
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        write!(w, "{body},\n  \"tensors\": [")?;
+        for (i, (n, t)) in ck.tensors.iter().enumerate() {
+            let entry = json!({ "name": n, "dtype": format!("{:?}", t.kind()), "shape": t.size() });
+            write!(w, "{}\n    {entry}", if i == 0 { "" } else { "," })?;
+        }
+        writeln!(w, "\n  ]\n}}")?;
+        w.flush()?;
         return Ok(());
     }
     println!("{}: {}", a.checkpoint.display(), ck.format);

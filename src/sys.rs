@@ -47,17 +47,35 @@ fn set_mmap_threshold(bytes: i32) {
 /// asked whether CUDA is available. It is found like the binary's other libraries
 /// (`LD_LIBRARY_PATH`, then the run path to libtorch that `build.rs` embeds).
 pub fn load_cuda() -> bool {
-    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LOADED.get_or_init(|| {
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: the name is a NUL-terminated literal; the handle is kept for the life of the
-            // process (never closed), so the library's code and registrations stay valid.
-            let handle =
-                unsafe { libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-            !handle.is_null()
-        }
-        #[cfg(not(target_os = "linux"))]
-        false
-    })
+    cuda_library().is_ok()
+}
+
+/// [`load_cuda`]'s outcome: `Err` holds the dynamic loader's message.
+pub fn cuda_library() -> Result<(), String> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            #[cfg(target_os = "linux")]
+            {
+                // SAFETY: the name is a NUL-terminated literal; the handle is kept for the life of
+                // the process (never closed), so the library's code and registrations stay valid.
+                // dlerror returns NULL or a NUL-terminated message, copied before any other call.
+                unsafe {
+                    let handle =
+                        libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+                    if handle.is_null() {
+                        let msg = libc::dlerror();
+                        return Err(if msg.is_null() {
+                            "libtorch_cuda.so could not be loaded".to_string()
+                        } else {
+                            std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned()
+                        });
+                    }
+                    Ok(())
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            Err("CUDA is only loaded on Linux".to_string())
+        })
+        .clone()
 }

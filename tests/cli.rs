@@ -473,6 +473,15 @@ fn pytorch_files_convert_inspect_and_fail_cleanly() {
     fails(&["sample", "--checkpoint", &b("extra_key.pt"), "-n", "2"], &["unexpected [bijectors.0.scale]"]);
     fails(&["sample", "--checkpoint", &b("no_model.pt"), "-n", "2"], &["no state_dict found"]);
     fails(&["inspect", &b("a_list.pt")], &["no state_dict found"]);
+    // an incomplete model is not converted or exported (the file named)
+    fails(&["convert", &b("missing_key.pt"), &b("mk.safetensors")], &["missing_key.pt", "missing ["]);
+    assert!(!dir.join("mk.safetensors").exists());
+    fails(
+        &["export", "--checkpoint", &b("missing_key.pt"), "--out", &b("mk")],
+        &["missing_key.pt", "missing ["],
+    );
+    // a stacked model without its layer 0 is not read as a lone R_NVP of layer 1
+    fails(&["inspect", &b("no_layer0.pt")], &["no stack's first layer", "no_layer0.pt"]);
     let bytes = std::fs::read(&sd).unwrap();
     for cut in [10, bytes.len() / 3, bytes.len() - 30] {
         let t = dir.join(format!("trunc{cut}.pt"));

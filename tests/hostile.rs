@@ -110,6 +110,13 @@ fn safetensors(header: Value, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A safetensors file from a header given as bytes (and no data).
+fn raw_header(header: &[u8]) -> Vec<u8> {
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header);
+    out
+}
+
 /// rnvp's configuration metadata with `config` as given.
 fn meta(config: Value) -> Value {
     json!({ "config": config.to_string() })
@@ -203,6 +210,28 @@ fn safetensors_cases() -> Vec<(String, Vec<u8>)> {
         );
     }
     cases.push(("names-5e4-empty-layers.safetensors".into(), safetensors(Value::Object(header), &[0; 16])));
+    // 50,000 different prefixes, each with a model's first name: every one is a candidate model
+    let mut header = serde_json::Map::new();
+    for i in 0..50_000 {
+        header.insert(
+            format!("p{i}.sig_net.0.weight"),
+            json!({ "dtype": "F32", "shape": [0, 1], "data_offsets": [0, 0] }),
+        );
+    }
+    cases.push(("prefixes-5e4.safetensors".into(), safetensors(Value::Object(header), &[])));
+    // a shape array of a million dimensions, a dtype of a million characters, a million metadata keys
+    let shape: Vec<u8> = std::iter::repeat_n(&b"0,"[..], 1_000_000).flatten().copied().collect();
+    let mut long = b"{\"w\":{\"dtype\":\"F32\",\"shape\":[".to_vec();
+    long.extend_from_slice(&shape);
+    long.extend_from_slice(b"0],\"data_offsets\":[0,0]}}");
+    cases.push(("shape-1e6-dims.safetensors".into(), raw_header(&long)));
+    let mut long = b"{\"w\":{\"dtype\":\"".to_vec();
+    long.extend(std::iter::repeat_n(b'F', 1_000_000));
+    long.extend_from_slice(b"\",\"shape\":[1],\"data_offsets\":[0,4]}}");
+    cases.push(("dtype-1e6-chars.safetensors".into(), raw_header(&long)));
+    let keys: Vec<String> = (0..1_000_000).map(|i| format!("\"k{i}\":\"v\"")).collect();
+    let long = format!("{{\"__metadata__\":{{{}}}}}", keys.join(","));
+    cases.push(("metadata-1e6-keys.safetensors".into(), raw_header(long.as_bytes())));
     cases
 }
 
@@ -339,6 +368,14 @@ fn torch_cases() -> Vec<(String, Vec<u8>)> {
     }
     p.op(b"u.");
     cases.push(("names-2e4-empty-layers", torch_zip(&p.0, &[("0", &four)])));
+    // 20,000 different prefixes, each with a model's first name
+    let mut p = Pickle::new();
+    p.op(b"}(");
+    for i in 0..20_000 {
+        p.str(&format!("p{i}.sig_net.0.weight")).tensor("0", &4i64.to_le_bytes(), 0, &[0, 1], &[1, 1]);
+    }
+    p.op(b"u.");
+    cases.push(("prefixes-2e4", torch_zip(&p.0, &[("0", &four)])));
     cases.into_iter().map(|(n, b)| (format!("{n}.pt"), b)).collect()
 }
 
@@ -407,9 +444,17 @@ fn structured_hostile_files_are_errors_within_a_second_and_200_mb() {
     eprintln!("{} cases: slowest {slowest} ms, largest peak {} MB", cases.len(), largest / 1024);
 }
 
-/// `rnvp ARGS` under an address-space limit of 2 GB (its own need is well under 1 GB); returns
-/// whether it failed with one clean line, the line, and the seconds it took.
-fn rnvp_limited(args: &[&str]) -> (bool, String, f64) {
+/// What a command did: whether it failed with one clean line, that line, its seconds, and its
+/// peak resident memory (reported by rnvp itself with `RNVP_PEAK_MEMORY`), kB.
+struct Run {
+    clean: bool,
+    err: String,
+    secs: f64,
+    peak_kb: u64,
+}
+
+/// `rnvp ARGS` under an address-space limit of 2 GB (its own need is well under 1 GB).
+fn rnvp_limited(args: &[&str]) -> Run {
     let t0 = Instant::now();
     let out = Command::new("sh")
         .arg("-c")
@@ -418,16 +463,36 @@ fn rnvp_limited(args: &[&str]) -> (bool, String, f64) {
         .args(args)
         .env("OMP_NUM_THREADS", "1")
         .env("MALLOC_ARENA_MAX", "2")
+        .env("RNVP_PEAK_MEMORY", "1")
         .output()
         .unwrap();
     let secs = t0.elapsed().as_secs_f64();
-    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    let (err, peak) = match stderr.rsplit_once('\n') {
+        Some((err, last)) if last.starts_with("peak memory: ") => (err.to_string(), last.to_string()),
+        _ => (stderr.clone(), String::new()),
+    };
+    let peak_kb = peak
+        .strip_prefix("peak memory: ")
+        .and_then(|v| v.trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("rnvp {args:?}: no peak memory line in {stderr}"));
     let clean = !out.status.success()
         && out.status.code().is_some()
         && err.lines().count() == 1
         && err.starts_with("error: ")
         && !err.contains("panicked");
-    (clean, err, secs)
+    Run { clean, err, secs, peak_kb }
+}
+
+/// Asserts a clean, fast and small failure whose message has every word.
+fn refused(args: &[&str], words: &[&str]) {
+    let r = rnvp_limited(args);
+    assert!(r.clean, "rnvp {args:?}: {}", r.err);
+    for w in words {
+        assert!(r.err.contains(w), "rnvp {args:?}: '{w}' not in {}", r.err);
+    }
+    assert!(r.secs < 5.0, "rnvp {args:?}: {:.1} s", r.secs);
+    assert!(r.peak_kb < MAX_PEAK_KB, "rnvp {args:?}: peak {} MB", r.peak_kb / 1024);
 }
 
 #[test]
@@ -457,10 +522,7 @@ fn every_command_that_loads_a_checkpoint_refuses_absurd_ones_fast() {
             vec!["train", "--data", "two-moons", "--out", &o_st, "--resume", p, "--device", "cpu", "--quiet"],
         ];
         for args in commands {
-            let (clean, err, secs) = rnvp_limited(&args);
-            assert!(clean, "rnvp {args:?}: {err}");
-            assert!(err.contains(name), "rnvp {args:?}: the error does not name the file: {err}");
-            assert!(secs < 5.0, "rnvp {args:?}: {secs:.1} s");
+            refused(&args, &[name]);
         }
     }
 }
@@ -471,11 +533,13 @@ fn files_that_are_not_regular_or_too_large_fail_before_reading() {
     let fifo = dir.join("pipe.csv");
     let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
     assert!(made.success());
-    // a 50 GB file that takes no space (sparse)
+    // a 50 GB file that takes no space (sparse), or larger where this machine would read 50 GB
+    let limit = rnvp::data::io::read_limit(rnvp::data::io::Contents::Checkpoint);
+    let size = (50u64 << 30).max(2 * limit + 1);
     let big = dir.join("big.safetensors");
-    std::fs::File::create(&big).unwrap().set_len(50 << 30).unwrap();
+    std::fs::File::create(&big).unwrap().set_len(size).unwrap();
     let big_csv = dir.join("big.csv");
-    std::fs::File::create(&big_csv).unwrap().set_len(50 << 30).unwrap();
+    std::fs::File::create(&big_csv).unwrap().set_len(size).unwrap();
     let flow =
         rnvp::Flow::new(&rnvp::FlowConfig::stacked(2, 1, 4, 2), tch::Device::Cpu, tch::Kind::Float).unwrap();
     let ck = dir.join("m.safetensors");
@@ -497,20 +561,15 @@ fn files_that_are_not_regular_or_too_large_fail_before_reading() {
             vec!["sample", "--checkpoint", "/dev/zero", "-n", "2", "--device", "cpu"],
             vec!["/dev/zero", "regular"],
         ),
-        (vec!["inspect", &big_s], vec!["big.safetensors", "50.0 GiB"]),
+        (vec!["inspect", &big_s], vec!["big.safetensors", "is more than rnvp reads"]),
         (
             vec!["log-prob", "--checkpoint", &ck_s, "--input", &big_csv_s, "--device", "cpu"],
-            vec!["big.csv", "50.0 GiB"],
+            vec!["big.csv", "is more than rnvp reads"],
         ),
     ] {
-        let (clean, err, secs) = rnvp_limited(&args);
-        assert!(clean, "rnvp {args:?}: {err}");
-        for w in words {
-            assert!(err.contains(w), "rnvp {args:?}: '{w}' not in {err}");
-        }
-        assert!(secs < 5.0, "rnvp {args:?}: {secs:.1} s");
+        refused(&args, &words);
     }
     // the library's reader, directly: the limit applies before a byte is read
-    let err = rnvp::data::io::read_file(&big).unwrap_err().to_string();
+    let err = rnvp::data::io::read_file(&big, rnvp::data::io::Contents::Checkpoint).unwrap_err().to_string();
     assert!(err.contains("more than rnvp reads"), "{err}");
 }

@@ -70,6 +70,7 @@ fn wrapped_checkpoints_load_with_no_flags_and_match_pytorch() {
         ("nested.pt", "", "state_dict under 'state/model'"),
         ("nested_prefixed.pt", "module.", "state_dict under 'checkpoint/state_dict'"),
         ("tied.pt", "flow.", "torch.save state_dict"),
+        ("ema_copy.pt", "ema.", "torch.save state_dict"),
     ] {
         let ck = Checkpoint::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(ck.prefix, prefix, "{file}");

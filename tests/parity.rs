@@ -190,10 +190,21 @@ fn single_r_nvp_matches_pytorch() {
     let vs = nn::VarStore::new(Device::Cpu);
     let layer = rnvp::RNvp::new(&vs.root(), 2, 1, 8).unwrap();
     load_npy_weights(&vs, &dir.join("weights"));
-    let (zs, log_pz, log_jacob) = layer.forward(&npy(dir.join("x.npy")), true).unwrap();
-    assert_close(&zs, &npy(dir.join("z.npy")), 1e-5, 1e-5, "flip: z");
-    assert_close(&log_pz, &npy(dir.join("log_pz.npy")), 1e-5, 1e-5, "flip: log_pz");
-    assert_close(&log_jacob, &npy(dir.join("log_jacob.npy")), 1e-5, 1e-5, "flip: log_jacob");
-    let x_inv = layer.inverse(&npy(dir.join("z_in.npy")), true).unwrap();
-    assert_close(&x_inv, &npy(dir.join("x_inv.npy")), 1e-5, 1e-5, "flip: inverse");
+    let (xs, z_in) = (npy(dir.join("x.npy")), npy(dir.join("z_in.npy")));
+    let cfg = FlowConfig::single(2, 1, 8);
+    let fb = bound::forward_with(&vs, &cfg, &[true], &xs);
+    let ib = bound::inverse_with(&vs, &cfg, &[true], &z_in);
+    let (zs, log_pz, log_jacob) = layer.forward(&xs, true).unwrap();
+    assert_close_within(&zs, &npy(dir.join("z.npy")), 1e-5, 1e-5, Some(&fb.z), "flip: z");
+    assert_close_within(&log_pz, &npy(dir.join("log_pz.npy")), 1e-5, 1e-5, Some(&fb.log_pz), "flip: log_pz");
+    assert_close_within(
+        &log_jacob,
+        &npy(dir.join("log_jacob.npy")),
+        1e-5,
+        1e-5,
+        Some(&fb.log_jacob),
+        "flip: log_jacob",
+    );
+    let x_inv = layer.inverse(&z_in, true).unwrap();
+    assert_close_within(&x_inv, &npy(dir.join("x_inv.npy")), 1e-5, 1e-5, Some(&ib), "flip: inverse");
 }

@@ -46,6 +46,7 @@ fn adam_and_exponential_lr_follow_pytorchs_run() {
             })
             .collect::<Vec<f64>>()
     };
+    let start = flat_weights(&flow);
     // rnvp's two optimizers from the same weights (perturbed by 1 ± 1e-6 when `perturb` is set)
     let run = |fused: bool, perturb: Option<u64>| -> (Vec<f64>, Vec<f64>) {
         let flow =
@@ -86,7 +87,11 @@ fn adam_and_exponential_lr_follow_pytorchs_run() {
         let chaos = distance(&weights, &chaos_weights);
         let gap = distance(&weights, &want);
         let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
-        eprintln!("{what}: {gap:.3e} from PyTorch's weights, perturbed run {chaos:.3e}");
+        let travel = distance(&want, &start);
+        eprintln!(
+            "{what}: {gap:.3e} from PyTorch's weights, perturbed run {chaos:.3e}, travelled {travel:.3e}"
+        );
+        assert!(gap <= 0.05 * travel, "{what}: {gap:e} from PyTorch after travelling {travel:e}");
         // the first step is rounding only: the loss agrees tightly
         assert!((losses[0] - want_losses[0]).abs() <= 1e-5 * want_losses[0].abs(), "{what}: first loss");
         assert!(gap <= 10.0 * chaos.max(1e-6 * norm), "{what}: {gap:e} from PyTorch, chaos {chaos:e}");

@@ -84,6 +84,11 @@ impl Format {
     }
 }
 
+/// The names of the tensors a PyTorch file described (read or not).
+fn file_names(file: &torch::TorchFile) -> impl Iterator<Item = String> + '_ {
+    file.described.iter().cloned()
+}
+
 /// A file's tensor copied into libtorch.
 fn raw_to_tensor(raw: &torch::RawTensor) -> std::result::Result<Tensor, String> {
     let kind = match raw.dtype {
@@ -146,9 +151,9 @@ impl Checkpoint {
     /// Reads a checkpoint; with `prefix`, the model is the tensors whose names start with it
     /// (`Some("")`: the names as they are); without, the prefix is found (see
     /// [`names::find_model`]). The file must be a regular file within
-    /// [`crate::data::io::read_limit`].
+    /// [`crate::data::io::read_limit`] for checkpoints.
     pub fn load_with(path: &Path, prefix: Option<&str>) -> Result<Self> {
-        let bytes = crate::data::io::read_file(path)?;
+        let bytes = crate::data::io::read_file(path, crate::data::io::Contents::Checkpoint)?;
         Self::from_bytes_with(&bytes, &path.display().to_string(), prefix)
     }
 
@@ -163,25 +168,57 @@ impl Checkpoint {
             Some(Format::Safetensors) => safetensors::decode(bytes, name, prefix),
             Some(Format::Zip) | Some(Format::Pickle) => {
                 // the model is found and its names checked on the file's descriptions of its
-                // tensors; only the model's tensors are then read and copied into libtorch
+                // tensors; only the model's tensors are then read and copied into libtorch. Where
+                // several complete models are described, their values are read and compared.
                 let mut picked = None;
                 let file = torch::read_selected(bytes, name, &mut |metas| {
                     let map: BTreeMap<String, &torch::TensorMeta> =
                         metas.iter().map(|(n, m)| (n.clone(), m)).collect();
-                    let f = names::find_model(&map, prefix).map_err(|e| e.to_string())?;
-                    let keep = f.tensors.keys().map(|k| format!("{}{k}", f.prefix)).collect();
-                    picked = Some((f.config, f.prefix, f.ignored));
+                    let list = match names::search(&map, prefix).map_err(|e| e.to_string())? {
+                        names::Search::One(f) => vec![f],
+                        names::Search::Several(list) => list,
+                    };
+                    let keep = list
+                        .iter()
+                        .flat_map(|f| f.tensors.keys().map(|k| format!("{}{k}", f.prefix)))
+                        .collect();
+                    if let [f] = list.as_slice() {
+                        picked = Some((f.config, f.prefix.clone(), f.ignored.clone()));
+                    }
                     Ok(keep)
                 })?;
-                let (config, prefix, ignored) =
-                    picked.ok_or_else(|| Error::Data(format!("invariant: {name}: no model picked")))?;
-                let mut tensors = BTreeMap::new();
-                for (key, raw) in &file.tensors {
-                    let key = key.strip_prefix(prefix.as_str()).unwrap_or(key);
-                    let t = raw_to_tensor(raw)
-                        .map_err(|m| Error::Data(format!("{name}: tensor '{key}': {m}")))?;
-                    tensors.insert(key.to_string(), t);
-                }
+                let read: BTreeMap<String, Tensor> = file
+                    .tensors
+                    .iter()
+                    .map(|(k, raw)| {
+                        let t = raw_to_tensor(raw)
+                            .map_err(|m| Error::Data(format!("{name}: tensor '{k}': {m}")))?;
+                        Ok((k.clone(), t))
+                    })
+                    .collect::<Result<_>>()?;
+                let (config, prefix, tensors, ignored) = match picked {
+                    Some((config, prefix, ignored)) => {
+                        let tensors =
+                            read.into_iter().map(|(k, t)| (k[prefix.len()..].to_string(), t)).collect();
+                        (config, prefix, tensors, ignored)
+                    }
+                    None => {
+                        // several described models: the same values under two names count once
+                        let refs: BTreeMap<String, &Tensor> =
+                            read.iter().map(|(k, t)| (k.clone(), t)).collect();
+                        let f = names::find_model(&refs, None)
+                            .map_err(|e| Error::Data(format!("{name}: {e}")))?;
+                        let mut ignored: Vec<String> = file_names(&file)
+                            .filter(|n| {
+                                !n.strip_prefix(f.prefix.as_str())
+                                    .is_some_and(|rest| f.tensors.contains_key(rest))
+                            })
+                            .collect();
+                        ignored.sort();
+                        let tensors = f.tensors.into_iter().map(|(k, t)| (k, t.shallow_clone())).collect();
+                        (f.config, f.prefix, tensors, ignored)
+                    }
+                };
                 Ok(Checkpoint {
                     config,
                     scaler: None,

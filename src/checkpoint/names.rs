@@ -53,41 +53,81 @@ pub struct Found<T> {
 const STACKED: &str = "bijectors.0.sig_net.0.weight";
 const SINGLE: &str = "sig_net.0.weight";
 
-/// Whether `name` (already stripped of the prefix) lies in the namespace of a model of `layout`.
-fn in_namespace(name: &str, layout: Layout) -> bool {
+/// The first names of a model's namespace: what its state_dict keys start with.
+fn roots(layout: Layout) -> &'static [&'static str] {
     match layout {
-        Layout::Stacked => name.starts_with("bijectors."),
-        Layout::Single => name.starts_with("sig_net.") || name.starts_with("mu_net."),
+        Layout::Stacked => &["bijectors."],
+        Layout::Single => &["mu_net.", "sig_net."],
     }
 }
 
-/// The tensors under `prefix` in the model's namespace (stripped), and the names left out.
-fn take<T: Shaped + Clone>(
-    tensors: &BTreeMap<String, T>,
-    prefix: &str,
-    layout: Layout,
-) -> (BTreeMap<String, T>, Vec<String>) {
+/// The tensors under `prefix` in the model's namespace, stripped of the prefix. Each root is a
+/// contiguous range of the sorted names, so this costs the size of the namespace, not of the file.
+fn namespace<T: Clone>(tensors: &BTreeMap<String, T>, prefix: &str, layout: Layout) -> BTreeMap<String, T> {
     let mut model = BTreeMap::new();
-    let mut ignored = vec![];
-    for (name, t) in tensors {
-        match name.strip_prefix(prefix) {
-            Some(rest) if in_namespace(rest, layout) => {
-                model.insert(rest.to_string(), t.clone());
-            }
-            _ => ignored.push(name.clone()),
+    for root in roots(layout) {
+        let start = format!("{prefix}{root}");
+        for (name, t) in tensors.range(start.clone()..).take_while(|(n, _)| n.starts_with(&start)) {
+            model.insert(name[prefix.len()..].to_string(), t.clone());
         }
     }
-    (model, ignored)
+    model
 }
 
-/// Finds the model among a file's tensors. With `prefix`, the model is what lies under it;
-/// otherwise every prefix under which a model's first variable appears is tried, and the one
-/// holding a complete model (every variable of its architecture, with the right shapes) wins.
-/// Several different complete models are an error that lists them (pick one with a prefix).
-pub fn find_model<T: Shaped + Clone>(
-    tensors: &BTreeMap<String, T>,
-    prefix: Option<&str>,
-) -> Result<Found<T>> {
+/// The names of the file outside the model's namespace.
+fn outside<T>(tensors: &BTreeMap<String, T>, prefix: &str, layout: Layout) -> Vec<String> {
+    tensors
+        .keys()
+        .filter(|n| {
+            !n.strip_prefix(prefix).is_some_and(|rest| roots(layout).iter().any(|r| rest.starts_with(r)))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Whether `p` (a prefix ending in `.`) is `…bijectors.{i}.`: a layer of a stacked model.
+fn is_stack_layer(p: &str) -> bool {
+    let Some(q) = p.strip_suffix('.') else { return false };
+    let (head, index) = match q.rfind('.') {
+        Some(i) => (&q[..=i], &q[i + 1..]),
+        None => ("", q),
+    };
+    !index.is_empty()
+        && index.bytes().all(|b| b.is_ascii_digit())
+        && (head == "bijectors." || head.ends_with(".bijectors."))
+}
+
+/// Every prefix under which a model's first variable appears (stacked models first). A lone
+/// `R_NVP` at `…bijectors.{i}.` is a layer of a stack (whether or not the stack is complete).
+fn candidates<T>(tensors: &BTreeMap<String, T>) -> Vec<(String, Layout)> {
+    let boundary = |p: &str| p.is_empty() || p.ends_with('.');
+    let mut stacked = vec![];
+    let mut single = vec![];
+    for n in tensors.keys() {
+        if let Some(p) = n.strip_suffix(STACKED).filter(|p| boundary(p)) {
+            stacked.push((p.to_string(), Layout::Stacked));
+        } else if let Some(p) = n.strip_suffix(SINGLE).filter(|p| boundary(p) && !is_stack_layer(p)) {
+            single.push((p.to_string(), Layout::Single));
+        }
+    }
+    stacked.extend(single);
+    stacked
+}
+
+/// What a search of a file's names found.
+#[derive(Debug)]
+pub enum Search<T> {
+    /// One model (complete, or the most likely one when none is complete: its check then says
+    /// what is missing).
+    One(Found<T>),
+    /// Several complete models that look different (at least two; the search stops there).
+    Several(Vec<Found<T>>),
+}
+
+/// Finds the model among a file's tensors (see [`find_model`]), reporting several complete
+/// models instead of failing: a caller that compared only descriptions can then compare values.
+pub fn search<T: Shaped + Clone>(tensors: &BTreeMap<String, T>, prefix: Option<&str>) -> Result<Search<T>> {
+    let shown = |p: &str| p.escape_debug().to_string();
     if let Some(p) = prefix {
         let layout = if tensors.contains_key(&format!("{p}{STACKED}")) {
             Layout::Stacked
@@ -95,39 +135,31 @@ pub fn find_model<T: Shaped + Clone>(
             Layout::Single
         } else {
             return Err(Error::Data(format!(
-                "prefix '{p}': no '{p}{STACKED}' or '{p}{SINGLE}' among the {} tensors",
+                "prefix '{}': no '{}{STACKED}' or '{}{SINGLE}' among the {} tensors",
+                shown(p),
+                shown(p),
+                shown(p),
                 tensors.len()
             )));
         };
-        let (model, ignored) = take(tensors, p, layout);
-        let config = infer_config(&model)?;
-        return Ok(Found { prefix: p.to_string(), config, tensors: model, ignored });
+        let model = namespace(tensors, p, layout);
+        let config = infer_config(&model).map_err(|e| Error::Data(format!("prefix '{}': {e}", shown(p))))?;
+        let ignored = outside(tensors, p, layout);
+        return Ok(Search::One(Found { prefix: p.to_string(), config, tensors: model, ignored }));
     }
-    // candidate prefixes, stacked models first; a lone R_NVP inside a stacked model's namespace
-    // (`…bijectors.3.sig_net.0.weight`) is a layer of it, not a model
-    let mut candidates: Vec<(String, Layout)> = tensors
-        .keys()
-        .filter_map(|n| n.strip_suffix(STACKED))
-        .map(|p| (p.to_string(), Layout::Stacked))
-        .collect();
-    let stacked: Vec<String> = candidates.iter().map(|(p, _)| p.clone()).collect();
-    for n in tensors.keys() {
-        if let Some(p) = n.strip_suffix(SINGLE) {
-            if !(p.is_empty() || p.ends_with('.'))
-                || stacked.iter().any(|s| p.starts_with(&format!("{s}bijectors.")))
-            {
+    let mut complete: Vec<Found<T>> = vec![];
+    let mut incomplete: Option<Found<T>> = None;
+    let mut first_error: Option<(String, Error)> = None;
+    for (p, layout) in candidates(tensors) {
+        let model = namespace(tensors, &p, layout);
+        let config = match infer_config(&model) {
+            Ok(c) => c,
+            Err(e) => {
+                first_error.get_or_insert((p, e));
                 continue;
             }
-            candidates.push((p.to_string(), Layout::Single));
-        }
-    }
-    candidates.retain(|(p, _)| p.is_empty() || p.ends_with('.'));
-    let mut complete: Vec<Found<T>> = vec![];
-    let mut first_incomplete: Option<Found<T>> = None;
-    for (p, layout) in candidates {
-        let (model, ignored) = take(tensors, &p, layout);
-        let Ok(config) = infer_config(&model) else { continue };
-        let found = Found { prefix: p, config, tensors: model, ignored };
+        };
+        let found = Found { prefix: p, config, tensors: model, ignored: vec![] };
         if check_tensors(&found.config, &found.tensors).is_ok() {
             // the same model under two names (a module kept twice) counts once, under the shorter
             match complete.iter_mut().find(|c| same_model(c, &found)) {
@@ -135,38 +167,73 @@ pub fn find_model<T: Shaped + Clone>(
                 Some(_) => {}
                 None => complete.push(found),
             }
-        } else if first_incomplete.as_ref().is_none_or(|f| found.prefix.len() < f.prefix.len()) {
-            first_incomplete = Some(found);
+            if complete.len() >= 2 {
+                return Ok(Search::Several(complete));
+            }
+        } else if incomplete.as_ref().is_none_or(|f| found.prefix.len() < f.prefix.len()) {
+            incomplete = Some(found);
         }
     }
-    match complete.len() {
-        1 => Ok(complete.pop().expect("invariant: one element")), // invariant: len is 1
-        0 => first_incomplete.ok_or_else(|| {
-            let some: Vec<&str> = tensors.keys().take(4).map(String::as_str).collect();
-            Error::Data(format!(
-                "cannot infer the architecture: no name ends in '{STACKED}' or '{SINGLE}' (the {} tensors: {}{})",
+    let mut one = match (complete.pop(), incomplete, first_error) {
+        (Some(f), _, _) | (None, Some(f), _) => f,
+        (None, None, Some((p, e))) => {
+            let under =
+                if p.is_empty() { String::new() } else { format!(" under the prefix '{}'", shown(&p)) };
+            return Err(Error::Data(format!("cannot infer the architecture{under}: {e}")));
+        }
+        (None, None, None) if tensors.is_empty() => {
+            return Err(Error::Data("cannot infer the architecture: the file holds no tensors".into()));
+        }
+        (None, None, None) => {
+            let some: Vec<String> = tensors.keys().take(4).map(|n| shown(n)).collect();
+            return Err(Error::Data(format!(
+                "cannot infer the architecture: no stack's first layer ('…{STACKED}') and no lone R_NVP \
+                 ('…{SINGLE}' outside a stack's layers) among the {} tensors ({}{})",
                 tensors.len(),
                 some.join(", "),
                 if tensors.len() > 4 { ", …" } else { "" }
-            ))
-        }),
-        n => {
-            let list: Vec<String> = complete
-                .iter()
-                .map(|f| {
-                    let c = f.config;
-                    format!(
-                        "'{}' (d = {}, k = {}, hidden = {}, {} layers)",
-                        f.prefix, c.d, c.k, c.hidden, c.layers
-                    )
-                })
-                .collect();
-            Err(Error::Data(format!(
-                "{n} different complete models in the file, under the prefixes {}: choose one with --prefix",
-                list.join(", ")
-            )))
+            )));
         }
+    };
+    one.ignored = outside(tensors, &one.prefix, one.config.layout);
+    Ok(Search::One(one))
+}
+
+/// Finds the model among a file's tensors. With `prefix`, the model is what lies under it;
+/// otherwise every prefix under which a model's first variable appears is tried, and the one
+/// holding a complete model (every variable of its architecture, with the right shapes) wins.
+/// Several different complete models are an error that lists them (pick one with a prefix).
+/// Costs time in proportion to the number of names (times a logarithm).
+pub fn find_model<T: Shaped + Clone>(
+    tensors: &BTreeMap<String, T>,
+    prefix: Option<&str>,
+) -> Result<Found<T>> {
+    match search(tensors, prefix)? {
+        Search::One(f) => Ok(f),
+        Search::Several(list) => Err(several(&list)),
     }
+}
+
+/// The error for several different complete models.
+pub fn several<T>(list: &[Found<T>]) -> Error {
+    let shown: Vec<String> = list
+        .iter()
+        .map(|f| {
+            let c = f.config;
+            format!(
+                "'{}' (d = {}, k = {}, hidden = {}, {} layers)",
+                f.prefix.escape_debug(),
+                c.d,
+                c.k,
+                c.hidden,
+                c.layers
+            )
+        })
+        .collect();
+    Error::Data(format!(
+        "different complete models in the file, under the prefixes {} (at least): choose one with --prefix",
+        shown.join(", ")
+    ))
 }
 
 /// Whether two found models have the same architecture and equal weights.
@@ -195,7 +262,10 @@ pub fn infer_config<T: Shaped>(tensors: &BTreeMap<String, T>) -> Result<FlowConf
     if w0.len() != 2 || w2.len() != 2 {
         return Err(Error::Data(format!("{prefix}sig_net weights are not matrices: {w0:?}, {w2:?}")));
     }
-    let (hidden, k, d) = (w0[0], w0[1], w0[1] + w2[0]);
+    let d = w0[1]
+        .checked_add(w2[0])
+        .ok_or_else(|| Error::Data(format!("{prefix}sig_net shapes {w0:?}, {w2:?} overflow")))?;
+    let (hidden, k) = (w0[0], w0[1]);
     let layers = match layout {
         Layout::Single => 1,
         // at most one layer per tensor: the loop is bounded by the file

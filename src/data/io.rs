@@ -28,26 +28,42 @@ fn format_of(path: &Path) -> Result<Format> {
     }
 }
 
-/// The most bytes rnvp reads from one file: `RNVP_MAX_FILE_BYTES` if set, otherwise a quarter of
-/// the memory available now (parsing takes up to a few times the file's size), at most 64 GiB, or
-/// 4 GiB where the available memory is unknown.
-pub fn read_limit() -> u64 {
-    limit_and_reason().0
+/// What a file is read for, which bounds what its contents take in memory: parsed data (a CSV row
+/// of short numbers becomes several times its size as float64 values, copied a few times by a
+/// command) or a checkpoint (its tensors once or twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contents {
+    /// A CSV or `.npy` data file: at most 1/16 of the available memory.
+    Data,
+    /// A checkpoint: at most 1/8 of the available memory.
+    Checkpoint,
 }
 
-fn limit_and_reason() -> (u64, &'static str) {
+/// The most bytes rnvp reads from one file: `RNVP_MAX_FILE_BYTES` if set, otherwise a share of the
+/// memory available now (see [`Contents`]), at most 64 GiB, or 1 GiB where the available memory is
+/// unknown.
+pub fn read_limit(contents: Contents) -> u64 {
+    limit_and_reason(contents).0
+}
+
+fn limit_and_reason(contents: Contents) -> (u64, String) {
     if let Some(v) = std::env::var("RNVP_MAX_FILE_BYTES").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
-        return (v, "RNVP_MAX_FILE_BYTES");
+        return (v, "RNVP_MAX_FILE_BYTES".into());
     }
     let available = fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
         line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb.saturating_mul(1024))
     });
+    let share = match contents {
+        Contents::Data => 16,
+        Contents::Checkpoint => 8,
+    };
     match available {
-        Some(bytes) => {
-            ((bytes / 4).min(64 << 30), "a quarter of the available memory; RNVP_MAX_FILE_BYTES changes it")
-        }
-        None => (4 << 30, "RNVP_MAX_FILE_BYTES changes it"),
+        Some(bytes) => (
+            (bytes / share).min(64 << 30),
+            format!("1/{share} of the available memory; RNVP_MAX_FILE_BYTES changes it"),
+        ),
+        None => (1 << 30, "RNVP_MAX_FILE_BYTES changes it".into()),
     }
 }
 
@@ -62,8 +78,9 @@ fn size_text(bytes: u64) -> String {
 
 /// Reads a whole file that rnvp parses in memory (a data file or a checkpoint). Only regular files
 /// are read (a FIFO, a device such as `/dev/zero` or a directory is an error before anything is
-/// read), and only up to [`read_limit`] bytes: the size is checked before reading.
-pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+/// read), and only up to [`read_limit`] bytes: the size is checked before reading, and a buffer that
+/// cannot be allocated is an error, not an abort.
+pub fn read_file(path: &Path, contents: Contents) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut options = fs::OpenOptions::new();
     options.read(true);
@@ -98,7 +115,7 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
         };
         return Err(Error::Data(format!("{}: {what}{kind}; rnvp reads regular files", path.display())));
     }
-    let (limit, reason) = limit_and_reason();
+    let (limit, reason) = limit_and_reason(contents);
     if meta.len() > limit {
         return Err(Error::Data(format!(
             "{}: {} is more than rnvp reads into memory here ({}: {reason})",
@@ -107,7 +124,10 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
             size_text(limit)
         )));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(meta.len() as usize).map_err(|_| {
+        Error::Data(format!("{}: not enough memory to read its {}", path.display(), size_text(meta.len())))
+    })?;
     file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
     if bytes.len() as u64 > limit {
         return Err(Error::Data(format!(
@@ -122,7 +142,7 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// Reads a `.csv` or `.npy` file (chosen by extension) as a matrix.
 pub fn read_matrix(path: &Path) -> Result<Matrix> {
     let format = format_of(path)?;
-    let bytes = read_file(path)?;
+    let bytes = read_file(path, Contents::Data)?;
     let name = path.display().to_string();
     match format {
         Format::Csv => {
@@ -177,7 +197,11 @@ pub fn parse_csv(text: &str, name: &str) -> Result<Matrix> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut cols = None;
     let mut rows = 0;
+    // one allocation of the most numbers the text can hold (one per comma or line): no doubling
+    let most = text.bytes().filter(|&b| b == b',' || b == b'\n').count() + 1;
     let mut data = Vec::new();
+    data.try_reserve_exact(most)
+        .map_err(|_| Error::Data(format!("{name}: not enough memory for {most} numbers")))?;
     for (k, line) in text.split('\n').enumerate() {
         let line_no = k + 1;
         let line = line.strip_suffix('\r').unwrap_or(line);

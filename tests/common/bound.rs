@@ -49,9 +49,10 @@ impl Net {
         let e_pre = (a.abs().matmul(&self.w1.abs().tr()) + self.b1.abs()) * gamma(k + 1)
             + ea.matmul(&self.w1.abs().tr());
         let h = pre.leaky_relu();
+        let e_h = e_pre + h.abs() * U; // the slope's product on negative inputs rounds once
         let out = h.matmul(&self.w2.tr()) + &self.b2;
         let e_out = (h.abs().matmul(&self.w2.abs().tr()) + self.b2.abs()) * gamma(hidden + 1)
-            + e_pre.matmul(&self.w2.abs().tr());
+            + e_h.matmul(&self.w2.abs().tr());
         (out, e_out)
     }
 }
@@ -62,29 +63,46 @@ struct Layer {
     flip: bool,
 }
 
-/// The flow's layers with float64 copies of its weights.
-fn layers(flow: &Flow) -> (Vec<Layer>, i64) {
-    let vars: HashMap<String, Tensor> = flow
-        .var_store()
+/// The layers of a variable store holding a flow of `cfg` (flips as given), with float64 copies
+/// of the weights.
+fn layers(vs: &tch::nn::VarStore, cfg: &rnvp::FlowConfig, flips: &[bool]) -> (Vec<Layer>, i64) {
+    let vars: HashMap<String, Tensor> = vs
         .variables()
         .into_iter()
         .map(|(n, t)| (n, t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu)))
         .collect();
-    let cfg = *flow.config();
     let net = |prefix: &str| {
         let get = |s: &str| vars[&format!("{prefix}{s}")].shallow_clone();
         Net { w1: get("0.weight"), b1: get("0.bias"), w2: get("2.weight"), b2: get("2.bias") }
     };
-    let out = (0..cfg.layers)
-        .map(|i| {
+    let out = flips
+        .iter()
+        .enumerate()
+        .map(|(i, &flip)| {
             let p = match cfg.layout {
                 Layout::Stacked => format!("bijectors.{i}."),
                 Layout::Single => String::new(),
             };
-            Layer { sig: net(&format!("{p}sig_net.")), mu: net(&format!("{p}mu_net.")), flip: cfg.flip(i) }
+            Layer { sig: net(&format!("{p}sig_net.")), mu: net(&format!("{p}mu_net.")), flip }
         })
         .collect();
     (out, cfg.k)
+}
+
+/// The flips of a flow's layers.
+fn flips(flow: &Flow) -> Vec<bool> {
+    let cfg = flow.config();
+    (0..cfg.layers).map(|i| cfg.flip(i)).collect()
+}
+
+/// Bounds for `flow.forward(xs)` (the same bound holds for `log_prob`, `encode`).
+pub fn forward(flow: &Flow, xs: &Tensor) -> ForwardBounds {
+    forward_with(flow.var_store(), flow.config(), &flips(flow), xs)
+}
+
+/// Bounds for `flow.inverse(zs)` (and `decode`), `[n, d]`.
+pub fn inverse(flow: &Flow, zs: &Tensor) -> Tensor {
+    inverse_with(flow.var_store(), flow.config(), &flips(flow), zs)
 }
 
 /// Splits `[n, d]` into (conditioning, transformed) columns of a layer; `join` puts them back.
@@ -106,9 +124,14 @@ fn join(cond: &Tensor, trans: &Tensor, flip: bool) -> Tensor {
     }
 }
 
-/// Bounds for `flow.forward(xs)` (the same bound holds for `log_prob`, `encode`).
-pub fn forward(flow: &Flow, xs: &Tensor) -> ForwardBounds {
-    let (layers, k) = layers(flow);
+/// Bounds for the forward pass of the layers in `vs` (a flow of `cfg`) with the given flips.
+pub fn forward_with(
+    vs: &tch::nn::VarStore,
+    cfg: &rnvp::FlowConfig,
+    flips: &[bool],
+    xs: &Tensor,
+) -> ForwardBounds {
+    let (layers, k) = layers(vs, cfg, flips);
     tch::no_grad(|| {
         let mut x = xs.to_kind(Kind::Double);
         let mut e = x.zeros_like();
@@ -144,9 +167,9 @@ pub fn forward(flow: &Flow, xs: &Tensor) -> ForwardBounds {
     })
 }
 
-/// Bounds for `flow.inverse(zs)` (and `decode`), `[n, d]`.
-pub fn inverse(flow: &Flow, zs: &Tensor) -> Tensor {
-    let (layers, k) = layers(flow);
+/// Bounds for the inverse of the layers in `vs` (a flow of `cfg`) with the given flips, `[n, d]`.
+pub fn inverse_with(vs: &tch::nn::VarStore, cfg: &rnvp::FlowConfig, flips: &[bool], zs: &Tensor) -> Tensor {
+    let (layers, k) = layers(vs, cfg, flips);
     tch::no_grad(|| {
         let mut z = zs.to_kind(Kind::Double);
         let mut e = z.zeros_like();

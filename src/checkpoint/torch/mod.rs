@@ -99,8 +99,11 @@ pub struct TorchFile {
     /// 'model_state_dict', zip)", "pickled nn.Module reference.stacked_NVP (legacy)", "TorchScript
     /// archive (__torch__.reference.stacked_NVP)", "tch .ot archive".
     pub description: String,
-    /// The model's parameters by state_dict key (`bijectors.0.sig_net.0.weight`, ...), in file order.
+    /// The tensors that were read, by state_dict key (`bijectors.0.sig_net.0.weight`, ...), in
+    /// file order.
     pub tensors: Vec<(String, RawTensor)>,
+    /// Every tensor name the file holds (read or not), in file order.
+    pub described: Vec<String>,
 }
 
 /// A tensor as a file describes it, before its values are copied out: dtype, shape, and where
@@ -266,6 +269,7 @@ fn read_zip(bytes: &[u8], select: Selector) -> std::result::Result<TorchFile, St
         None => true,
     };
     let keep = pick(&walker, &named, select)?;
+    let described: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     let mut blobs: HashMap<String, Cow<'_, [u8]>> = HashMap::new();
     let mut budget = output_budget(bytes.len());
     let mut tensors = Vec::with_capacity(keep.len());
@@ -288,7 +292,7 @@ fn read_zip(bytes: &[u8], select: Selector) -> std::result::Result<TorchFile, St
         let raw = extract::materialize(&name, t, blob, little_endian, &mut budget)?;
         tensors.push((name, raw));
     }
-    Ok(TorchFile { description, tensors })
+    Ok(TorchFile { description, tensors, described })
 }
 
 fn read_legacy(bytes: &[u8], select: Selector) -> std::result::Result<TorchFile, String> {
@@ -303,6 +307,7 @@ fn read_legacy(bytes: &[u8], select: Selector) -> std::result::Result<TorchFile,
         ));
     }
     let keep = pick(&walker, &named, select)?;
+    let described: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     let mut budget = output_budget(bytes.len());
     let mut tensors = Vec::with_capacity(keep.len());
     for (name, v) in named.into_iter().filter(|(n, _)| keep.contains(n)) {
@@ -314,7 +319,7 @@ fn read_legacy(bytes: &[u8], select: Selector) -> std::result::Result<TorchFile,
         let raw = extract::materialize(&name, t, blob, file.little_endian, &mut budget)?;
         tensors.push((name, raw));
     }
-    Ok(TorchFile { description: describe(&found, "legacy"), tensors })
+    Ok(TorchFile { description: describe(&found, "legacy"), tensors, described })
 }
 
 #[cfg(test)]

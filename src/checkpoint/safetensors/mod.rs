@@ -3,11 +3,13 @@
 //! raw little-endian tensor data. rnvp keeps its configuration, scaler and training information as
 //! JSON strings in `__metadata__`, and Adam's moments as `optimizer.exp_avg.<name>` and
 //! `optimizer.exp_avg_sq.<name>` tensors.
+mod header;
+
 use super::names::{self, Shaped};
 use super::{check_tensors, config_from_json, Checkpoint, OptimizerState};
 use crate::data::Scaler;
 use crate::error::{Error, Result};
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use header::{Entry, Header};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -96,73 +98,6 @@ impl View<'_> {
     }
 }
 
-/// One tensor entry of the header as written: `dtype`, `shape` and `data_offsets` (other keys are
-/// skipped). Read without building a JSON object per entry: headers with a hundred thousand
-/// entries stay a few times their size in memory.
-#[derive(Default)]
-struct Entry {
-    dtype: Option<Value>,
-    shape: Option<Value>,
-    offsets: Option<Value>,
-}
-
-/// The header: tensor entries in file order and the `__metadata__` object.
-struct Header {
-    tensors: Vec<(String, Entry)>,
-    metadata: Option<Value>,
-}
-
-impl<'de> Deserialize<'de> for Entry {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entry;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a tensor entry (an object with dtype, shape and data_offsets)")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Entry, A::Error> {
-                let mut e = Entry::default();
-                while let Some(key) = m.next_key::<String>()? {
-                    match key.as_str() {
-                        "dtype" => e.dtype = Some(m.next_value()?),
-                        "shape" => e.shape = Some(m.next_value()?),
-                        "data_offsets" => e.offsets = Some(m.next_value()?),
-                        _ => {
-                            m.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(e)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Header {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Header;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a safetensors header (a JSON object)")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Header, A::Error> {
-                let mut h = Header { tensors: vec![], metadata: None };
-                while let Some(key) = m.next_key::<String>()? {
-                    if key == "__metadata__" {
-                        h.metadata = Some(m.next_value()?);
-                    } else {
-                        h.tensors.push((key, m.next_value()?));
-                    }
-                }
-                Ok(h)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 /// Longest `info` metadata rnvp parses (it writes a few hundred bytes).
 const MAX_INFO: usize = 1 << 20;
 
@@ -186,17 +121,9 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
 
     // metadata values are strings; rnvp's hold JSON, parsed where used
     let mut meta: BTreeMap<String, String> = BTreeMap::new();
-    match header.metadata {
-        None => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Value::String(text) = v else {
-                    return Err(bad(format!("metadata '{k}' is not a string")));
-                };
-                meta.insert(k, text);
-            }
-        }
-        Some(_) => return Err(bad("__metadata__ is not an object".into())),
+    for (k, v) in header.metadata {
+        let text = v.ok_or_else(|| bad(format!("metadata '{}' is not a string", k.escape_debug())))?;
+        meta.insert(k, text);
     }
     let json = |key: &str| {
         meta.get(key).map(|t| serde_json::from_str::<Value>(t).unwrap_or(Value::String(t.clone())))
@@ -206,7 +133,7 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
     let mut exp_avg = BTreeMap::new();
     let mut exp_avg_sq = BTreeMap::new();
     for (key, entry) in header.tensors {
-        let v = view(&entry, data).map_err(|m| bad(format!("tensor '{key}': {m}")))?;
+        let v = view(entry, data).map_err(|m| bad(format!("tensor '{}': {m}", key.escape_debug())))?;
         let (map, n) = if let Some(n) = key.strip_prefix(EXP_AVG) {
             (&mut exp_avg, n)
         } else if let Some(n) = key.strip_prefix(EXP_AVG_SQ) {
@@ -228,7 +155,12 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
                     .collect(),
                 _ => views,
             };
-            check_tensors(&config, &views).map_err(|e| bad(format!("metadata: {e}")))?;
+            check_tensors(&config, &views).map_err(|e| match prefix {
+                Some(p) if !p.is_empty() => {
+                    bad(format!("metadata (names under the prefix '{}'): {e}", p.escape_debug()))
+                }
+                _ => bad(format!("metadata: {e}")),
+            })?;
             (config, views, prefix.unwrap_or("").to_string(), vec![])
         }
         None => {
@@ -245,6 +177,7 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
     };
     let tensors = materialize(&views)?;
     let optimizer = match json("optimizer_step").as_ref().and_then(Value::as_i64) {
+        Some(step) if step < 0 => return Err(bad(format!("optimizer_step {step} is negative"))),
         Some(step) => {
             for (what, m) in [("exp_avg", &exp_avg), ("exp_avg_sq", &exp_avg_sq)] {
                 check_tensors(&config, m).map_err(|e| bad(format!("optimizer state {what}: {e}")))?;
@@ -280,23 +213,12 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
 }
 
 /// One tensor entry of the header, checked against the data section.
-fn view<'a>(entry: &Entry, data: &'a [u8]) -> std::result::Result<View<'a>, String> {
-    let dtype = entry.dtype.as_ref().and_then(Value::as_str).ok_or("no dtype")?;
-    let (kind, size) =
-        kind_of(dtype).ok_or_else(|| format!("dtype {dtype} is not supported (F32, F64, F16, BF16)"))?;
-    let shape: Vec<i64> = entry
-        .shape
-        .as_ref()
-        .and_then(Value::as_array)
-        .ok_or("no shape")?
-        .iter()
-        .map(|v| v.as_i64().filter(|&v| v >= 0).ok_or_else(|| format!("bad dimension {v}")))
-        .collect::<std::result::Result<_, _>>()?;
-    let offsets = entry.offsets.as_ref().and_then(Value::as_array).ok_or("no data_offsets")?;
-    let (start, end) = match offsets.as_slice() {
-        [a, b] => (a.as_u64().ok_or("bad offset")?, b.as_u64().ok_or("bad offset")?),
-        _ => return Err("data_offsets must have two entries".into()),
-    };
+fn view<'a>(entry: Entry, data: &'a [u8]) -> std::result::Result<View<'a>, String> {
+    let dtype = entry.dtype.ok_or("no dtype")??;
+    let (kind, size) = kind_of(&dtype)
+        .ok_or_else(|| format!("dtype {} is not supported (F32, F64, F16, BF16)", dtype.escape_debug()))?;
+    let shape = entry.shape.ok_or("no shape")??;
+    let (start, end) = entry.offsets.ok_or("no data_offsets")??;
     let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or("shape overflows")?;
     let nbytes = numel.checked_mul(size as u64).ok_or("shape overflows")?;
     if start > end || end > data.len() as u64 || end - start != nbytes {
