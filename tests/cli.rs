@@ -100,13 +100,12 @@ fn a_user_session_trains_samples_scores_plots_and_inspects() {
     ]);
     assert!(out.contains("trained 30 steps"), "{out}");
 
-    let eval = ok(&["eval", "--checkpoint", s(&ck), "--data", "two-moons", "-n", "2000", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    let v = eval_json(&ck, "2000");
     let nll = v["nll"].as_f64().unwrap();
     // 90 steps of a small model: well below the identity flow's 2.84 (and the untrained model's),
     // above the data's entropy
-    assert!(nll > 1.131 && nll < 2.75, "{eval}");
-    assert_eq!(v["finite"], true, "{eval}");
+    assert!(nll > 1.131 && nll < 2.75, "{v}");
+    assert_eq!(v["finite"], true, "{v}");
 
     let samples = dir.join("x.npy");
     ok(&[
@@ -313,6 +312,12 @@ fn bad_input_gives_one_line_errors_and_a_non_zero_exit() {
     assert_eq!(std::fs::read_to_string(dir.join("keep.csv")).unwrap(), "precious");
 }
 
+/// `rnvp eval --json` of a checkpoint on `n` fresh two-moons points.
+fn eval_json(ck: &Path, n: &str) -> serde_json::Value {
+    let out = ok(&["eval", "--checkpoint", s(ck), "--data", "two-moons", "-n", n, "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// The `step` recorded in a checkpoint.
 fn checkpoint_step(ck: &Path) -> i64 {
     let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(ck), "--json"])).unwrap();
@@ -351,27 +356,17 @@ fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
     assert!(err.contains("--clip-grad 1") && err.contains("--init identity"), "suggestions: {err}");
     assert!(!dir.join("d.best.safetensors").exists());
     assert_eq!(checkpoint_step(&ck), 0);
-    let v: serde_json::Value = serde_json::from_str(&ok(&[
-        "eval",
-        "--checkpoint",
-        s(&ck),
-        "--data",
-        "two-moons",
-        "-n",
-        "500",
-        "--json",
-    ]))
-    .unwrap();
+    let v = eval_json(&ck, "500");
     assert_eq!(v["finite"], true, "the kept state is finite: {v}");
 
     // from a trained state: --resume with the huge rate diverges, and the file still holds that state
     train_small(&ck, &["--init", "identity"]);
-    let before = ok(&["eval", "--checkpoint", s(&ck), "--data", "two-moons", "-n", "500", "--json"]);
+    let before = eval_json(&ck, "500");
     let err = diverge(&["--resume", s(&ck), "--init", "identity"]);
     assert!(err.contains("keeps the last good checkpoint (step 60)"), "{err}");
     assert!(!err.contains("--init identity"), "--init identity is in use, yet suggested: {err}");
     assert_eq!(checkpoint_step(&ck), 60);
-    let after = ok(&["eval", "--checkpoint", s(&ck), "--data", "two-moons", "-n", "500", "--json"]);
+    let after = eval_json(&ck, "500");
     assert_eq!(before, after, "the kept checkpoint changed");
 }
 
@@ -531,17 +526,7 @@ fn preset_best_reaches_the_target_quality() {
     let dir = tmp_dir("cli-preset");
     let ck = dir.join("best.safetensors");
     ok(&["train", "--data", "two-moons", "--out", s(&ck), "--preset", "best", "--quiet"]);
-    let v: serde_json::Value = serde_json::from_str(&ok(&[
-        "eval",
-        "--checkpoint",
-        s(&ck),
-        "--data",
-        "two-moons",
-        "-n",
-        "20000",
-        "--json",
-    ]))
-    .unwrap();
+    let v = eval_json(&ck, "20000");
     let nll = v["nll"].as_f64().unwrap();
     assert!(nll < 1.14 && nll > 1.11, "--preset best: test NLL {nll}");
     let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&ck), "--json"])).unwrap();

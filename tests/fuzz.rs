@@ -15,33 +15,30 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The committed PyTorch fixtures the campaign mutates (every one must be there).
-const TORCH_FIXTURES: [&str; 18] = [
-    "sd_stacked.pt",
-    "sd_single.pt",
-    "sd_stacked_legacy.pt",
-    "sd_single_params.pt",
-    "sd_single_proto4.pt",
-    "ckpt_stacked.pt",
-    "module_stacked.pt",
-    "module_stacked_legacy.pt",
-    "jit_trace_stacked.pt",
-    "jit_script_stacked.pt",
-    "sd_stacked_f64.pt",
-    "sd_stacked_f16.pt",
-    "sd_stacked_bf16.pt",
-    "sd_single_views.pt",
-    "sd_single_views_legacy.pt",
-    "views_misc.pt",
-    "tch_save_multi.ot",
-    "lightning_stacked.ckpt",
-];
+/// The committed PyTorch fixtures the campaign mutates: every one listed in
+/// tests/fixtures/torch/FIXTURES must be there, and every fixture there must be listed.
+fn torch_fixtures() -> Vec<&'static str> {
+    let listed: Vec<&str> =
+        include_str!("fixtures/torch/FIXTURES").lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut present: Vec<String> = std::fs::read_dir(fixtures().join("torch"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".json") && !n.ends_with(".README") && n != "FIXTURES")
+        .collect();
+    present.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(present, sorted, "tests/fixtures/torch/FIXTURES does not list the fixtures there");
+    listed
+}
 
 /// Valid seed files: the PyTorch fixtures above, plus files rnvp writes itself (a checkpoint in
 /// each format it writes, .npy in both dtypes, CSV).
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut out = vec![];
-    for name in TORCH_FIXTURES {
+    let names = torch_fixtures();
+    assert!(names.len() >= 18, "{} fixtures", names.len());
+    for name in &names {
         let p = fixtures().join("torch").join(name);
         let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()));
         out.push((p.display().to_string(), bytes));
@@ -62,7 +59,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     out.push(("x.npy".into(), io::npy_bytes(&m, true)));
     out.push(("x64.npy".into(), io::npy_bytes(&m, false)));
     out.push(("x.csv".into(), io::csv_string(&m, &["a".into(), "b".into()]).into_bytes()));
-    assert_eq!(out.len(), TORCH_FIXTURES.len() + 6);
+    assert_eq!(out.len(), names.len() + 6);
     out
 }
 
@@ -175,7 +172,7 @@ fn campaign(iters: usize) -> (usize, usize) {
 fn mutated_files_never_crash_the_readers() {
     let iters = std::env::var("RNVP_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
     let (runs, _) = campaign(iters);
-    assert_eq!(runs, iters * (TORCH_FIXTURES.len() + 6), "every seed file was mutated");
+    assert_eq!(runs, iters * (torch_fixtures().len() + 6), "every seed file was mutated");
 }
 
 /// The regression corpus: files that once crashed, hung or over-allocated a reader, and

@@ -5,26 +5,10 @@ use std::io::Write;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/torch");
 
-const ALL: [&str; 18] = [
-    "sd_stacked.pt",
-    "sd_single.pt",
-    "sd_stacked_legacy.pt",
-    "sd_single_params.pt",
-    "sd_single_proto4.pt",
-    "ckpt_stacked.pt",
-    "module_stacked.pt",
-    "module_stacked_legacy.pt",
-    "jit_trace_stacked.pt",
-    "jit_script_stacked.pt",
-    "sd_stacked_f64.pt",
-    "sd_stacked_f16.pt",
-    "sd_stacked_bf16.pt",
-    "sd_single_views.pt",
-    "sd_single_views_legacy.pt",
-    "views_misc.pt",
-    "tch_save_multi.ot",
-    "lightning_stacked.ckpt",
-];
+/// The committed fixtures, listed in tests/fixtures/torch/FIXTURES (tests/fuzz.rs mutates the same).
+fn all() -> Vec<&'static str> {
+    include_str!("../../../tests/fixtures/torch/FIXTURES").lines().filter(|l| !l.trim().is_empty()).collect()
+}
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{FIXTURES}/{name}");
@@ -110,7 +94,7 @@ fn check_against_json(file: &TorchFile, fixture_name: &str, check_description: b
 
 #[test]
 fn every_fixture_reads_exactly() {
-    for name in ALL {
+    for name in all() {
         let file = read(&fixture(name), name).unwrap_or_else(|e| panic!("{name}: {e}"));
         check_against_json(&file, name, true);
     }
@@ -130,7 +114,7 @@ fn descriptions() {
 
 #[test]
 fn writer_output_reads_back_identically() {
-    for name in ALL {
+    for name in all() {
         let file = read(&fixture(name), name).expect("reads");
         let bytes = write_state_dict(&file.tensors, "archive").expect("writes");
         let back = read(&bytes, "written.pt").expect("written file reads");
@@ -544,7 +528,7 @@ impl Lcg {
 
 #[test]
 fn truncated_files_are_errors() {
-    for name in ALL {
+    for name in all() {
         let bytes = fixture(name);
         let step = (bytes.len() / 150).max(1);
         let small = bytes.len() <= 5000;
@@ -560,7 +544,7 @@ fn truncated_files_are_errors() {
 #[test]
 fn corrupted_files_never_panic() {
     let mut rng = Lcg(42);
-    for name in ALL {
+    for name in all() {
         let bytes = fixture(name);
         for _ in 0..300 {
             let mut b = bytes.clone();
