@@ -309,6 +309,15 @@ def cmd_wrapped(a):
 
     torch.save(WithCopy().state_dict(), p("ema_copy.pt"))
 
+    class Three(nn.Module):  # the flow, an equal copy and a different model: two models
+        def __init__(self):
+            super().__init__()
+            self.a = model
+            self.b = copy.deepcopy(model)
+            self.c = ema
+
+    torch.save(Three().state_dict(), p("three_models.pt"))
+
 
 def cmd_outputs(a):
     """The notebook's outputs on IO/x.npy, IO/z_in.npy for the model in any file torch.load reads

@@ -662,10 +662,10 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
     }
     println!("{}: {}", a.checkpoint.display(), ck.format);
     if !ck.prefix.is_empty() {
-        println!("prefix: '{}' (stripped from the model's names)", ck.prefix);
+        println!("prefix: '{}' (stripped from the model's names)", ck.prefix.escape_debug());
     }
     if !ck.ignored.is_empty() {
-        let shown: Vec<&str> = ck.ignored.iter().take(6).map(String::as_str).collect();
+        let shown: Vec<String> = ck.ignored.iter().take(6).map(|n| n.escape_debug().to_string()).collect();
         let more =
             if ck.ignored.len() > 6 { format!(", … ({} in all)", ck.ignored.len()) } else { String::new() };
         println!("ignored: {} tensor(s) beside the model: {}{more}", ck.ignored.len(), shown.join(", "));
@@ -694,6 +694,7 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
     }
     const LISTED: usize = 64;
     for (n, t) in ck.tensors.iter().take(LISTED) {
+        let n = n.escape_debug().to_string();
         println!("  {n:<32} {:<7} {:?}", format!("{:?}", t.kind()), t.size());
     }
     if ck.tensors.len() > LISTED {

@@ -236,6 +236,22 @@ fn safetensors_cases() -> Vec<(String, Vec<u8>)> {
         );
     }
     cases.push(("prefixes-5e4.safetensors".into(), safetensors(Value::Object(header), &[])));
+    // 2,000 nested prefixes, each namespace holding all the deeper ones
+    let mut header = serde_json::Map::new();
+    for k in 0..2_000 {
+        header.insert(
+            format!("{}bijectors.0.sig_net.0.weight", "bijectors.".repeat(k)),
+            json!({ "dtype": "F32", "shape": [0], "data_offsets": [0, 0] }),
+        );
+    }
+    cases.push(("prefixes-nested-2e3.safetensors".into(), safetensors(Value::Object(header), &[])));
+    // a million empty entries (7 bytes each)
+    let mut empty = b"{".to_vec();
+    for i in 0..1_000_000 {
+        empty.extend_from_slice(format!("{}\"a{i}\":{{}}", if i == 0 { "" } else { "," }).as_bytes());
+    }
+    empty.push(b'}');
+    cases.push(("entries-1e6-empty.safetensors".into(), raw_header(&empty)));
     // a shape array of a million dimensions, a dtype of a million characters, a million metadata keys
     let shape: Vec<u8> = std::iter::repeat_n(&b"0,"[..], 1_000_000).flatten().copied().collect();
     let mut long = b"{\"w\":{\"dtype\":\"F32\",\"shape\":[".to_vec();
@@ -591,4 +607,27 @@ fn files_that_are_not_regular_or_too_large_fail_before_reading() {
     // the library's reader, directly: the limit applies before a byte is read
     let err = rnvp::data::io::read_file(&big, rnvp::data::io::Contents::Checkpoint).unwrap_err().to_string();
     assert!(err.contains("more than rnvp reads"), "{err}");
+}
+
+#[test]
+fn tensors_of_other_dtypes_beside_the_model_are_ignored_not_refused() {
+    // a Python-written safetensors file with an int64 step counter beside the model's tensors
+    let (mut header, mut data) = small_model();
+    let start = data.len();
+    data.extend_from_slice(&7i64.to_le_bytes());
+    header.insert("step".into(), json!({ "dtype": "I64", "shape": [], "data_offsets": [start, data.len()] }));
+    let dir = common::tmp_dir("hostile-int-beside");
+    let path = dir.join("m.safetensors");
+    std::fs::write(&path, safetensors(Value::Object(header.clone()), &data)).unwrap();
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(ck.ignored, ["step"]);
+    ck.to_flow(tch::Device::Cpu, tch::Kind::Float).unwrap();
+    // the same dtype inside the model is an error naming the tensor
+    header.insert(
+        "bijectors.0.sig_net.2.bias".into(),
+        json!({ "dtype": "I32", "shape": [1], "data_offsets": [0, 4] }),
+    );
+    std::fs::write(&path, safetensors(Value::Object(header), &data)).unwrap();
+    let err = Checkpoint::load(&path).unwrap_err().to_string();
+    assert!(err.contains("bijectors.0.sig_net.2.bias") && err.contains("I32"), "{err}");
 }

@@ -88,6 +88,9 @@ fn wrapped_checkpoints_load_with_no_flags_and_match_pytorch() {
     let ema =
         Checkpoint::load_with(&two, Some("ema_flow.")).unwrap().to_flow(Device::Cpu, Kind::Float).unwrap();
     compare_outputs(&ema, &dir, "ema_", 1e-5, "two_models.pt --prefix ema_flow.");
+    // the flow, an equal copy in other storages, and a different model: the difference is found
+    let err = Checkpoint::load(&dir.join("three_models.pt")).unwrap_err().to_string();
+    assert!(err.contains("'c.'") && err.contains("--prefix"), "{err}");
     let err = Checkpoint::load_with(&two, Some("nothing.")).unwrap_err().to_string();
     assert!(err.contains("prefix 'nothing.'"), "{err}");
 

@@ -174,7 +174,7 @@ impl Checkpoint {
                 let file = torch::read_selected(bytes, name, &mut |metas| {
                     let map: BTreeMap<String, &torch::TensorMeta> =
                         metas.iter().map(|(n, m)| (n.clone(), m)).collect();
-                    let list = match names::search(&map, prefix).map_err(|e| e.to_string())? {
+                    let list = match names::search(&map, prefix, true).map_err(|e| e.to_string())? {
                         names::Search::One(f) => vec![f],
                         names::Search::Several(list) => list,
                     };

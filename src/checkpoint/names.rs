@@ -94,6 +94,7 @@ fn is_stack_layer(p: &str) -> bool {
     };
     !index.is_empty()
         && index.bytes().all(|b| b.is_ascii_digit())
+        && (index == "0" || !index.starts_with('0')) // a layer's index as PyTorch writes it
         && (head == "bijectors." || head.ends_with(".bijectors."))
 }
 
@@ -125,8 +126,14 @@ pub enum Search<T> {
 }
 
 /// Finds the model among a file's tensors (see [`find_model`]), reporting several complete
-/// models instead of failing: a caller that compared only descriptions can then compare values.
-pub fn search<T: Shaped + Clone>(tensors: &BTreeMap<String, T>, prefix: Option<&str>) -> Result<Search<T>> {
+/// models instead of failing. With `every`, all complete models are reported and none is set
+/// aside as equal to another: a caller that compared only descriptions (not values) then reads
+/// them all and compares their values with [`find_model`].
+pub fn search<T: Shaped + Clone>(
+    tensors: &BTreeMap<String, T>,
+    prefix: Option<&str>,
+    every: bool,
+) -> Result<Search<T>> {
     let shown = |p: &str| p.escape_debug().to_string();
     if let Some(p) = prefix {
         let layout = if tensors.contains_key(&format!("{p}{STACKED}")) {
@@ -143,37 +150,55 @@ pub fn search<T: Shaped + Clone>(tensors: &BTreeMap<String, T>, prefix: Option<&
             )));
         };
         let model = namespace(tensors, p, layout);
-        let config = infer_config(&model).map_err(|e| Error::Data(format!("prefix '{}': {e}", shown(p))))?;
+        let config =
+            infer_at(tensors, p, layout).map_err(|e| Error::Data(format!("prefix '{}': {e}", shown(p))))?;
         let ignored = outside(tensors, p, layout);
         return Ok(Search::One(Found { prefix: p.to_string(), config, tensors: model, ignored }));
     }
     let mut complete: Vec<Found<T>> = vec![];
-    let mut incomplete: Option<Found<T>> = None;
+    let mut incomplete: Option<(String, Layout)> = None;
     let mut first_error: Option<(String, Error)> = None;
     for (p, layout) in candidates(tensors) {
-        let model = namespace(tensors, &p, layout);
-        let config = match infer_config(&model) {
+        let config = match infer_at(tensors, &p, layout) {
             Ok(c) => c,
             Err(e) => {
                 first_error.get_or_insert((p, e));
                 continue;
             }
         };
+        if !is_complete(tensors, &p, &config) {
+            if incomplete.as_ref().is_none_or(|(q, _)| p.len() < q.len()) {
+                incomplete = Some((p, layout));
+            }
+            continue;
+        }
+        let model = namespace(tensors, &p, layout);
         let found = Found { prefix: p, config, tensors: model, ignored: vec![] };
-        if check_tensors(&found.config, &found.tensors).is_ok() {
-            // the same model under two names (a module kept twice) counts once, under the shorter
-            match complete.iter_mut().find(|c| same_model(c, &found)) {
-                Some(c) if found.prefix.len() < c.prefix.len() => *c = found,
-                Some(_) => {}
-                None => complete.push(found),
-            }
-            if complete.len() >= 2 {
-                return Ok(Search::Several(complete));
-            }
-        } else if incomplete.as_ref().is_none_or(|f| found.prefix.len() < f.prefix.len()) {
-            incomplete = Some(found);
+        if every {
+            complete.push(found);
+            continue;
+        }
+        // the same model under two names (a module kept twice) counts once, under the shorter
+        match complete.iter_mut().find(|c| same_model(c, &found)) {
+            Some(c) if found.prefix.len() < c.prefix.len() => *c = found,
+            Some(_) => {}
+            None => complete.push(found),
+        }
+        if complete.len() >= 2 {
+            return Ok(Search::Several(complete));
         }
     }
+    if complete.len() >= 2 {
+        return Ok(Search::Several(complete));
+    }
+    let incomplete = match incomplete {
+        Some((p, layout)) => {
+            let model = namespace(tensors, &p, layout);
+            let config = infer_at(tensors, &p, layout)?;
+            Some(Found { prefix: p, config, tensors: model, ignored: vec![] })
+        }
+        None => None,
+    };
     let mut one = match (complete.pop(), incomplete, first_error) {
         (Some(f), _, _) | (None, Some(f), _) => f,
         (None, None, Some((p, e))) => {
@@ -208,7 +233,7 @@ pub fn find_model<T: Shaped + Clone>(
     tensors: &BTreeMap<String, T>,
     prefix: Option<&str>,
 ) -> Result<Found<T>> {
-    match search(tensors, prefix)? {
+    match search(tensors, prefix, false)? {
         Search::One(f) => Ok(f),
         Search::Several(list) => Err(several(&list)),
     }
@@ -247,35 +272,65 @@ fn same_model<T: Shaped>(a: &Found<T>, b: &Found<T>) -> bool {
 /// `sig_net.…` at the root (single); `d`, `k` and `hidden` from layer 0's `sig_net` shapes, the
 /// number of layers from the names present.
 pub fn infer_config<T: Shaped>(tensors: &BTreeMap<String, T>) -> Result<FlowConfig> {
-    let (prefix, layout) = if tensors.contains_key(SINGLE) {
-        ("", Layout::Single)
+    let layout = if tensors.contains_key(SINGLE) {
+        Layout::Single
     } else if tensors.contains_key(STACKED) {
-        ("bijectors.0.", Layout::Stacked)
+        Layout::Stacked
     } else {
         return Err(Error::Data(format!("cannot infer the architecture: no '{STACKED}' or '{SINGLE}'")));
     };
-    let shape = |name: &str| {
-        tensors.get(name).map(Shaped::dims).ok_or_else(|| Error::Data(format!("missing tensor '{name}'")))
+    infer_at(tensors, "", layout)
+}
+
+/// [`infer_config`] for the model of `layout` under `prefix`, by looking names up (no copy).
+fn infer_at<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str, layout: Layout) -> Result<FlowConfig> {
+    let first = match layout {
+        Layout::Single => String::new(),
+        Layout::Stacked => "bijectors.0.".to_string(),
     };
-    let w0 = shape(&format!("{prefix}sig_net.0.weight"))?;
-    let w2 = shape(&format!("{prefix}sig_net.2.weight"))?;
+    let shape = |name: &str| {
+        tensors
+            .get(&format!("{prefix}{name}"))
+            .map(Shaped::dims)
+            .ok_or_else(|| Error::Data(format!("missing tensor '{}'", name.escape_debug())))
+    };
+    let w0 = shape(&format!("{first}sig_net.0.weight"))?;
+    let w2 = shape(&format!("{first}sig_net.2.weight"))?;
     if w0.len() != 2 || w2.len() != 2 {
-        return Err(Error::Data(format!("{prefix}sig_net weights are not matrices: {w0:?}, {w2:?}")));
+        return Err(Error::Data(format!("{first}sig_net weights are not matrices: {w0:?}, {w2:?}")));
     }
     let d = w0[1]
         .checked_add(w2[0])
-        .ok_or_else(|| Error::Data(format!("{prefix}sig_net shapes {w0:?}, {w2:?} overflow")))?;
+        .ok_or_else(|| Error::Data(format!("{first}sig_net shapes {w0:?}, {w2:?} overflow")))?;
     let (hidden, k) = (w0[0], w0[1]);
     let layers = match layout {
         Layout::Single => 1,
-        // at most one layer per tensor: the loop is bounded by the file
+        // at most one layer per name present: the loop is bounded by the file
         Layout::Stacked => (0..)
-            .take_while(|i| tensors.contains_key(&format!("bijectors.{i}.sig_net.0.weight")))
+            .take_while(|i| tensors.contains_key(&format!("{prefix}bijectors.{i}.sig_net.0.weight")))
             .count() as i64,
     };
     let cfg = FlowConfig { d, k, hidden, layers, layout, init: Init::Pytorch };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Whether the names under `prefix` in the model's namespace are exactly `cfg`'s variables with
+/// the right shapes. Looks at most at `variable_count + 1` names, so nested candidates (a model
+/// whose namespace holds another's) cost no more than their own size.
+fn is_complete<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str, cfg: &FlowConfig) -> bool {
+    let want = cfg.variable_count();
+    let mut seen = 0u64;
+    for root in roots(cfg.layout) {
+        let start = format!("{prefix}{root}");
+        for (name, t) in tensors.range(start.clone()..).take_while(|(n, _)| n.starts_with(&start)) {
+            seen += 1;
+            if seen > want || cfg.variable_shape(&name[prefix.len()..]) != Some(t.dims()) {
+                return false;
+            }
+        }
+    }
+    seen == want
 }
 
 /// Checks that `tensors` are exactly the variables of `cfg`, names and shapes, listing what is

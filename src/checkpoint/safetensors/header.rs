@@ -2,9 +2,9 @@
 //! (a dtype name, at most [`MAX_DIMS`] dimensions, two offsets), the metadata keys rnvp uses as
 //! strings, everything else skipped without being stored. A hostile header (a 100 MB `shape`
 //! array, a million metadata keys) then costs about its own size in memory, never a multiple.
-//! Problems within an entry are kept and reported with the tensor's name; a header that is not
-//! JSON of the right shape is an error of the parser.
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+//! Each entry is checked as it is read, and the first problem (a missing or repeated field, a bad
+//! dimension) ends the parse with the tensor's name, so no header builds up entries it will refuse.
+use serde::de::{Deserialize, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -14,17 +14,39 @@ pub const MAX_DIMS: usize = 64;
 const KEYS: [&str; 5] = ["config", "scaler", "optimizer_step", "info", "format"];
 
 /// A field's value as read, or what was wrong with it.
-pub type Field<T> = Option<Result<T, String>>;
+type Field<T> = Option<Result<T, String>>;
 
-/// One tensor entry.
-#[derive(Debug, Default)]
+/// One tensor entry as read, each field checked on its own (against the data section later).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// `dtype` (at most 16 characters).
-    pub dtype: Field<String>,
+    pub dtype: Box<str>,
     /// `shape`.
-    pub shape: Field<Vec<i64>>,
+    pub shape: Box<[i64]>,
     /// `data_offsets`.
-    pub offsets: Field<(u64, u64)>,
+    pub offsets: (u64, u64),
+}
+
+/// An entry's fields while it is read (a field given twice is a problem).
+#[derive(Debug, Default)]
+struct Fields {
+    dtype: Field<String>,
+    shape: Field<Vec<i64>>,
+    offsets: Field<(u64, u64)>,
+    twice: Option<&'static str>,
+}
+
+impl Fields {
+    fn entry(self) -> Result<Entry, String> {
+        if let Some(f) = self.twice {
+            return Err(format!("{f} appears twice"));
+        }
+        Ok(Entry {
+            dtype: self.dtype.ok_or("no dtype")??.into_boxed_str(),
+            shape: self.shape.ok_or("no shape")??.into_boxed_slice(),
+            offsets: self.offsets.ok_or("no data_offsets")??,
+        })
+    }
 }
 
 /// The header: tensor entries in file order, and the metadata rnvp reads (`None`: the value is
@@ -228,27 +250,38 @@ any_value!(
     |_v| { Offsets::other("a string") }
 );
 
-impl<'de> Deserialize<'de> for Entry {
+impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Entry;
+            type Value = Fields;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a tensor entry (an object with dtype, shape and data_offsets)")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entry, A::Error> {
-                let mut e = Entry::default();
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
+                let mut e = Fields::default();
                 while let Some(Text(key)) = m.next_key::<Text>()? {
                     match key.as_deref() {
                         Some("dtype") => {
-                            e.dtype = Some(match m.next_value::<Text>()?.0 {
+                            let v = match m.next_value::<Text>()?.0 {
                                 Some(t) if t.len() <= 16 => Ok(t),
                                 Some(t) => Err(format!("a dtype of {} characters", t.len())),
                                 None => Err("dtype is not a string".into()),
-                            })
+                            };
+                            if e.dtype.replace(v).is_some() {
+                                e.twice.get_or_insert("dtype");
+                            }
                         }
-                        Some("shape") => e.shape = Some(m.next_value::<Dims>()?.0),
-                        Some("data_offsets") => e.offsets = Some(m.next_value::<Offsets>()?.0),
+                        Some("shape") => {
+                            if e.shape.replace(m.next_value::<Dims>()?.0).is_some() {
+                                e.twice.get_or_insert("shape");
+                            }
+                        }
+                        Some("data_offsets") => {
+                            if e.offsets.replace(m.next_value::<Offsets>()?.0).is_some() {
+                                e.twice.get_or_insert("data_offsets");
+                            }
+                        }
                         _ => {
                             m.next_value::<IgnoredAny>()?;
                         }
@@ -271,11 +304,21 @@ impl<'de> Deserialize<'de> for Header {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Header, A::Error> {
                 let mut h = Header::default();
+                let mut metadata = false;
                 while let Some(key) = m.next_key::<String>()? {
                     if key == "__metadata__" {
+                        if metadata {
+                            return Err(A::Error::custom("__metadata__ appears twice"));
+                        }
+                        metadata = true;
                         h.metadata = m.next_value::<Metadata>()?.0;
                     } else {
-                        h.tensors.push((key, m.next_value()?));
+                        // each entry is checked as it is read: a header of empty or broken
+                        // entries fails at the first, before it costs memory
+                        let entry = m.next_value::<Fields>()?.entry().map_err(|problem| {
+                            A::Error::custom(format!("tensor '{}': {problem}", key.escape_debug()))
+                        })?;
+                        h.tensors.push((key, entry));
                     }
                 }
                 Ok(h)
@@ -320,8 +363,8 @@ impl<'de> Deserialize<'de> for Metadata {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Header {
-        serde_json::from_str(s).expect("a header")
+    fn parse(s: &str) -> Result<Header, String> {
+        serde_json::from_str(s).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -329,44 +372,59 @@ mod tests {
         let h = parse(
             r#"{"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24], "extra": [1, {"a": 2}]},
                 "__metadata__": {"config": "{\"d\": 2}", "other": "skipped", "format": 5}}"#,
-        );
+        )
+        .unwrap();
         let (name, e) = &h.tensors[0];
         assert_eq!(name, "w");
-        assert_eq!(e.dtype, Some(Ok("F32".into())));
-        assert_eq!(e.shape, Some(Ok(vec![2, 3])));
-        assert_eq!(e.offsets, Some(Ok((0, 24))));
+        assert_eq!((&*e.dtype, &*e.shape, e.offsets), ("F32", &[2i64, 3][..], (0, 24)));
         assert_eq!(h.metadata.get("config"), Some(&Some("{\"d\": 2}".to_string())));
         assert_eq!(h.metadata.get("format"), Some(&None)); // not a string
         assert!(!h.metadata.contains_key("other"));
     }
 
     #[test]
-    fn bad_fields_are_kept_as_problems() {
-        let h = parse(
-            r#"{"a": {"dtype": 3, "shape": [-1, 2], "data_offsets": [0]},
-                "b": {"dtype": "F32F32F32F32F32F32", "shape": "x", "data_offsets": [1, 2, 3]},
-                "c": {"shape": [1.5], "data_offsets": [0, "1"]},
-                "d": {"shape": [18446744073709551615]}}"#,
-        );
-        let e = |i: usize| &h.tensors[i].1;
-        assert_eq!(e(0).dtype, Some(Err("dtype is not a string".into())));
-        assert_eq!(e(0).shape, Some(Err("bad dimension (negative)".into())));
-        assert_eq!(e(0).offsets, Some(Err("data_offsets must have two entries".into())));
-        assert!(e(1).dtype.as_ref().unwrap().is_err());
-        assert_eq!(e(1).shape, Some(Err("shape is a string, not an array".into())));
-        assert_eq!(e(1).offsets, Some(Err("data_offsets must have two entries".into())));
-        assert!(e(2).shape.as_ref().unwrap().as_ref().unwrap_err().contains("fraction"));
-        assert_eq!(e(2).offsets, Some(Err("bad offset (a string)".into())));
-        assert_eq!(e(3).shape, Some(Err("bad dimension 18446744073709551615".into())));
-        assert!(e(2).dtype.is_none());
+    fn the_first_bad_entry_ends_the_parse_naming_its_tensor() {
+        for (text, want) in [
+            (
+                r#"{"a": {"dtype": 3, "shape": [2], "data_offsets": [0, 8]}}"#,
+                "tensor 'a': dtype is not a string",
+            ),
+            (
+                r#"{"a": {"dtype": "F32", "shape": [-1, 2], "data_offsets": [0, 8]}}"#,
+                "bad dimension (negative)",
+            ),
+            (r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}"#, "two entries"),
+            (
+                r#"{"b": {"dtype": "F32", "shape": "x", "data_offsets": [0, 8]}}"#,
+                "tensor 'b': shape is a string",
+            ),
+            (r#"{"c": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 8]}}"#, "fraction"),
+            (r#"{"c": {"dtype": "F32", "shape": [2], "data_offsets": [0, "1"]}}"#, "bad offset (a string)"),
+            (
+                r#"{"d": {"dtype": "F32", "shape": [18446744073709551615], "data_offsets": [0, 8]}}"#,
+                "bad dimension 18446744073709551615",
+            ),
+            (r#"{"e": {}}"#, "tensor 'e': no dtype"),
+            (
+                r#"{"f": {"dtype": "F64", "dtype": "F32", "shape": [], "data_offsets": [0, 4]}}"#,
+                "dtype appears twice",
+            ),
+            (r#"{"__metadata__": {}, "__metadata__": {}}"#, "__metadata__ appears twice"),
+            (r#"{"w": 3}"#, "invalid type"),
+            (r#"[1]"#, "invalid type"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]
     fn long_arrays_are_consumed_not_stored() {
-        let many = format!(r#"{{"w": {{"shape": [{}0]}}}}"#, "0,".repeat(100_000));
-        let h = parse(&many);
-        assert_eq!(h.tensors[0].1.shape, Some(Err(format!("more than {MAX_DIMS} dimensions"))));
-        assert!(serde_json::from_str::<Header>(r#"{"w": 3}"#).is_err());
-        assert!(serde_json::from_str::<Header>(r#"[1]"#).is_err());
+        let many = format!(
+            r#"{{"w": {{"dtype": "F32", "shape": [{}0], "data_offsets": [0, 0]}}}}"#,
+            "0,".repeat(100_000)
+        );
+        let err = parse(&many).unwrap_err();
+        assert!(err.contains(&format!("more than {MAX_DIMS} dimensions")), "{err}");
     }
 }

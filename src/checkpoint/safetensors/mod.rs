@@ -78,7 +78,9 @@ pub fn encode(ck: &Checkpoint) -> Result<Vec<u8>> {
 /// against the data section).
 #[derive(Debug, Clone)]
 struct View<'a> {
-    kind: Kind,
+    /// libtorch's kind, for the dtypes rnvp reads.
+    kind: Option<Kind>,
+    dtype: Box<str>,
     shape: Vec<i64>,
     bytes: &'a [u8],
 }
@@ -88,13 +90,16 @@ impl Shaped for View<'_> {
         self.shape.clone()
     }
     fn same_values(&self, other: &Self) -> bool {
-        self.kind == other.kind && self.shape == other.shape && self.bytes == other.bytes
+        self.dtype == other.dtype && self.shape == other.shape && self.bytes == other.bytes
     }
 }
 
 impl View<'_> {
     fn tensor(&self) -> Result<Tensor> {
-        Ok(Tensor::f_from_data_size(self.bytes, &self.shape, self.kind)?)
+        let kind = self.kind.ok_or_else(|| {
+            Error::Data(format!("dtype {} is not supported (F32, F64, F16, BF16)", self.dtype.escape_debug()))
+        })?;
+        Ok(Tensor::f_from_data_size(self.bytes, &self.shape, kind)?)
     }
 }
 
@@ -176,7 +181,11 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
             .collect()
     };
     let tensors = materialize(&views)?;
-    let optimizer = match json("optimizer_step").as_ref().and_then(Value::as_i64) {
+    let step = match json("optimizer_step") {
+        None => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| bad(format!("optimizer_step {v} is not an integer")))?),
+    };
+    let optimizer = match step {
         Some(step) if step < 0 => return Err(bad(format!("optimizer_step {step} is negative"))),
         Some(step) => {
             for (what, m) in [("exp_avg", &exp_avg), ("exp_avg_sq", &exp_avg_sq)] {
@@ -214,11 +223,10 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
 
 /// One tensor entry of the header, checked against the data section.
 fn view<'a>(entry: Entry, data: &'a [u8]) -> std::result::Result<View<'a>, String> {
-    let dtype = entry.dtype.ok_or("no dtype")??;
-    let (kind, size) = kind_of(&dtype)
-        .ok_or_else(|| format!("dtype {} is not supported (F32, F64, F16, BF16)", dtype.escape_debug()))?;
-    let shape = entry.shape.ok_or("no shape")??;
-    let (start, end) = entry.offsets.ok_or("no data_offsets")??;
+    let size =
+        element_size(&entry.dtype).ok_or_else(|| format!("unknown dtype {}", entry.dtype.escape_debug()))?;
+    let (start, end) = entry.offsets;
+    let shape = entry.shape.into_vec();
     let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or("shape overflows")?;
     let nbytes = numel.checked_mul(size as u64).ok_or("shape overflows")?;
     if start > end || end > data.len() as u64 || end - start != nbytes {
@@ -227,7 +235,20 @@ fn view<'a>(entry: Entry, data: &'a [u8]) -> std::result::Result<View<'a>, Strin
             data.len()
         ));
     }
-    Ok(View { kind, shape, bytes: &data[start as usize..end as usize] })
+    let kind = kind_of(&entry.dtype).map(|(k, _)| k);
+    Ok(View { kind, dtype: entry.dtype, shape, bytes: &data[start as usize..end as usize] })
+}
+
+/// Bytes per element of every safetensors dtype (rnvp reads the float ones; the others may stand
+/// beside the model: an `I64` step counter, say).
+fn element_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" | "C64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
+        _ => return None,
+    })
 }
 
 fn scaler_from_json(v: &Value, d: i64) -> std::result::Result<Scaler, String> {
