@@ -93,10 +93,7 @@ fn fmt(v: &[f64], unit: f64, digits: usize) -> String {
 
 /// Peak resident memory of this process, bytes (VmHWM).
 fn peak_rss() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    let kb: u64 = line.split_whitespace().nth(1).context("VmHWM")?.parse()?;
-    Ok(kb * 1024)
+    Ok(rnvp::sys::peak_memory_kb().context("no VmHWM in /proc/self/status")? * 1024)
 }
 
 /// Child process: two training steps of an identity-initialised flow (batch 4096, hidden 512)

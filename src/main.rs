@@ -73,9 +73,8 @@ fn main() -> ExitCode {
 /// With `RNVP_PEAK_MEMORY` set, the command's peak resident memory (Linux's VmHWM) goes to stderr
 /// as a last line: `peak memory: N kB`.
 fn report_peak_memory() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    match status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
-        Some(v) => eprintln!("peak memory: {}", v.trim()),
+    match rnvp::sys::peak_memory_kb() {
+        Some(kb) => eprintln!("peak memory: {kb} kB"),
         None => eprintln!("peak memory: unknown (no /proc/self/status)"),
     }
 }

@@ -1,5 +1,5 @@
-//! The crate's two calls into the C library: allocator tuning (`mallopt`) and loading libtorch's
-//! CUDA library on demand (`dlopen`).
+//! The crate's contact with the operating system: allocator tuning (`mallopt`), loading libtorch's
+//! CUDA library on demand (`dlopen`), and the process's peak memory.
 #![allow(unsafe_code)]
 
 /// Keeps freed memory in the process instead of handing it back to the OS.
@@ -78,4 +78,12 @@ pub fn cuda_library() -> Result<(), String> {
             Err("CUDA is only loaded on Linux".to_string())
         })
         .clone()
+}
+
+/// This process's peak resident memory so far (Linux's `VmHWM`), kB; `None` where `/proc` does not
+/// say.
+pub fn peak_memory_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
 }

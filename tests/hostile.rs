@@ -42,13 +42,6 @@ fn cpu_millis() -> u128 {
     ticks * 10 // USER_HZ is 100 on Linux
 }
 
-/// Peak resident memory of this process (VmHWM), kB.
-fn peak_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).expect("VmHWM value").parse().expect("VmHWM number")
-}
-
 #[test]
 #[ignore = "the child process of the hostile-file tests: they run it with RNVP_HOSTILE_FILE set"]
 fn hostile_child() {
@@ -62,7 +55,7 @@ fn hostile_child() {
     }
     println!("WALL_MS {millis}");
     println!("CPU_MS {cpu}");
-    println!("PEAK_KB {}", peak_kb());
+    println!("PEAK_KB {}", rnvp::sys::peak_memory_kb().expect("VmHWM"));
 }
 
 struct Report {
