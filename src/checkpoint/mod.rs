@@ -84,11 +84,6 @@ impl Format {
     }
 }
 
-/// The names of the tensors a PyTorch file described (read or not).
-fn file_names(file: &torch::TorchFile) -> impl Iterator<Item = String> + '_ {
-    file.described.iter().cloned()
-}
-
 /// A file's tensor copied into libtorch.
 fn raw_to_tensor(raw: &torch::RawTensor) -> std::result::Result<Tensor, String> {
     let kind = match raw.dtype {
@@ -208,11 +203,12 @@ impl Checkpoint {
                             read.iter().map(|(k, t)| (k.clone(), t)).collect();
                         let f = names::find_model(&refs, None)
                             .map_err(|e| Error::Data(format!("{name}: {e}")))?;
-                        let mut ignored: Vec<String> = file_names(&file)
+                        let mut ignored: Vec<String> = (file.described.iter())
                             .filter(|n| {
                                 !n.strip_prefix(f.prefix.as_str())
                                     .is_some_and(|rest| f.tensors.contains_key(rest))
                             })
+                            .cloned()
                             .collect();
                         ignored.sort();
                         let tensors = f.tensors.into_iter().map(|(k, t)| (k, t.shallow_clone())).collect();

@@ -156,7 +156,7 @@ pub fn search<T: Shaped + Clone>(
         return Ok(Search::One(Found { prefix: p.to_string(), config, tensors: model, ignored }));
     }
     let mut complete: Vec<Found<T>> = vec![];
-    let mut incomplete: Option<(String, Layout)> = None;
+    let mut incomplete: Option<(String, FlowConfig)> = None;
     let mut first_error: Option<(String, Error)> = None;
     for (p, layout) in candidates(tensors) {
         let config = match infer_at(tensors, &p, layout) {
@@ -168,7 +168,7 @@ pub fn search<T: Shaped + Clone>(
         };
         if !is_complete(tensors, &p, &config) {
             if incomplete.as_ref().is_none_or(|(q, _)| p.len() < q.len()) {
-                incomplete = Some((p, layout));
+                incomplete = Some((p, config));
             }
             continue;
         }
@@ -191,14 +191,10 @@ pub fn search<T: Shaped + Clone>(
     if complete.len() >= 2 {
         return Ok(Search::Several(complete));
     }
-    let incomplete = match incomplete {
-        Some((p, layout)) => {
-            let model = namespace(tensors, &p, layout);
-            let config = infer_at(tensors, &p, layout)?;
-            Some(Found { prefix: p, config, tensors: model, ignored: vec![] })
-        }
-        None => None,
-    };
+    let incomplete = incomplete.map(|(p, config)| {
+        let model = namespace(tensors, &p, config.layout);
+        Found { prefix: p, config, tensors: model, ignored: vec![] }
+    });
     let mut one = match (complete.pop(), incomplete, first_error) {
         (Some(f), _, _) | (None, Some(f), _) => f,
         (None, None, Some((p, e))) => {

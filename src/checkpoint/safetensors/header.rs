@@ -112,6 +112,30 @@ fn skip_map<'de, A: MapAccess<'de>>(m: &mut A) -> Result<(), A::Error> {
     Ok(())
 }
 
+/// Reads an array of numbers through `take` (which turns each into a value or a problem),
+/// keeping at most `most` (more is the problem `too_many`). After the first problem the rest of
+/// the array is consumed without being stored.
+fn numbers<'de, A: SeqAccess<'de>, T>(
+    s: &mut A,
+    most: usize,
+    too_many: &str,
+    take: impl Fn(Num) -> Result<T, String>,
+) -> Result<Result<Vec<T>, String>, A::Error> {
+    let mut got = vec![];
+    let mut problem: Option<String> = None;
+    while let Some(n) = s.next_element::<Num>()? {
+        if problem.is_some() {
+            continue;
+        }
+        match take(n) {
+            Ok(_) if got.len() == most => problem = Some(too_many.to_string()),
+            Ok(v) => got.push(v),
+            Err(p) => problem = Some(p),
+        }
+    }
+    Ok(problem.map_or(Ok(got), Err))
+}
+
 /// One JSON value where a non-negative integer belongs.
 enum Num {
     Value(u64),
@@ -183,23 +207,12 @@ any_value!(
     "an array of dimensions",
     Dims::other,
     |s| {
-        let mut dims = vec![];
-        let mut problem: Option<String> = None;
-        while let Some(n) = s.next_element::<Num>()? {
-            if problem.is_some() {
-                continue; // the rest is consumed, not stored
-            }
-            problem = match n {
-                Num::Value(v) if v <= i64::MAX as u64 && dims.len() < MAX_DIMS => {
-                    dims.push(v as i64);
-                    None
-                }
-                Num::Value(v) if v > i64::MAX as u64 => Some(format!("bad dimension {v}")),
-                Num::Value(_) => Some(format!("more than {MAX_DIMS} dimensions")),
-                Num::Other(what) => Some(format!("bad dimension ({what})")),
-            };
-        }
-        Ok(Dims(problem.map_or(Ok(dims), Err)))
+        let dims = numbers(&mut s, MAX_DIMS, &format!("more than {MAX_DIMS} dimensions"), |v| match v {
+            Num::Value(v) if v <= i64::MAX as u64 => Ok(v as i64),
+            Num::Value(v) => Err(format!("bad dimension {v}")),
+            Num::Other(what) => Err(format!("bad dimension ({what})")),
+        })?;
+        Ok(Dims(dims))
     },
     |m| {
         skip_map(&mut m)?;
@@ -225,23 +238,15 @@ any_value!(
     "two offsets",
     Offsets::other,
     |s| {
-        let mut got = vec![];
-        let mut problem: Option<String> = None;
-        while let Some(n) = s.next_element::<Num>()? {
-            if problem.is_some() {
-                continue;
-            }
-            match n {
-                Num::Value(v) if got.len() < 2 => got.push(v),
-                Num::Value(_) => problem = Some("data_offsets must have two entries".into()),
-                Num::Other(what) => problem = Some(format!("bad offset ({what})")),
-            }
-        }
-        Ok(Offsets(match (problem, got.as_slice()) {
-            (Some(p), _) => Err(p),
-            (None, [a, b]) => Ok((*a, *b)),
-            (None, _) => Err("data_offsets must have two entries".into()),
-        }))
+        const TWO: &str = "data_offsets must have two entries";
+        let got = numbers(&mut s, 2, TWO, |v| match v {
+            Num::Value(v) => Ok(v),
+            Num::Other(what) => Err(format!("bad offset ({what})")),
+        })?;
+        Ok(Offsets(got.and_then(|g| match g.as_slice() {
+            [a, b] => Ok((*a, *b)),
+            _ => Err(TWO.into()),
+        })))
     },
     |m| {
         skip_map(&mut m)?;

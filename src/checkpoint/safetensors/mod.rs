@@ -29,12 +29,13 @@ fn dtype_of(kind: Kind) -> Result<(&'static str, usize)> {
     })
 }
 
-fn kind_of(dtype: &str) -> Option<(Kind, usize)> {
+/// libtorch's kind for the dtypes rnvp reads (their sizes: [`element_size`]).
+fn kind_of(dtype: &str) -> Option<Kind> {
     Some(match dtype {
-        "F32" => (Kind::Float, 4),
-        "F64" => (Kind::Double, 8),
-        "F16" => (Kind::Half, 2),
-        "BF16" => (Kind::BFloat16, 2),
+        "F32" => Kind::Float,
+        "F64" => Kind::Double,
+        "F16" => Kind::Half,
+        "BF16" => Kind::BFloat16,
         _ => return None,
     })
 }
@@ -235,7 +236,7 @@ fn view<'a>(entry: Entry, data: &'a [u8]) -> std::result::Result<View<'a>, Strin
             data.len()
         ));
     }
-    let kind = kind_of(&entry.dtype).map(|(k, _)| k);
+    let kind = kind_of(&entry.dtype);
     Ok(View { kind, dtype: entry.dtype, shape, bytes: &data[start as usize..end as usize] })
 }
 
