@@ -1,5 +1,7 @@
 //! The flow's architecture: what the notebook passes to `R_NVP(d, k, hidden)` and
-//! `stacked_NVP(d, k, hidden, n)`, plus which of the two it is.
+//! `stacked_NVP(d, k, hidden, n)`, which of the two it is, and the layers of each step
+//! ([`Arch`]: the notebook's affine couplings, or NICE's, R-NVP's and Glow's layers).
+pub use crate::arch::{Arch, Coupling, LayerKind, Mixing, Scale};
 use crate::error::{Error, Result};
 
 /// How the coupling layers are named in the variable store (and in PyTorch's state_dict).
@@ -62,17 +64,35 @@ pub struct FlowConfig {
     pub layout: Layout,
     /// Initialisation of freshly built weights.
     pub init: Init,
+    /// The layers of each step (the notebook's: one affine coupling with `exp`, flips alternating).
+    pub arch: Arch,
 }
 
 impl FlowConfig {
     /// A `stacked_NVP(d, k, hidden, layers)`.
     pub fn stacked(d: i64, k: i64, hidden: i64, layers: i64) -> Self {
-        FlowConfig { d, k, hidden, layers, layout: Layout::Stacked, init: Init::Pytorch }
+        FlowConfig {
+            d,
+            k,
+            hidden,
+            layers,
+            layout: Layout::Stacked,
+            init: Init::Pytorch,
+            arch: Arch::NOTEBOOK,
+        }
     }
 
     /// A single `R_NVP(d, k, hidden)`.
     pub fn single(d: i64, k: i64, hidden: i64) -> Self {
-        FlowConfig { d, k, hidden, layers: 1, layout: Layout::Single, init: Init::Pytorch }
+        FlowConfig {
+            d,
+            k,
+            hidden,
+            layers: 1,
+            layout: Layout::Single,
+            init: Init::Pytorch,
+            arch: Arch::NOTEBOOK,
+        }
     }
 
     /// The notebook's two-moons model: `stacked_NVP(2, 1, 512, layers)`.
@@ -83,6 +103,12 @@ impl FlowConfig {
     /// The same configuration with another initialisation.
     pub fn with_init(mut self, init: Init) -> Self {
         self.init = init;
+        self
+    }
+
+    /// The same configuration with other layers.
+    pub fn with_arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
         self
     }
 
@@ -105,12 +131,35 @@ impl FlowConfig {
         if self.layout == Layout::Single && self.layers != 1 {
             return bad(format!("a single R_NVP has 1 layer, not {}", self.layers));
         }
-        Ok(())
+        if self.layout == Layout::Single && self.arch != Arch::NOTEBOOK {
+            return bad("a single R_NVP is the notebook's affine coupling; other layers need a stack".into());
+        }
+        self.arch.validate()
     }
 
-    /// Whether layer `i` is flipped (the notebook's `i % 2 == 1`).
+    /// Whether the coupling of step `i` is flipped: the notebook's `i % 2 == 1` when the
+    /// couplings alternate ([`Mixing::Flip`]); never when a mixing layer shuffles the columns.
     pub fn flip(&self, i: i64) -> bool {
-        i % 2 == 1
+        self.arch.mixing == Mixing::Flip && i % 2 == 1
+    }
+
+    /// Number of layers in the stack (`bijectors.{j}` for `j` below it), saturating.
+    pub fn layer_count(&self) -> u64 {
+        (self.layers.max(0) as u64)
+            .saturating_mul(self.arch.step_len())
+            .saturating_add(u64::from(self.arch.final_scale))
+    }
+
+    /// The kind of layer `j` of the stack (`None` past the end).
+    pub fn layer(&self, j: u64) -> Option<LayerKind> {
+        if j >= self.layer_count() {
+            return None;
+        }
+        let step = self.arch.step_len();
+        if j / step >= self.layers.max(0) as u64 {
+            return Some(LayerKind::DiagonalScale);
+        }
+        Some(self.arch.step_layer(j % step, self.flip((j / step) as i64)))
     }
 
     /// Columns that condition a layer: `k` unflipped, the last `d - k` flipped.
@@ -122,20 +171,39 @@ impl FlowConfig {
         }
     }
 
-    /// Number of variables in the state_dict (8 per layer).
+    /// Number of variables in the state_dict (8 per notebook layer), saturating.
     pub fn variable_count(&self) -> u64 {
-        (self.layers.max(0) as u64).saturating_mul(8)
+        self.count_keys(|_| true)
+    }
+
+    /// Number of trained parameters (the variables that are not buffers), saturating.
+    pub fn parameter_count(&self) -> u64 {
+        self.count_keys(|k| !is_buffer(k))
+    }
+
+    /// Number of variables whose key (within its layer) satisfies `keep`, saturating.
+    fn count_keys(&self, keep: impl Fn(&str) -> bool) -> u64 {
+        let count = |kind: LayerKind| kind.keys(&self.arch).iter().filter(|k| keep(k)).count() as u64;
+        let step: u64 = (0..self.arch.step_len()).map(|j| count(self.arch.step_layer(j, false))).sum();
+        let last = if self.arch.final_scale { count(LayerKind::DiagonalScale) } else { 0 };
+        (self.layers.max(0) as u64).saturating_mul(step).saturating_add(last)
+    }
+
+    /// The state_dict names of the trained parameters (the variables that are not buffers).
+    pub fn parameter_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.variable_names().filter(|n| !is_buffer(n.rsplit('.').next().unwrap_or("")))
     }
 
     /// The state_dict names of the variables, layer by layer (computed as they are taken, so a
     /// configuration read from an untrusted file costs nothing until its names are used).
     pub fn variable_names(&self) -> impl Iterator<Item = String> + '_ {
-        (0..self.layers.max(0)).flat_map(move |i| {
+        (0..self.layer_count()).flat_map(move |j| {
             let prefix = match self.layout {
-                Layout::Stacked => format!("bijectors.{i}."),
+                Layout::Stacked => format!("bijectors.{j}."),
                 Layout::Single => String::new(),
             };
-            VARIABLES.iter().map(move |(net, part)| format!("{prefix}{net}.{part}"))
+            let kind = self.layer(j).unwrap_or(LayerKind::DiagonalScale); // invariant: j < layer_count
+            kind.keys(&self.arch).iter().map(move |key| format!("{prefix}{key}"))
         })
     }
 
@@ -143,45 +211,54 @@ impl FlowConfig {
     /// variable: `N.0.weight` is `[hidden, c]`, `N.0.bias` `[hidden]`, `N.2.weight` `[o, hidden]`,
     /// `N.2.bias` `[o]`, with `c` the layer's conditioning columns and `o = d − c`.
     pub fn variable_shape(&self, name: &str) -> Option<Vec<i64>> {
-        let (layer, rest) = match self.layout {
-            Layout::Single => (0, name),
+        let (kind, key) = match self.layout {
+            Layout::Single => (LayerKind::Affine { flip: false }, name),
             Layout::Stacked => {
                 let rest = name.strip_prefix("bijectors.")?;
                 let (index, rest) = rest.split_once('.')?;
-                let i: i64 = index.parse().ok()?;
-                if i < 0 || i.to_string() != index || i >= self.layers {
-                    return None; // "01", "+1" or a layer the model does not have
+                let j: u64 = index.parse().ok()?;
+                if j.to_string() != index {
+                    return None; // "01", "+1"
                 }
-                (i, rest)
+                (self.layer(j)?, rest)
             }
         };
-        let (net, part) = rest.split_once('.')?;
-        if net != "sig_net" && net != "mu_net" {
+        if !kind.keys(&self.arch).contains(&key) {
             return None;
         }
-        let c = self.cond_dim(self.flip(layer));
-        let o = self.d - c;
-        match part {
-            "0.weight" => Some(vec![self.hidden, c]),
-            "0.bias" => Some(vec![self.hidden]),
-            "2.weight" => Some(vec![o, self.hidden]),
-            "2.bias" => Some(vec![o]),
-            _ => None,
-        }
+        let (d, h) = (self.d, self.hidden);
+        let (c, o) = match kind {
+            LayerKind::Affine { flip } | LayerKind::Additive { flip } => {
+                (self.cond_dim(flip), self.d - self.cond_dim(flip))
+            }
+            _ => (0, 0),
+        };
+        Some(match key {
+            "sig_net.0.weight" | "mu_net.0.weight" => vec![h, c],
+            "sig_net.0.bias" | "mu_net.0.bias" => vec![h],
+            "sig_net.2.weight" | "mu_net.2.weight" => vec![o, h],
+            "sig_net.2.bias" | "mu_net.2.bias" | "scale_factor" => vec![o],
+            "softclamp_bound" | "sigmoid_shift" | "initialized" => vec![],
+            "lower" | "upper" => vec![d, d],
+            _ => vec![d], // loc, log_scale, perm, sign, log_abs_s, log_gamma, beta, running_*
+        })
     }
 }
 
-/// The variables of one coupling layer: each network's first and last Linear.
-const VARIABLES: [(&str, &str); 8] = [
-    ("sig_net", "0.weight"),
-    ("sig_net", "0.bias"),
-    ("sig_net", "2.weight"),
-    ("sig_net", "2.bias"),
-    ("mu_net", "0.weight"),
-    ("mu_net", "0.bias"),
-    ("mu_net", "2.weight"),
-    ("mu_net", "2.bias"),
-];
+/// Whether a layer's key names a buffer (state that is not trained: no gradient, no optimizer
+/// state) rather than a parameter.
+pub fn is_buffer(key: &str) -> bool {
+    matches!(
+        key,
+        "initialized"
+            | "perm"
+            | "sign"
+            | "softclamp_bound"
+            | "sigmoid_shift"
+            | "running_mean"
+            | "running_var"
+    )
+}
 
 #[cfg(test)]
 mod tests {

@@ -3,41 +3,44 @@
 //! Direction, as in the notebook: `forward` maps data `x` to latent `z`, `inverse` maps `z` to `x`,
 //! and `log p(x) = log N(f(x); 0, I) + Σᵢ log|det ∂zᵢ/∂zᵢ₋₁|`. Sampling is `inverse(N(0, I))`.
 use crate::base;
+use crate::config::LayerKind;
 use crate::config::{Engine, FlowConfig, Layout};
-use crate::coupling::{check_input, RNvp};
 use crate::error::{Error, Result};
 use crate::kernel::{self, Packing};
+use crate::layers::{check_input, BatchNorm, BatchStats, Layer, Mode, RNvp};
 use tch::{nn, Device, Kind, Tensor};
 
-/// A stack of coupling layers with alternating flips (the notebook's `stacked_NVP`), or a single
-/// `R_NVP` when the configuration's layout is `Layout::Single`.
+/// A stack of layers: the notebook's `stacked_NVP` (coupling layers with alternating flips), the
+/// layers of another [`crate::config::Arch`], or a single `R_NVP` when the configuration's layout is
+/// `Layout::Single`.
 #[derive(Debug)]
 pub struct StackedNvp {
-    bijectors: Vec<RNvp>,
-    flips: Vec<bool>,
+    layers: Vec<Layer>,
     cfg: FlowConfig,
     probe: Tensor,
     engine: Engine,
 }
 
 impl StackedNvp {
-    /// Builds the flow's variables under `p`: `bijectors.{i}.sig_net.0.weight`, ... (stacked) or
+    /// Builds the flow's variables under `p`: `bijectors.{j}.sig_net.0.weight`, ... (stacked) or
     /// `sig_net.0.weight`, ... (single).
     pub fn new(p: &nn::Path, cfg: &FlowConfig) -> Result<Self> {
         cfg.validate()?;
-        let flips: Vec<bool> = (0..cfg.layers).map(|i| cfg.flip(i)).collect();
-        let bijectors = flips
-            .iter()
-            .enumerate()
-            .map(|(i, &flip)| match cfg.layout {
-                Layout::Stacked => {
-                    RNvp::build(&(p / "bijectors" / i), cfg.d, cfg.k, cfg.hidden, flip, cfg.init)
-                }
-                Layout::Single => RNvp::build(p, cfg.d, cfg.k, cfg.hidden, flip, cfg.init),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let probe = bijectors[0].probe().shallow_clone(); // invariant: validate() ensures layers ≥ 1
-        Ok(StackedNvp { bijectors, flips, cfg: *cfg, probe, engine: Engine::Auto })
+        let layers = match cfg.layout {
+            Layout::Single => vec![Layer::build(p, LayerKind::Affine { flip: false }, cfg)?],
+            Layout::Stacked => (0..cfg.layer_count())
+                .map(|j| {
+                    let kind = cfg
+                        .layer(j)
+                        .ok_or_else(|| Error::InvalidConfig("invariant: layer past the end".into()))?;
+                    Layer::build(&(p / "bijectors" / j), kind, cfg)
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        // a coupling's first weight: validate() ensures layers ≥ 1, and every step has a coupling
+        let probe = (layers.iter().find_map(Layer::probe))
+            .ok_or_else(|| Error::InvalidConfig("invariant: a stack has a coupling".into()))?;
+        Ok(StackedNvp { layers, cfg: *cfg, probe, engine: Engine::Auto })
     }
 
     /// The architecture.
@@ -45,14 +48,26 @@ impl StackedNvp {
         &self.cfg
     }
 
-    /// The coupling layers, in forward order.
-    pub fn bijectors(&self) -> &[RNvp] {
-        &self.bijectors
+    /// The layers, in forward order.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
     }
 
-    /// The flips, in forward order (`false, true, false, …`).
-    pub fn flips(&self) -> &[bool] {
-        &self.flips
+    /// The affine coupling layers with their flips, in forward order (for the notebook: every
+    /// layer, flips `false, true, false, …`).
+    pub fn couplings(&self) -> impl Iterator<Item = (&RNvp, bool)> {
+        self.layers.iter().filter_map(|l| match l {
+            Layer::Affine(c, flip) => Some((c, *flip)),
+            _ => None,
+        })
+    }
+
+    /// Checks the state a file may have filled with anything (permutations, signs, flags).
+    pub fn check_state(&self) -> Result<()> {
+        self.layers
+            .iter()
+            .enumerate()
+            .try_for_each(|(j, l)| l.check_state().map_err(|e| Error::Data(format!("bijectors.{j}: {e}"))))
     }
 
     /// What computes `log_prob`, `encode`, `decode`, `sample` and training steps.
@@ -127,6 +142,15 @@ impl StackedNvp {
         Ok((zs, log_pz, log_jacob))
     }
 
+    /// `(z, Σ log|det|)` in `mode`, keeping the autograd graph: [`Mode::Train`] as a training
+    /// step runs (ActNorm initialises itself on its first batch, batch norm normalises with the
+    /// batch's statistics and moves its running averages), [`Mode::Replay`] the same maths without
+    /// changing any state, [`Mode::Eval`] as [`StackedNvp::forward`].
+    pub fn forward_in(&self, xs: &Tensor, mode: Mode) -> Result<(Tensor, Tensor)> {
+        self.check(xs, "input")?;
+        Ok(self.transform_mode(xs, mode))
+    }
+
     /// The notebook's `inverse(z)`: the layers in reverse order, each inverted with its flip.
     pub fn inverse(&self, zs: &Tensor) -> Result<Tensor> {
         self.check(zs, "latent")?;
@@ -195,7 +219,7 @@ impl StackedNvp {
     pub fn loss_backward(&self, xs: &Tensor, reversible: bool) -> Result<f64> {
         self.check(xs, "input")?;
         if !reversible {
-            let (zs, log_det) = self.transform(xs);
+            let (zs, log_det) = self.transform_mode(xs, Mode::Train);
             let loss = -(base::log_prob(&zs) + log_det).mean(self.kind());
             let value = loss.double_value(&[]);
             if value.is_finite() {
@@ -204,7 +228,20 @@ impl StackedNvp {
             return Ok(value);
         }
         let n = xs.size()[0].max(1) as f64;
-        let (zs, log_det) = tch::no_grad(|| self.transform(xs));
+        // the forward pass without autograd, keeping the statistics batch norm normalised with
+        let mut stats: Vec<Option<BatchStats>> = Vec::with_capacity(self.layers.len());
+        let (zs, log_det) = tch::no_grad(|| {
+            let mut zs = xs.shallow_clone();
+            let mut log_det: Option<Tensor> = None;
+            for layer in &self.layers {
+                stats.push(matches!(layer, Layer::BatchNorm(_)).then(|| BatchNorm::batch_stats(&zs)));
+                let (next, ld) = layer.forward(&zs, Mode::Train);
+                zs = next;
+                log_det = add(log_det, ld);
+            }
+            let log_det = log_det.unwrap_or_else(|| zs.zeros_like().sum_dim_intlist(-1, false, None));
+            (zs, log_det)
+        });
         let value = -(base::log_prob(&zs) + log_det).mean(Kind::Double).double_value(&[]);
         if !value.is_finite() {
             return Ok(value);
@@ -212,39 +249,57 @@ impl StackedNvp {
         // loss = mean(½‖z‖² + c − Σᵢ log_detᵢ): ∂loss/∂z = z/n and ∂loss/∂log_detᵢ = −1/n.
         let mut grad_z = &zs / n;
         let mut out = zs;
-        for (layer, &flip) in self.bijectors.iter().zip(&self.flips).rev() {
-            let input = tch::no_grad(|| layer.untransform(&out, flip)).set_requires_grad(true);
-            let (z, ld) = layer.transform(&input, flip);
-            let surrogate = (z * &grad_z).sum(self.kind()) - ld.sum(self.kind()) / n;
-            surrogate.backward();
-            grad_z = input.grad().detach();
+        for (layer, stats) in self.layers.iter().zip(&stats).rev() {
+            let input = tch::no_grad(|| layer.inverse(&out, stats.as_ref())).set_requires_grad(true);
+            let (z, ld) = layer.forward(&input, Mode::Replay);
+            let surrogate = match ld {
+                Some(ld) => (z * &grad_z).sum(self.kind()) - ld.sum(self.kind()) / n,
+                None => (z * &grad_z).sum(self.kind()),
+            };
+            if surrogate.requires_grad() {
+                surrogate.backward();
+            }
+            grad_z = if input.grad().defined() { input.grad().detach() } else { grad_z.zeros_like() };
             out = input.detach();
         }
         Ok(value)
     }
 
-    /// `(z, Σ log|det|)` through all layers, without input checks.
+    /// `(z, Σ log|det|)` through all layers in evaluation mode, without input checks.
     pub(crate) fn transform(&self, xs: &Tensor) -> (Tensor, Tensor) {
-        let mut zs = xs.shallow_clone();
-        let mut log_det: Option<Tensor> = None;
-        for (layer, &flip) in self.bijectors.iter().zip(&self.flips) {
-            let (next, ld) = layer.transform(&zs, flip);
-            zs = next;
-            log_det = Some(match log_det {
-                None => ld,
-                Some(acc) => acc + ld,
-            });
-        }
-        (zs, log_det.expect("invariant: at least one layer")) // invariant: validate() ensures layers ≥ 1
+        self.transform_mode(xs, Mode::Eval)
     }
 
-    /// The inverse through all layers, without input checks.
+    /// `(z, Σ log|det|)` through all layers in `mode`, without input checks.
+    pub(crate) fn transform_mode(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
+        let mut zs = xs.shallow_clone();
+        let mut log_det: Option<Tensor> = None;
+        for layer in &self.layers {
+            let (next, ld) = layer.forward(&zs, mode);
+            zs = next;
+            log_det = add(log_det, ld);
+        }
+        // volume-preserving throughout: log|det| = 0 for every row
+        let log_det = log_det.unwrap_or_else(|| zs.zeros_like().sum_dim_intlist(-1, false, None));
+        (zs, log_det)
+    }
+
+    /// The inverse through all layers (evaluation mode), without input checks.
     pub(crate) fn untransform(&self, zs: &Tensor) -> Tensor {
         let mut xs = zs.shallow_clone();
-        for (layer, &flip) in self.bijectors.iter().zip(&self.flips).rev() {
-            xs = layer.untransform(&xs, flip);
+        for layer in self.layers.iter().rev() {
+            xs = layer.inverse(&xs, None);
         }
         xs
+    }
+}
+
+/// The running sum of log-determinants (`None`: 0 so far).
+fn add(acc: Option<Tensor>, ld: Option<Tensor>) -> Option<Tensor> {
+    match (acc, ld) {
+        (None, ld) => ld,
+        (acc, None) => acc,
+        (Some(acc), Some(ld)) => Some(acc + ld),
     }
 }
 

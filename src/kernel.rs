@@ -72,7 +72,13 @@ impl Packing {
     /// The packing of a stacked flow, or `None` when no kernel handles its widths.
     pub fn new(cfg: &FlowConfig) -> Option<Packing> {
         let (d, k, hidden) = (cfg.d as usize, cfg.k as usize, cfg.hidden as usize);
-        if k == 0 || k >= d || k > MAX_WIDTH || d - k > MAX_WIDTH || hidden == 0 {
+        if cfg.arch != crate::config::Arch::NOTEBOOK
+            || k == 0
+            || k >= d
+            || k > MAX_WIDTH
+            || d - k > MAX_WIDTH
+            || hidden == 0
+        {
             return None;
         }
         let hp = hidden.div_ceil(LANES) * LANES;
@@ -862,7 +868,7 @@ impl Packing {
     /// The flow's weights, packed.
     pub fn pack(&self, flow: &StackedNvp) -> Result<Vec<f32>> {
         let mut buf = vec![0.0f32; self.len];
-        for (l, layer) in flow.bijectors().iter().enumerate() {
+        for (l, (layer, _)) in flow.couplings().enumerate() {
             for (net, ws) in layer.weights().iter().enumerate() {
                 for (&part, t) in PARTS.iter().zip(ws) {
                     let v = flat(t)?;
@@ -884,7 +890,7 @@ impl Packing {
     /// Copies packed weights into the flow's variables.
     pub fn unpack(&self, buf: &[f32], flow: &StackedNvp) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
-            for (l, layer) in flow.bijectors().iter().enumerate() {
+            for (l, (layer, _)) in flow.couplings().enumerate() {
                 for (net, ws) in layer.weights().iter().enumerate() {
                     for (&part, t) in PARTS.iter().zip(ws) {
                         t.shallow_clone().f_copy_(&self.unpack_one(buf, l, net == 1, part))?;

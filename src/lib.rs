@@ -23,23 +23,24 @@
 #![deny(unsafe_code)] // exceptions: `sys` (mallopt, dlopen) and the kernels' run-time CPU dispatch
 #![deny(missing_docs)]
 
+pub mod arch;
 pub mod base;
 pub mod checkpoint;
 pub mod config;
-pub mod coupling;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod figures;
 pub mod flow;
 pub mod kernel;
+pub mod layers;
 pub mod plot;
 pub mod sys;
 pub mod train;
 
-pub use config::{Engine, FlowConfig, Init, Layout};
+pub use config::{Arch, Coupling, Engine, FlowConfig, Init, Layout, Mixing, Scale};
 
-pub use coupling::RNvp;
 pub use error::{Error, Result};
 pub use flow::{Flow, StackedNvp};
+pub use layers::RNvp;
 pub use sys::{tune_allocator, tune_allocator_for_memory};

@@ -224,7 +224,10 @@ impl Adam {
     /// of `cfg` (state from `resume` if given).
     pub fn new(flow: &Flow, cfg: &TrainConfig, resume: Option<&OptimizerState>) -> Result<Self> {
         check_resume_step(resume)?;
-        let mut vars: Vec<(String, Tensor)> = flow.var_store().variables().into_iter().collect();
+        // parameters only: buffers (ActNorm's flag, batch norm's running statistics, permutations)
+        // have no gradient and no optimizer state
+        let mut vars: Vec<(String, Tensor)> =
+            flow.var_store().variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let (mut exp_avg, mut exp_avg_sq) = (vec![], vec![]);
         for (name, v) in &vars {

@@ -16,7 +16,7 @@ pub mod torch;
 
 pub use names::{check_tensors, infer_config};
 
-use crate::config::{FlowConfig, Init, Layout};
+use crate::config::{Arch, FlowConfig, Init, Layout};
 use crate::data::Scaler;
 use crate::error::{Error, Result};
 use crate::flow::Flow;
@@ -307,13 +307,49 @@ impl Checkpoint {
     }
 }
 
-/// The configuration as JSON (`d`, `k`, `hidden`, `layers`, `layout`, `init`).
+/// The configuration as JSON (`d`, `k`, `hidden`, `layers`, `layout`, `init`, and for another
+/// architecture than the notebook's `arch` with its parts: `coupling`, `scale`, `actnorm`,
+/// `mixing`, `batch_norm`, `final_scale`).
 pub fn config_json(c: &FlowConfig) -> Value {
-    json!({
+    let mut v = json!({
         "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
         "layout": match c.layout { Layout::Stacked => "stacked", Layout::Single => "single" },
         "init": match c.init { Init::Pytorch => "pytorch", Init::Identity => "identity" },
-    })
+    });
+    let a = c.arch;
+    if a != Arch::NOTEBOOK {
+        v["arch"] = json!({
+            "name": a.name(), "coupling": a.coupling.name(), "scale": a.scale.name(), "actnorm": a.actnorm,
+            "mixing": a.mixing.name(), "batch_norm": a.batch_norm, "final_scale": a.final_scale,
+        });
+    }
+    v
+}
+
+/// Reads the `arch` object of [`config_json`] (absent: the notebook's).
+fn arch_from_json(v: Option<&Value>) -> Result<Arch> {
+    let Some(v) = v else { return Ok(Arch::NOTEBOOK) };
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::Data(format!("config: arch: missing text '{k}'")))
+    };
+    let flag = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_bool)
+            .ok_or_else(|| Error::Data(format!("config: arch: missing flag '{k}'")))
+    };
+    let data = |e: Error| Error::Data(format!("config: {e}"));
+    let arch = Arch {
+        coupling: text("coupling")?.parse().map_err(data)?,
+        scale: text("scale")?.parse().map_err(data)?,
+        actnorm: flag("actnorm")?,
+        mixing: text("mixing")?.parse().map_err(data)?,
+        batch_norm: flag("batch_norm")?,
+        final_scale: flag("final_scale")?,
+    };
+    arch.validate().map_err(data)?;
+    Ok(arch)
 }
 
 /// Reads a configuration written by [`config_json`].
@@ -337,6 +373,7 @@ pub fn config_from_json(v: &Value) -> Result<FlowConfig> {
         layers: int("layers")?,
         layout,
         init,
+        arch: arch_from_json(v.get("arch"))?,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -363,5 +400,6 @@ pub fn load_weights(flow: &Flow, tensors: &BTreeMap<String, Tensor>) -> Result<(
             var.f_copy_(&src)?;
         }
         Ok(())
-    })
+    })?;
+    flow.check_state()
 }

@@ -3,7 +3,7 @@
 //! LightningModule, `flow.` from a wrapper module), and the check of an architecture against the
 //! tensors a file actually holds — before any model is built, so that a model is never larger than
 //! what the file contains.
-use crate::config::{FlowConfig, Init, Layout};
+use crate::config::{Arch, Coupling, FlowConfig, Init, LayerKind, Layout, Mixing, Scale};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use tch::Tensor;
@@ -52,6 +52,13 @@ pub struct Found<T> {
 
 const STACKED: &str = "bijectors.0.sig_net.0.weight";
 const SINGLE: &str = "sig_net.0.weight";
+/// The keys one of which every stack's first layer has (a coupling, ActNorm or a mixing layer).
+const FIRST_KEYS: [&str; 5] = ["sig_net.0.weight", "mu_net.0.weight", "loc", "lower", "perm"];
+
+/// Whether a stack's first layer is under `prefix`.
+fn has_stack<T>(tensors: &BTreeMap<String, T>, prefix: &str) -> bool {
+    FIRST_KEYS.iter().any(|k| tensors.contains_key(&format!("{prefix}bijectors.0.{k}")))
+}
 
 /// The first names of a model's namespace: what its state_dict keys start with.
 fn roots(layout: Layout) -> &'static [&'static str] {
@@ -104,9 +111,15 @@ fn candidates<T>(tensors: &BTreeMap<String, T>) -> Vec<(String, Layout)> {
     let boundary = |p: &str| p.is_empty() || p.ends_with('.');
     let mut stacked = vec![];
     let mut single = vec![];
+    let mut seen = std::collections::BTreeSet::new();
     for n in tensors.keys() {
-        if let Some(p) = n.strip_suffix(STACKED).filter(|p| boundary(p)) {
-            stacked.push((p.to_string(), Layout::Stacked));
+        let first = FIRST_KEYS.iter().find_map(|k| {
+            n.strip_suffix(k).and_then(|q| q.strip_suffix("bijectors.0.")).filter(|p| boundary(p))
+        });
+        if let Some(p) = first {
+            if seen.insert(p) {
+                stacked.push((p.to_string(), Layout::Stacked));
+            }
         } else if let Some(p) = n.strip_suffix(SINGLE).filter(|p| boundary(p) && !is_stack_layer(p)) {
             single.push((p.to_string(), Layout::Single));
         }
@@ -136,7 +149,7 @@ pub fn search<T: Shaped + Clone>(
 ) -> Result<Search<T>> {
     let shown = |p: &str| p.escape_debug().to_string();
     if let Some(p) = prefix {
-        let layout = if tensors.contains_key(&format!("{p}{STACKED}")) {
+        let layout = if has_stack(tensors, p) {
             Layout::Stacked
         } else if tensors.contains_key(&format!("{p}{SINGLE}")) {
             Layout::Single
@@ -242,8 +255,9 @@ pub fn several<T>(list: &[Found<T>]) -> Error {
         .map(|f| {
             let c = f.config;
             format!(
-                "'{}' (d = {}, k = {}, hidden = {}, {} layers)",
+                "'{}' ({}, d = {}, k = {}, hidden = {}, {} layers)",
                 f.prefix.escape_debug(),
+                c.arch.describe(),
                 c.d,
                 c.k,
                 c.hidden,
@@ -270,7 +284,7 @@ fn same_model<T: Shaped>(a: &Found<T>, b: &Found<T>) -> bool {
 pub fn infer_config<T: Shaped>(tensors: &BTreeMap<String, T>) -> Result<FlowConfig> {
     let layout = if tensors.contains_key(SINGLE) {
         Layout::Single
-    } else if tensors.contains_key(STACKED) {
+    } else if has_stack(tensors, "") {
         Layout::Stacked
     } else {
         return Err(Error::Data(format!("cannot infer the architecture: no '{STACKED}' or '{SINGLE}'")));
@@ -280,9 +294,9 @@ pub fn infer_config<T: Shaped>(tensors: &BTreeMap<String, T>) -> Result<FlowConf
 
 /// [`infer_config`] for the model of `layout` under `prefix`, by looking names up (no copy).
 fn infer_at<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str, layout: Layout) -> Result<FlowConfig> {
-    let first = match layout {
-        Layout::Single => String::new(),
-        Layout::Stacked => "bijectors.0.".to_string(),
+    let (arch, layers, first) = match layout {
+        Layout::Single => (Arch::NOTEBOOK, 1, String::new()),
+        Layout::Stacked => infer_stack(tensors, prefix)?,
     };
     let shape = |name: &str| {
         tensors
@@ -290,25 +304,84 @@ fn infer_at<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str, layout: Layo
             .map(Shaped::dims)
             .ok_or_else(|| Error::Data(format!("missing tensor '{}'", name.escape_debug())))
     };
-    let w0 = shape(&format!("{first}sig_net.0.weight"))?;
-    let w2 = shape(&format!("{first}sig_net.2.weight"))?;
+    let net = match arch.coupling {
+        Coupling::Affine => "sig_net",
+        Coupling::Additive => "mu_net",
+    };
+    let w0 = shape(&format!("{first}{net}.0.weight"))?;
+    let w2 = shape(&format!("{first}{net}.2.weight"))?;
     if w0.len() != 2 || w2.len() != 2 {
-        return Err(Error::Data(format!("{first}sig_net weights are not matrices: {w0:?}, {w2:?}")));
+        return Err(Error::Data(format!("{first}{net} weights are not matrices: {w0:?}, {w2:?}")));
     }
     let d = w0[1]
         .checked_add(w2[0])
-        .ok_or_else(|| Error::Data(format!("{first}sig_net shapes {w0:?}, {w2:?} overflow")))?;
+        .ok_or_else(|| Error::Data(format!("{first}{net} shapes {w0:?}, {w2:?} overflow")))?;
     let (hidden, k) = (w0[0], w0[1]);
-    let layers = match layout {
-        Layout::Single => 1,
-        // at most one layer per name present: the loop is bounded by the file
-        Layout::Stacked => (0..)
-            .take_while(|i| tensors.contains_key(&format!("{prefix}bijectors.{i}.sig_net.0.weight")))
-            .count() as i64,
-    };
-    let cfg = FlowConfig { d, k, hidden, layers, layout, init: Init::Pytorch };
+    let cfg = FlowConfig { d, k, hidden, layers, layout, init: Init::Pytorch, arch };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The architecture of the stack under `prefix` from the kinds of its layers `bijectors.{j}`
+/// (read from their keys), the number of steps, and the prefix of the first coupling.
+fn infer_stack<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str) -> Result<(Arch, i64, String)> {
+    let mut kinds = vec![];
+    let mut scale = None;
+    // at most one layer per name present: the loop is bounded by the file
+    for j in 0.. {
+        let has = |key: &str| tensors.contains_key(&format!("{prefix}bijectors.{j}.{key}"));
+        let Some((kind, s)) = LayerKind::recognise(has) else { break };
+        if matches!(kind, LayerKind::Affine { .. }) {
+            scale.get_or_insert(s);
+        }
+        kinds.push(kind);
+    }
+    let final_scale = kinds.len() > 1 && kinds.last() == Some(&LayerKind::DiagonalScale);
+    let steps = &kinds[..kinds.len() - usize::from(final_scale)];
+    let mut at = 0;
+    let actnorm = steps.first() == Some(&LayerKind::ActNorm);
+    at += usize::from(actnorm);
+    let mixing = match steps.get(at) {
+        Some(LayerKind::Lu) => Mixing::Lu,
+        Some(LayerKind::Permutation) => Mixing::Random, // the order itself is read with the weights
+        _ => Mixing::Flip,
+    };
+    at += usize::from(mixing != Mixing::Flip);
+    let first = format!("bijectors.{at}.");
+    let coupling = match steps.get(at) {
+        Some(LayerKind::Affine { .. }) => Coupling::Affine,
+        Some(LayerKind::Additive { .. }) => Coupling::Additive,
+        other => {
+            return Err(Error::Data(format!(
+                "layer {at} of the stack is {}, where a coupling was expected",
+                other.map_or("missing", LayerKind::name)
+            )))
+        }
+    };
+    let batch_norm = steps.get(at + 1) == Some(&LayerKind::BatchNorm);
+    let arch = Arch {
+        coupling,
+        scale: if coupling == Coupling::Affine { scale.unwrap_or(Scale::Exp) } else { Scale::Exp },
+        actnorm,
+        mixing,
+        batch_norm,
+        final_scale,
+    };
+    let step = arch.step_len() as usize;
+    let layers = steps.len().div_ceil(step) as i64;
+    let cfg = FlowConfig { layers, ..FlowConfig::stacked(2, 1, 1, 1).with_arch(arch) };
+    for (j, kind) in kinds.iter().enumerate() {
+        let want = cfg.layer(j as u64);
+        if want.map(|w| w.name()) != Some(kind.name()) {
+            return Err(Error::Data(format!(
+                "layer {j} of the stack is {} where the stack's pattern ({}) has {}",
+                kind.name(),
+                arch.describe(),
+                want.map_or("no layer", |w| w.name())
+            )));
+        }
+    }
+    Ok((arch, layers, first))
 }
 
 /// Whether the names under `prefix` in the model's namespace are exactly `cfg`'s variables with
@@ -333,11 +406,30 @@ fn is_complete<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str, cfg: &Flo
 /// missing and unexpected. Costs time in proportion to the tensors present, whatever the
 /// architecture declares (a file may claim billions of parameters it does not hold).
 pub fn check_tensors<T: Shaped>(cfg: &FlowConfig, tensors: &BTreeMap<String, T>) -> Result<()> {
+    check_named(cfg, tensors, false)
+}
+
+/// [`check_tensors`] for state kept per trained parameter (Adam's moments): the buffers are not
+/// expected.
+pub fn check_parameters<T: Shaped>(cfg: &FlowConfig, tensors: &BTreeMap<String, T>) -> Result<()> {
+    check_named(cfg, tensors, true)
+}
+
+fn check_named<T: Shaped>(
+    cfg: &FlowConfig,
+    tensors: &BTreeMap<String, T>,
+    parameters_only: bool,
+) -> Result<()> {
     cfg.validate()?;
+    let wanted = |name: &str| {
+        let shape = cfg.variable_shape(name)?;
+        let buffer = crate::config::is_buffer(name.rsplit('.').next().unwrap_or(""));
+        (!(parameters_only && buffer)).then_some(shape)
+    };
     let mut unexpected = vec![];
     let mut present = 0u64;
     for (name, t) in tensors {
-        match cfg.variable_shape(name) {
+        match wanted(name) {
             None => unexpected.push(name.as_str()),
             Some(shape) => {
                 present += 1;
@@ -351,15 +443,18 @@ pub fn check_tensors<T: Shaped>(cfg: &FlowConfig, tensors: &BTreeMap<String, T>)
             }
         }
     }
-    let declared = cfg.variable_count();
+    let declared = if parameters_only { cfg.parameter_count() } else { cfg.variable_count() };
     let n_missing = declared.saturating_sub(present);
     if n_missing == 0 && unexpected.is_empty() {
         return Ok(());
     }
     // the first few missing names: at most `present + SHOWN` names are generated
     const SHOWN: usize = 4;
-    let missing: Vec<String> =
-        cfg.variable_names().filter(|n| !tensors.contains_key(n)).take(SHOWN).collect();
+    let missing: Vec<String> = cfg
+        .variable_names()
+        .filter(|n| wanted(n).is_some() && !tensors.contains_key(n))
+        .take(SHOWN)
+        .collect();
     let more = |shown: usize, total: u64| {
         if total > shown as u64 {
             format!(", … and {} more", total - shown as u64)
@@ -370,8 +465,9 @@ pub fn check_tensors<T: Shaped>(cfg: &FlowConfig, tensors: &BTreeMap<String, T>)
     unexpected.sort();
     let shown_unexpected: Vec<&str> = unexpected.iter().take(SHOWN).copied().collect();
     Err(Error::Data(format!(
-        "checkpoint does not match the model (d = {}, k = {}, hidden = {}, {} layers: {declared} tensors): \
+        "checkpoint does not match the model ({}, d = {}, k = {}, hidden = {}, {} layers: {declared} tensors): \
          missing [{}{}], unexpected [{}{}]",
+        cfg.arch.describe(),
         cfg.d,
         cfg.k,
         cfg.hidden,

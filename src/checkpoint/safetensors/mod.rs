@@ -190,7 +190,8 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
         Some(step) if step < 0 => return Err(bad(format!("optimizer_step {step} is negative"))),
         Some(step) => {
             for (what, m) in [("exp_avg", &exp_avg), ("exp_avg_sq", &exp_avg_sq)] {
-                check_tensors(&config, m).map_err(|e| bad(format!("optimizer state {what}: {e}")))?;
+                names::check_parameters(&config, m)
+                    .map_err(|e| bad(format!("optimizer state {what}: {e}")))?;
             }
             Some(OptimizerState {
                 step,

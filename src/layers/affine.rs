@@ -4,8 +4,14 @@
 //! `z₁ = x₁`, `z₂ = x₂ ⊙ exp(σ(x₁)) + μ(x₁)`, and `log|det ∂z/∂x| = Σ σ(x₁)`;
 //! the inverse is `x₂ = (z₂ − μ(z₁)) ⊙ exp(−σ(z₁))`. Unflipped, `x₁ = x[:, :k]`; flipped, the two
 //! parts swap roles and `x₁` is the last `d − k` columns.
+//!
+//! With another scale map the log-scale is `g(h)` of `sig_net`'s output `h` instead of `h`
+//! itself: `softclamp` `h / (1 + |h| / B)` (buffer `softclamp_bound` = B = ln 1000), `sigmoid`
+//! `log σ(h + 2)` (buffer `sigmoid_shift` = 2), `tanh` `γ ⊙ tanh(h)` (parameter `scale_factor` = γ).
+use super::check_input;
+use super::conditioner::conditioner;
 use crate::base;
-use crate::config::Init;
+use crate::config::{Init, Scale};
 use crate::error::{Error, Result};
 use tch::nn::{self, Module};
 use tch::Tensor;
@@ -27,30 +33,10 @@ pub struct RNvp {
     probe: Tensor,
     /// `[0.weight, 0.bias, 2.weight, 2.bias]` of `sig_net` then of `mu_net` (shared with the nets).
     weights: [[Tensor; 4]; 2],
-}
-
-/// A conditioner network `Linear(c, hidden) → LeakyReLU(0.01) → Linear(hidden, out)` at `p`,
-/// with variables `p.0.{weight,bias}` and `p.2.{weight,bias}`.
-fn conditioner(p: nn::Path, c: i64, hidden: i64, out: i64, init: Init) -> (nn::Sequential, [Tensor; 4]) {
-    let pytorch_default = |fan_in: i64| {
-        let bound = 1.0 / (fan_in as f64).sqrt();
-        let u = nn::Init::Uniform { lo: -bound, up: bound };
-        nn::LinearConfig { ws_init: u, bs_init: Some(u), bias: true }
-    };
-    let last = match init {
-        Init::Pytorch => pytorch_default(hidden),
-        Init::Identity => nn::LinearConfig {
-            ws_init: nn::Init::Const(0.0),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        },
-    };
-    let first = nn::linear(&p / 0, c, hidden, pytorch_default(c));
-    let second = nn::linear(&p / 2, hidden, out, last);
-    let bias = |l: &nn::Linear| l.bs.as_ref().expect("invariant: built with a bias").shallow_clone();
-    let weights = [first.ws.shallow_clone(), bias(&first), second.ws.shallow_clone(), bias(&second)];
-    let net = nn::seq().add(first).add_fn(|xs| xs.shallow_clone().leaky_relu_()).add(second);
-    (net, weights)
+    /// The map from `sig_net`'s output to the log-scale.
+    scale: Scale,
+    /// The scale map's own variable: `softclamp_bound`, `sigmoid_shift` or `scale_factor`.
+    map_var: Option<Tensor>,
 }
 
 impl RNvp {
@@ -63,13 +49,52 @@ impl RNvp {
     /// A layer built for the given flip: flipped, its networks take the last `d − k` columns and
     /// output `k` (the generalisation of the notebook to `k ≠ d − k`).
     pub fn build(p: &nn::Path, d: i64, k: i64, hidden: i64, flip: bool, init: Init) -> Result<Self> {
+        Self::build_with(p, d, k, hidden, flip, init, Scale::Exp)
+    }
+
+    /// [`RNvp::build`] with a scale map other than the notebook's `exp`.
+    pub fn build_with(
+        p: &nn::Path,
+        d: i64,
+        k: i64,
+        hidden: i64,
+        flip: bool,
+        init: Init,
+        scale: Scale,
+    ) -> Result<Self> {
         let cfg = crate::config::FlowConfig::single(d, k, hidden);
         cfg.validate()?;
         let cond = cfg.cond_dim(flip);
         let (sig_net, sig_w) = conditioner(p / "sig_net", cond, hidden, d - cond, init);
         let (mu_net, mu_w) = conditioner(p / "mu_net", cond, hidden, d - cond, init);
         let probe = sig_w[0].shallow_clone();
-        Ok(RNvp { sig_net, mu_net, d, k, cond, probe, weights: [sig_w, mu_w] })
+        let constant = |name: &str, v: f64| {
+            let t = p.zeros_no_train(name, &[]);
+            tch::no_grad(|| t.shallow_clone().fill_(v))
+        };
+        let map_var = match scale {
+            Scale::Exp => None,
+            Scale::SoftClamp => Some(constant("softclamp_bound", 1000f64.ln())),
+            Scale::Sigmoid => Some(constant("sigmoid_shift", 2.0)),
+            Scale::Tanh => Some(p.ones("scale_factor", &[d - cond])),
+        };
+        Ok(RNvp { sig_net, mu_net, d, k, cond, probe, weights: [sig_w, mu_w], scale, map_var })
+    }
+
+    /// The scale map.
+    pub fn scale(&self) -> Scale {
+        self.scale
+    }
+
+    /// `log s = g(h)` for `sig_net`'s output `h` (not called for `exp`, where it is `h` itself).
+    fn log_scale(&self, h: &Tensor) -> Tensor {
+        let v = self.map_var.as_ref();
+        match (self.scale, v) {
+            (Scale::SoftClamp, Some(bound)) => h / (h.abs() / bound + 1.0),
+            (Scale::Sigmoid, Some(shift)) => (h + shift).log_sigmoid(),
+            (Scale::Tanh, Some(gamma)) => h.tanh() * gamma,
+            _ => h.shallow_clone(),
+        }
     }
 
     /// Data dimension `d`.
@@ -146,7 +171,10 @@ impl RNvp {
     /// `(z, log|det J|)` without input checks.
     pub(crate) fn transform(&self, xs: &Tensor, flip: bool) -> (Tensor, Tensor) {
         let (x1, x2) = self.split(xs, flip);
-        let sig = self.sig_net.forward(&x1);
+        let mut sig = self.sig_net.forward(&x1);
+        if self.scale != Scale::Exp {
+            sig = self.log_scale(&sig);
+        }
         let z2 = x2 * sig.exp() + self.mu_net.forward(&x1);
         let log_det = sig.sum_dim_intlist(-1, false, None);
         (self.merge(&x1, &z2, flip), log_det)
@@ -155,22 +183,11 @@ impl RNvp {
     /// The inverse map without input checks.
     pub(crate) fn untransform(&self, zs: &Tensor, flip: bool) -> Tensor {
         let (z1, z2) = self.split(zs, flip);
-        let x2 = (z2 - self.mu_net.forward(&z1)) * self.sig_net.forward(&z1).neg().exp();
+        let mut sig = self.sig_net.forward(&z1);
+        if self.scale != Scale::Exp {
+            sig = self.log_scale(&sig);
+        }
+        let x2 = (z2 - self.mu_net.forward(&z1)) * sig.neg().exp();
         self.merge(&z1, &x2, flip)
     }
-}
-
-/// Checks that `xs` is `[n, d]` with the dtype and device of `like` (a model weight).
-pub(crate) fn check_input(xs: &Tensor, what: &str, d: i64, like: &Tensor) -> Result<()> {
-    let size = xs.size();
-    if size.len() != 2 || size[1] != d {
-        return Err(Error::Shape { what: what.into(), expected: format!("[n, {d}]"), found: size });
-    }
-    if xs.kind() != like.kind() {
-        return Err(Error::Kind { what: what.into(), expected: like.kind(), found: xs.kind() });
-    }
-    if xs.device() != like.device() {
-        return Err(Error::Device { what: what.into(), expected: like.device(), found: xs.device() });
-    }
-    Ok(())
 }

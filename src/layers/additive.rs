@@ -1,0 +1,50 @@
+//! NICE's additive coupling: `z₁ = x₁`, `z₂ = x₂ + μ(x₁)`, `log|det| = 0` (volume-preserving);
+//! the inverse is `x₂ = z₂ − μ(z₁)`. The halves are split as in the notebook's `R_NVP`.
+use super::conditioner::conditioner;
+use super::Halves;
+use crate::config::Init;
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// An additive coupling with the network `mu_net` (`mu_net.0.weight`, … as in `R_NVP`).
+#[derive(Debug)]
+pub struct Additive {
+    mu_net: nn::Sequential,
+    halves: Halves,
+    /// `mu_net.0.weight`, to read the layer's dtype and device.
+    probe: Tensor,
+}
+
+impl Additive {
+    /// A layer of `d` columns conditioned on the first `k` (flipped: on the last `d − k`).
+    pub fn build(p: &nn::Path, d: i64, k: i64, hidden: i64, flip: bool, init: Init) -> Self {
+        let halves = Halves { d, k, flip };
+        let (mu_net, w) = conditioner(p / "mu_net", halves.cond(), hidden, d - halves.cond(), init);
+        let [probe, ..] = w;
+        Additive { mu_net, halves, probe }
+    }
+
+    /// `mu_net.0.weight`.
+    pub(crate) fn probe(&self) -> &Tensor {
+        &self.probe
+    }
+
+    /// Whether the halves swap roles.
+    pub fn flip(&self) -> bool {
+        self.halves.flip
+    }
+
+    /// `z` (the log-determinant is 0).
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        let (x1, x2) = self.halves.split(xs);
+        let z2 = x2 + self.mu_net.forward(&x1);
+        self.halves.merge(&x1, &z2)
+    }
+
+    /// `x = f⁻¹(z)`.
+    pub fn inverse(&self, zs: &Tensor) -> Tensor {
+        let (z1, z2) = self.halves.split(zs);
+        let x2 = z2 - self.mu_net.forward(&z1);
+        self.halves.merge(&z1, &x2)
+    }
+}

@@ -1,0 +1,229 @@
+//! The layers a flow is a stack of (`shared/docs/layers.md`), one per file: the notebook's affine
+//! coupling ([`RNvp`]), NICE's additive coupling and diagonal scaling, Glow's ActNorm and LU
+//! linear map, fixed permutations, and the R-NVP paper's batch norm.
+//!
+//! Every layer maps rows `x` to `z` with a log-determinant per row and has an exact inverse.
+//! Training differs from evaluation for two layers only: ActNorm initialises itself from its first
+//! training batch, and batch norm normalises with the batch's statistics (and updates its running
+//! averages) instead of the running averages.
+pub mod actnorm;
+pub mod additive;
+pub mod affine;
+pub mod batchnorm;
+mod conditioner;
+pub mod lu;
+pub mod permutation;
+pub mod scale;
+
+pub use actnorm::ActNorm;
+pub use additive::Additive;
+pub use affine::RNvp;
+pub use batchnorm::{BatchNorm, BatchStats};
+pub use lu::LuLinear;
+pub use permutation::Permutation;
+pub use scale::DiagonalScale;
+
+use crate::config::{FlowConfig, LayerKind, Mixing};
+use crate::error::{Error, Result};
+use tch::nn;
+use tch::Tensor;
+
+/// How a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Evaluation: every layer is a fixed map.
+    Eval,
+    /// A training pass: ActNorm initialises itself on its first batch, batch norm uses (and
+    /// records in its running averages) the batch's statistics.
+    Train,
+    /// A training pass that changes no state (batch statistics, but no initialisation and no
+    /// running averages): the replay of reversible backpropagation.
+    Replay,
+}
+
+/// One layer of a stack.
+#[derive(Debug)]
+pub enum Layer {
+    /// An affine coupling with its flip.
+    Affine(RNvp, bool),
+    /// An additive coupling.
+    Additive(Additive),
+    /// ActNorm.
+    ActNorm(ActNorm),
+    /// A fixed permutation.
+    Permutation(Permutation),
+    /// The LU linear map.
+    Lu(LuLinear),
+    /// Batch norm.
+    BatchNorm(BatchNorm),
+    /// The diagonal scaling.
+    Scale(DiagonalScale),
+}
+
+impl Layer {
+    /// Builds layer `kind` of a flow with configuration `cfg` under `p`.
+    pub fn build(p: &nn::Path, kind: LayerKind, cfg: &FlowConfig) -> Result<Layer> {
+        let (d, k, hidden, init) = (cfg.d, cfg.k, cfg.hidden, cfg.init);
+        Ok(match kind {
+            LayerKind::Affine { flip } => {
+                Layer::Affine(RNvp::build_with(p, d, k, hidden, flip, init, cfg.arch.scale)?, flip)
+            }
+            LayerKind::Additive { flip } => Layer::Additive(Additive::build(p, d, k, hidden, flip, init)),
+            LayerKind::ActNorm => Layer::ActNorm(ActNorm::build(p, d)),
+            LayerKind::Permutation => {
+                Layer::Permutation(Permutation::build(p, d, cfg.arch.mixing == Mixing::Random))
+            }
+            LayerKind::Lu => Layer::Lu(LuLinear::build(p, d)),
+            LayerKind::BatchNorm => Layer::BatchNorm(BatchNorm::build(p, d)),
+            LayerKind::DiagonalScale => Layer::Scale(DiagonalScale::build(p, d)),
+        })
+    }
+
+    /// `(z, log|det|)` with `None` for a log-determinant that is 0 (volume-preserving layers).
+    /// In [`Mode::Train`], first updates the layer's state from the batch.
+    pub fn forward(&self, xs: &Tensor, mode: Mode) -> (Tensor, Option<Tensor>) {
+        match self {
+            Layer::Affine(l, flip) => {
+                let (z, ld) = l.transform(xs, *flip);
+                (z, Some(ld))
+            }
+            Layer::Additive(l) => (l.forward(xs), None),
+            Layer::ActNorm(l) => {
+                if mode == Mode::Train {
+                    l.initialize(xs);
+                }
+                let (z, ld) = l.forward(xs);
+                (z, Some(ld))
+            }
+            Layer::Permutation(l) => (l.forward(xs), None),
+            Layer::Lu(l) => {
+                let (z, ld) = l.forward(xs);
+                (z, Some(ld))
+            }
+            Layer::BatchNorm(l) => {
+                let stats = match mode {
+                    Mode::Eval => l.running(),
+                    Mode::Train | Mode::Replay => BatchNorm::batch_stats(xs),
+                };
+                if mode == Mode::Train {
+                    l.update_running(xs);
+                }
+                let (z, ld) = l.forward(xs, &stats);
+                (z, Some(ld))
+            }
+            Layer::Scale(l) => {
+                let (z, ld) = l.forward(xs);
+                (z, Some(ld))
+            }
+        }
+    }
+
+    /// `x = f⁻¹(z)`; batch norm inverts with `stats` when given (the statistics a training pass
+    /// used), with its running averages otherwise.
+    pub fn inverse(&self, zs: &Tensor, stats: Option<&BatchStats>) -> Tensor {
+        match self {
+            Layer::Affine(l, flip) => l.untransform(zs, *flip),
+            Layer::Additive(l) => l.inverse(zs),
+            Layer::ActNorm(l) => l.inverse(zs),
+            Layer::Permutation(l) => l.inverse(zs),
+            Layer::Lu(l) => l.inverse(zs),
+            Layer::BatchNorm(l) => match stats {
+                Some(s) => l.inverse(zs, s),
+                None => l.inverse(zs, &l.running()),
+            },
+            Layer::Scale(l) => l.inverse(zs),
+        }
+    }
+
+    /// Checks state a file may have filled with anything (permutations, signs).
+    pub fn check_state(&self) -> Result<()> {
+        match self {
+            Layer::Permutation(l) => l.check(),
+            Layer::Lu(l) => l.check(),
+            Layer::ActNorm(l) => {
+                let v = l.initialized_value();
+                if v != 0.0 && v != 1.0 {
+                    return Err(Error::Data(format!("ActNorm's 'initialized' is {v}, not 0 or 1")));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A coupling's first weight (its dtype and device are the model's); `None` for other layers.
+    pub fn probe(&self) -> Option<Tensor> {
+        match self {
+            Layer::Affine(l, _) => Some(l.probe().shallow_clone()),
+            Layer::Additive(l) => Some(l.probe().shallow_clone()),
+            _ => None,
+        }
+    }
+
+    /// What the layer is.
+    pub fn kind(&self) -> LayerKind {
+        match self {
+            Layer::Affine(_, flip) => LayerKind::Affine { flip: *flip },
+            Layer::Additive(l) => LayerKind::Additive { flip: l.flip() },
+            Layer::ActNorm(_) => LayerKind::ActNorm,
+            Layer::Permutation(_) => LayerKind::Permutation,
+            Layer::Lu(_) => LayerKind::Lu,
+            Layer::BatchNorm(_) => LayerKind::BatchNorm,
+            Layer::Scale(_) => LayerKind::DiagonalScale,
+        }
+    }
+}
+
+/// The two column groups of a coupling: unflipped, `x₁ = x[:, :k]` conditions and `x₂ = x[:, k:]`
+/// is transformed; flipped, the roles swap.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Halves {
+    pub d: i64,
+    pub k: i64,
+    pub flip: bool,
+}
+
+impl Halves {
+    /// Width of the conditioning part.
+    pub fn cond(&self) -> i64 {
+        if self.flip {
+            self.d - self.k
+        } else {
+            self.k
+        }
+    }
+
+    /// `(conditioning, transformed)` columns of `xs`.
+    pub fn split(&self, xs: &Tensor) -> (Tensor, Tensor) {
+        let (a, b) = (xs.narrow(1, 0, self.k), xs.narrow(1, self.k, self.d - self.k));
+        if self.flip {
+            (b, a)
+        } else {
+            (a, b)
+        }
+    }
+
+    /// The rows back in column order.
+    pub fn merge(&self, cond: &Tensor, other: &Tensor) -> Tensor {
+        if self.flip {
+            Tensor::cat(&[other, cond], -1)
+        } else {
+            Tensor::cat(&[cond, other], -1)
+        }
+    }
+}
+
+/// Checks that `xs` is `[n, d]` with the dtype and device of `like` (a model weight).
+pub(crate) fn check_input(xs: &Tensor, what: &str, d: i64, like: &Tensor) -> Result<()> {
+    let size = xs.size();
+    if size.len() != 2 || size[1] != d {
+        return Err(Error::Shape { what: what.into(), expected: format!("[n, {d}]"), found: size });
+    }
+    if xs.kind() != like.kind() {
+        return Err(Error::Kind { what: what.into(), expected: like.kind(), found: xs.kind() });
+    }
+    if xs.device() != like.device() {
+        return Err(Error::Device { what: what.into(), expected: like.device(), found: xs.device() });
+    }
+    Ok(())
+}
