@@ -66,8 +66,54 @@ pub enum Command {
     /// Show a checkpoint's format, tensors and architecture.
     #[command(after_help = "Example:\n  rnvp inspect moons.safetensors --json")]
     Inspect(InspectArgs),
-    /// List the built-in toy data sets.
-    Datasets,
+    /// List the built-in toy data sets, or write one's points to a file.
+    #[command(
+        after_help = "Examples:\n  rnvp datasets\n  rnvp datasets two-moons -n 10000 --out moons.csv --seed 1"
+    )]
+    Datasets(DatasetsArgs),
+}
+
+/// `rnvp datasets [NAME -n N --out FILE]`.
+#[derive(Args, Debug)]
+pub struct DatasetsArgs {
+    /// The toy set to write (without it, the sets are listed).
+    pub name: Option<String>,
+    /// Points to draw.
+    #[arg(short, long, allow_negative_numbers = true, requires = "name")]
+    pub n: Option<i64>,
+    /// Where to write them (.csv or .npy).
+    #[arg(long, requires = "name")]
+    pub out: Option<PathBuf>,
+    /// Seed of the draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Noise [default: the set's own].
+    #[arg(long, allow_negative_numbers = true)]
+    pub noise: Option<f64>,
+}
+
+impl TrainArgs {
+    /// The architecture: `--arch` with the parts the other flags change.
+    pub fn architecture(&self) -> rnvp::Result<rnvp::Arch> {
+        let mut a: rnvp::Arch = self.arch.parse()?;
+        if let Some(c) = &self.coupling {
+            a.coupling = c.parse()?;
+            if a.coupling == rnvp::Coupling::Additive && self.scale.is_none() {
+                a.scale = rnvp::Scale::Exp; // an additive coupling has no scale map
+            }
+        }
+        if let Some(s) = &self.scale {
+            a.scale = s.parse()?;
+        }
+        if let Some(m) = &self.mixing {
+            a.mixing = m.parse()?;
+        }
+        a.actnorm = self.actnorm.unwrap_or(a.actnorm);
+        a.batch_norm = self.batch_norm.unwrap_or(a.batch_norm);
+        a.final_scale = self.final_scale.unwrap_or(a.final_scale);
+        a.validate()?;
+        Ok(a)
+    }
 }
 
 /// Where and how to compute.
@@ -108,7 +154,32 @@ pub struct TrainArgs {
     /// <name>.best.safetensors.
     #[arg(long)]
     pub out: PathBuf,
-    /// Coupling layers.
+    /// The layers of each step: notebook (affine couplings with exp, flips alternating), nice
+    /// (additive couplings, then a diagonal scaling), realnvp (tanh-scaled affine couplings, batch
+    /// norm), glow (ActNorm → LU linear map → sigmoid-scaled affine coupling). The flags below
+    /// change its parts.
+    #[arg(long, default_value = "notebook")]
+    pub arch: String,
+    /// Coupling: affine or additive.
+    #[arg(long)]
+    pub coupling: Option<String>,
+    /// Scale map of an affine coupling: exp, softclamp, sigmoid or tanh.
+    #[arg(long)]
+    pub scale: Option<String>,
+    /// An ActNorm layer first in each step (--actnorm false removes it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub actnorm: Option<bool>,
+    /// What mixes the columns between couplings: flip (alternating halves), reverse, random
+    /// (a fixed random permutation) or lu (Glow's invertible linear map).
+    #[arg(long)]
+    pub mixing: Option<String>,
+    /// A batch-norm layer after each coupling (--batch-norm false removes it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub batch_norm: Option<bool>,
+    /// NICE's diagonal scaling layer after the last step (--final-scale false removes it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub final_scale: Option<bool>,
+    /// Steps (coupling layers).
     #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     pub layers: i64,
     /// Hidden units of each sig_net / mu_net.
@@ -156,9 +227,10 @@ pub struct TrainArgs {
     /// Fraction of a file's rows held out for validation.
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub val_fraction: f64,
-    /// Initialisation: pytorch (the notebook's) or identity (zero last layers).
-    #[arg(long, default_value = "pytorch")]
-    pub init: String,
+    /// Initialisation: pytorch (the notebook's) or identity (zero last layers) [default: pytorch
+    /// for --arch notebook, identity for the others].
+    #[arg(long)]
+    pub init: Option<String>,
     /// Backpropagate without keeping activations: each layer's input is recomputed from its output
     /// (training memory stays constant as layers are added; about one extra forward pass of work).
     #[arg(long)]

@@ -117,12 +117,7 @@ fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
             }
             Ok(())
         }
-        Command::Datasets => {
-            for set in data::ToySet::all() {
-                println!("{:<16} {}", set.name(), set.description());
-            }
-            Ok(())
-        }
+        Command::Datasets(a) => datasets(a),
     }
 }
 
@@ -154,7 +149,7 @@ fn apply_preset(a: &mut cli::TrainArgs, name: &str, m: &clap::ArgMatches) -> Res
         a.warmup = PRESET_BEST.warmup;
     }
     if default("init") {
-        a.init = PRESET_BEST.init.into();
+        a.init = Some(PRESET_BEST.init.into());
     }
     if default("clip_grad") && a.clip_grad.is_none() {
         a.clip_grad = PRESET_BEST.clip_grad;
@@ -320,10 +315,14 @@ fn train(a: cli::TrainArgs) -> Result<()> {
         reversible: a.reversible_backprop,
     };
     cfg.validate()?;
-    let init = match a.init.as_str() {
-        "pytorch" => Init::Pytorch,
-        "identity" => Init::Identity,
-        o => bail!("--init {o}: expected pytorch or identity"),
+    let arch = a.architecture()?;
+    let init = match a.init.as_deref() {
+        Some("pytorch") => Init::Pytorch,
+        Some("identity") => Init::Identity,
+        // zero last layers keep the deeper stacks of the other architectures stable
+        None if arch == rnvp::Arch::NOTEBOOK => Init::Pytorch,
+        None => Init::Identity,
+        Some(o) => bail!("--init {o}: expected pytorch or identity"),
     };
     let (train_data, scaler) = match &spec {
         DataSpec::Toy(set) => (TrainData::Toy { set: *set, noise: toy_noise(*set, a.noise)? }, None),
@@ -360,6 +359,7 @@ fn train(a: cli::TrainArgs) -> Result<()> {
             positive("--hidden", a.hidden)?,
             positive("--layers", a.layers)?,
         )
+        .with_arch(arch)
         .with_init(init),
     };
     flow_cfg.validate()?;
@@ -628,6 +628,24 @@ fn plot(a: cli::PlotArgs) -> Result<()> {
     Ok(())
 }
 
+fn datasets(a: cli::DatasetsArgs) -> Result<()> {
+    let Some(name) = &a.name else {
+        for set in data::ToySet::all() {
+            println!("{:<16} {}", set.name(), set.description());
+        }
+        return Ok(());
+    };
+    let names: Vec<&str> = data::ToySet::all().iter().map(|s| s.name()).collect();
+    let set = data::ToySet::from_name(name)
+        .with_context(|| format!("datasets: unknown set '{name}' (expected one of {})", names.join(", ")))?;
+    let n = non_negative("-n", a.n.context("datasets: give the number of points with -n")?)?;
+    let out = a.out.as_deref().context("datasets: give the file to write with --out (.csv or .npy)")?;
+    let points = toy_points(set, a.noise, n, a.seed)?;
+    write_rows(Some(out), &points, &header("x", points.cols))?;
+    println!("{n} points of {} -> {}", set.name(), out.display());
+    Ok(())
+}
+
 fn inspect(a: cli::InspectArgs) -> Result<()> {
     let ck = Checkpoint::load_with(&a.checkpoint, a.prefix.as_deref())?;
     let c = ck.config;
@@ -635,7 +653,8 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
     let check = ck.check();
     if a.json {
         let mut v = json!({
-            "format": ck.format, "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
+            "format": ck.format, "arch": c.arch.name(), "architecture": c.arch.describe(),
+            "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
             "layout": rnvp::checkpoint::config_json(&c)["layout"],
             "parameters": ck.tensors.values().map(|t| t.numel()).sum::<usize>(),
             "optimizer_state": ck.optimizer.is_some(), "info": ck.info,
@@ -670,7 +689,8 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
         println!("ignored: {} tensor(s) beside the model: {}{more}", ck.ignored.len(), shown.join(", "));
     }
     println!(
-        "architecture: {} d = {}, k = {}, hidden = {}, layers = {}",
+        "architecture: {} ({}), d = {}, k = {}, hidden = {}, layers = {}",
+        c.arch.describe(),
         if c.layout == rnvp::Layout::Single { "R_NVP" } else { "stacked_NVP" },
         c.d,
         c.k,
