@@ -24,11 +24,25 @@ Usage:
       scripted, nested training dicts, a module holding it twice, one holding an EMA copy too).
   reference.py outputs --file F [--key a/b] [--prefix P] --io DIR   outputs of the stacked_NVP in F
   reference.py matmul --a A.npy --b B.npy --out C.npy   A @ B on one thread; prints the CPU capability
-  reference.py load --file F --io DIR      torch.load (or torch.jit.load for .ot) a file rnvp wrote
+  reference.py load --file F --io DIR      torch.load (or torch.jit.load for .ot) a file rnvp wrote;
+      writes IO/torch_{log_prob,z,x_inv}.npy for IO/x.npy, IO/z_in.npy (a file that is not the
+      notebook's architecture: read with flow_from_state_dict, also torch_{log_pz,log_det}.npy)
+  reference.py family --out DIR [--arch notebook|nice|realnvp|glow] [--coupling affine|additive]
+                      [--scale exp|softclamp|sigmoid|tanh] [--(no-)actnorm] [--mixing flip|reverse|random|lu]
+                      [--(no-)batch-norm] [--(no-)final-scale] [--d 2 --k 1 --hidden 8 --layers 3]
+                      [--seed 0] [--n 64] [--dtype f32|f64] [--scale-params 1.0]
+      a seeded Flow of the layer family (options override the arch's) with a non-trivial state;
+      writes DIR/model.pt, DIR/weights/<state_dict key>.npy, DIR/config.json (constructor arguments),
+      x, z, log_pz, log_det, log_prob, z_in, x_inv (eval mode), z_train, log_det_train (training mode).
+  reference.py family-check [--seed 0]
+      checks the family in PyTorch (inverse, log-det against autograd, reload from the state_dict,
+      training-mode state, the 2-D density integrating to 1); prints a table, exit status 1 on failure.
   reference.py jit --dir D --io DIR        run rnvp's exported TorchScript functions
 """
 import argparse
 import copy
+import io
+import json
 import math
 import os
 import sys
@@ -93,6 +107,366 @@ class stacked_NVP(nn.Module):
         for bijector, f in zip(reversed(self.bijectors), reversed(self.flips)):
             z = bijector.inverse(z, flip=f)
         return z
+
+
+# ---------------------------------------------------------------------------------------------------
+# The layer family (shared/docs/layers.md; names and maths: the contract in the family spec).
+# Every layer maps rows x [n, d] to (z, log|det| per row [n]) and has an exact inverse. Layers are
+# built in the default float dtype and Flow converts itself to its dtype at the end (as the other
+# models here are converted), so that a seeded Flow(notebook) draws the same weights as stacked_NVP.
+
+SCALES = ("exp", "softclamp", "sigmoid", "tanh")
+MIXINGS = ("flip", "reverse", "random", "lu")
+COUPLINGS = ("affine", "additive")
+
+
+def conditioner(c, hidden, o):
+    """A coupling's network: Linear(c, hidden), LeakyReLU(0.01), Linear(hidden, o)."""
+    return nn.Sequential(nn.Linear(c, hidden), nn.LeakyReLU(), nn.Linear(hidden, o))
+
+
+def same_for_every_row(value, x):
+    """A log-det that does not depend on the row, as one value per row of x."""
+    return value.expand(x.shape[0])
+
+
+class ActNorm(nn.Module):
+    """Glow's ActNorm: z = (x - loc) * exp(log_scale), with data-dependent initialisation on the first
+    batch seen in training mode (the `initialized` buffer is saved with the model)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(d))
+        self.log_scale = nn.Parameter(torch.zeros(d))
+        self.register_buffer("initialized", torch.tensor(0.0))
+
+    def initialize(self, x):
+        with torch.no_grad():
+            self.loc.copy_(x.mean(0))
+            self.log_scale.copy_(-torch.log(x.std(0, correction=0) + 1e-6))
+            self.initialized.fill_(1.0)
+
+    def forward(self, x):
+        if self.training and self.initialized.item() == 0:
+            self.initialize(x)
+        return (x - self.loc) * torch.exp(self.log_scale), same_for_every_row(self.log_scale.sum(), x)
+
+    def inverse(self, z):
+        return z * torch.exp(-self.log_scale) + self.loc
+
+
+class Permutation(nn.Module):
+    """A fixed permutation of the columns, z = x[:, perm] (reverse, or random when built)."""
+
+    def __init__(self, d, kind="reverse"):
+        super().__init__()
+        perm = torch.arange(d - 1, -1, -1) if kind == "reverse" else torch.randperm(d)
+        self.register_buffer("perm", perm.to(torch.get_default_dtype()))
+
+    def forward(self, x):
+        return x[:, self.perm.long()], x.new_zeros(x.shape[0])
+
+    def inverse(self, z):
+        return z[:, torch.argsort(self.perm.long())]
+
+
+class LULinear(nn.Module):
+    """Glow's invertible 1x1 convolution for vectors, W = P L U: z = (x @ U.T @ L.T)[:, perm]."""
+
+    def __init__(self, d):
+        super().__init__()
+        dtype = torch.get_default_dtype()
+        q, _ = torch.linalg.qr(torch.randn(d, d).double())  # a random rotation
+        p, lower, upper = torch.linalg.lu(q)  # q = p @ lower @ upper
+        diag = torch.diagonal(upper)
+        self.register_buffer("perm", p.argmax(1).to(dtype))  # row i of P has its 1 in column perm[i]
+        self.register_buffer("sign", torch.sign(diag).to(dtype))
+        self.lower = nn.Parameter(lower.to(dtype))
+        self.upper = nn.Parameter(upper.to(dtype))
+        self.log_abs_s = nn.Parameter(torch.log(diag.abs()).to(dtype))
+
+    def factors(self):
+        """L (unit lower triangular) and U (upper triangular, diagonal sign * exp(log_abs_s))."""
+        eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
+        lower = torch.tril(self.lower, -1) + eye
+        upper = torch.triu(self.upper, 1) + torch.diag(self.sign * torch.exp(self.log_abs_s))
+        return lower, upper
+
+    def forward(self, x):
+        lower, upper = self.factors()
+        z = (x @ upper.T @ lower.T)[:, self.perm.long()]
+        return z, same_for_every_row(self.log_abs_s.sum(), x)
+
+    def inverse(self, z):
+        lower, upper = self.factors()
+        y = z[:, torch.argsort(self.perm.long())].T
+        y = torch.linalg.solve_triangular(lower, y, upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper, y, upper=True).T
+
+
+class Coupling(nn.Module):
+    """What both couplings share: which columns condition (x1) and which are transformed (x2).
+    Unflipped: x1 = x[:, :k], x2 = x[:, k:]; flipped: x1 = x[:, k:], x2 = x[:, :k]."""
+
+    def __init__(self, d, k, flip):
+        super().__init__()
+        self.d, self.k, self.flip = d, k, flip
+        self.c = d - k if flip else k  # conditioning columns
+        self.o = d - self.c  # transformed columns
+
+    def split(self, x):
+        x1, x2 = x[:, :self.k], x[:, self.k:]
+        return (x2, x1) if self.flip else (x1, x2)
+
+    def join(self, x1, x2):
+        return torch.cat([x2, x1] if self.flip else [x1, x2], dim=-1)
+
+
+class AffineCoupling(Coupling):
+    """R-NVP's affine coupling: z2 = x2 * exp(g(sig_net(x1))) + mu_net(x1), with the scale map g."""
+
+    def __init__(self, d, k, hidden, flip=False, scale="exp"):
+        super().__init__(d, k, flip)
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
+        self.scale = scale
+        self.sig_net = conditioner(self.c, hidden, self.o)
+        self.mu_net = conditioner(self.c, hidden, self.o)
+        if scale == "softclamp":
+            self.register_buffer("softclamp_bound", torch.tensor(math.log(1000.0)))
+        elif scale == "sigmoid":
+            self.register_buffer("sigmoid_shift", torch.tensor(2.0))
+        elif scale == "tanh":
+            self.scale_factor = nn.Parameter(torch.ones(self.o))
+
+    def log_s(self, x1):
+        h = self.sig_net(x1)
+        if self.scale == "softclamp":
+            return h / (1 + h.abs() / self.softclamp_bound)
+        if self.scale == "sigmoid":
+            return nn.functional.logsigmoid(h + self.sigmoid_shift)
+        if self.scale == "tanh":
+            return self.scale_factor * torch.tanh(h)
+        return h
+
+    def forward(self, x):
+        x1, x2 = self.split(x)
+        log_s = self.log_s(x1)
+        z2 = x2 * torch.exp(log_s) + self.mu_net(x1)
+        return self.join(x1, z2), log_s.sum(-1)
+
+    def inverse(self, z):
+        z1, z2 = self.split(z)
+        return self.join(z1, (z2 - self.mu_net(z1)) * torch.exp(-self.log_s(z1)))
+
+
+class AdditiveCoupling(Coupling):
+    """NICE's additive coupling: z2 = x2 + mu_net(x1), volume-preserving."""
+
+    def __init__(self, d, k, hidden, flip=False):
+        super().__init__(d, k, flip)
+        self.mu_net = conditioner(self.c, hidden, self.o)
+
+    def forward(self, x):
+        x1, x2 = self.split(x)
+        return self.join(x1, x2 + self.mu_net(x1)), x.new_zeros(x.shape[0])
+
+    def inverse(self, z):
+        z1, z2 = self.split(z)
+        return self.join(z1, z2 - self.mu_net(z1))
+
+
+class BatchNormFlow(nn.Module):
+    """The batch-norm flow layer: batch statistics in training (running averages updated), the running
+    averages in eval mode (a fixed affine map). The inverse always uses the running averages."""
+
+    eps, momentum = 1e-5, 0.1
+
+    def __init__(self, d):
+        super().__init__()
+        self.log_gamma = nn.Parameter(torch.zeros(d))
+        self.beta = nn.Parameter(torch.zeros(d))
+        self.register_buffer("running_mean", torch.zeros(d))
+        self.register_buffer("running_var", torch.ones(d))
+
+    def forward(self, x):
+        if self.training:
+            mean, var = x.mean(0), x.var(0, correction=0)
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * x.var(0, correction=1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        z = (x - mean) / torch.sqrt(var + self.eps) * torch.exp(self.log_gamma) + self.beta
+        log_det = (self.log_gamma - 0.5 * torch.log(var + self.eps)).sum()
+        return z, same_for_every_row(log_det, x)
+
+    def inverse(self, z):
+        std = torch.sqrt(self.running_var + self.eps)
+        return (z - self.beta) * torch.exp(-self.log_gamma) * std + self.running_mean
+
+
+class DiagonalScale(nn.Module):
+    """NICE's final scaling layer: z = x * exp(log_scale)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        return x * torch.exp(self.log_scale), same_for_every_row(self.log_scale.sum(), x)
+
+    def inverse(self, z):
+        return z * torch.exp(-self.log_scale)
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, I) per row."""
+    return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
+class Flow(nn.Module):
+    """A flow of the layer family: per step [ActNorm] [mixing] coupling [BatchNormFlow], then
+    [DiagonalScale]; `bijectors` in that order (for the notebook's configuration, the same
+    state_dict keys as stacked_NVP)."""
+
+    def __init__(self, d, k, hidden, layers, coupling="affine", scale="exp", actnorm=False, mixing="flip",
+                 batch_norm=False, final_scale=False, dtype=torch.float32):
+        super().__init__()
+        if not 1 <= k < d:
+            raise ValueError(f"need 1 <= k < d, got d={d}, k={k}")
+        if coupling not in COUPLINGS or scale not in SCALES or mixing not in MIXINGS:
+            raise ValueError(f"coupling in {COUPLINGS}, scale in {SCALES}, mixing in {MIXINGS}: "
+                             f"got {coupling!r}, {scale!r}, {mixing!r}")
+        if coupling == "additive" and scale != "exp":
+            raise ValueError(f"the scale map is for affine couplings only (additive with scale {scale!r})")
+        self.d, self.k, self.hidden, self.layers = d, k, hidden, layers
+        self.coupling, self.scale, self.actnorm, self.mixing = coupling, scale, actnorm, mixing
+        self.batch_norm, self.final_scale, self.dtype = batch_norm, final_scale, dtype
+        bijectors = []
+        for i in range(layers):
+            if actnorm:
+                bijectors.append(ActNorm(d))
+            if mixing in ("reverse", "random"):
+                bijectors.append(Permutation(d, mixing))
+            elif mixing == "lu":
+                bijectors.append(LULinear(d))
+            flip = mixing == "flip" and i % 2 == 1
+            if coupling == "affine":
+                bijectors.append(AffineCoupling(d, k, hidden, flip, scale))
+            else:
+                bijectors.append(AdditiveCoupling(d, k, hidden, flip))
+            if batch_norm:
+                bijectors.append(BatchNormFlow(d))
+        if final_scale:
+            bijectors.append(DiagonalScale(d))
+        self.bijectors = nn.ModuleList(bijectors)
+        self.to(dtype)
+
+    def config(self):
+        """The constructor arguments (dtype as 'f32' / 'f64')."""
+        return {"d": self.d, "k": self.k, "hidden": self.hidden, "layers": self.layers,
+                "coupling": self.coupling, "scale": self.scale, "actnorm": self.actnorm,
+                "mixing": self.mixing, "batch_norm": self.batch_norm, "final_scale": self.final_scale,
+                "dtype": "f64" if self.dtype == torch.float64 else "f32"}
+
+    def forward(self, x):
+        """(z, log N(z; 0, I), sum of the layers' log|det|), one value per row for the last two."""
+        log_det = x.new_zeros(x.shape[0])
+        for bijector in self.bijectors:
+            x, ld = bijector(x)
+            log_det = log_det + ld
+        return x, standard_normal_log_prob(x), log_det
+
+    def inverse(self, z):
+        for bijector in reversed(self.bijectors):
+            z = bijector.inverse(z)
+        return z
+
+    def log_prob(self, x):
+        z, log_pz, log_det = self(x)
+        return log_pz + log_det
+
+
+ARCHS = {
+    "notebook": dict(coupling="affine", scale="exp", actnorm=False, mixing="flip", batch_norm=False,
+                     final_scale=False),
+    "nice": dict(coupling="additive", scale="exp", actnorm=False, mixing="flip", batch_norm=False,
+                 final_scale=True),
+    "realnvp": dict(coupling="affine", scale="tanh", actnorm=False, mixing="flip", batch_norm=True,
+                    final_scale=False),
+    "glow": dict(coupling="affine", scale="sigmoid", actnorm=True, mixing="lu", batch_norm=False,
+                 final_scale=False),
+}
+
+
+def layer_kind(names):
+    """The family layer a set of state_dict names (below bijectors.{i}.) belongs to, as (class, scale)."""
+    if "sig_net.0.weight" in names:
+        scale = ("softclamp" if "softclamp_bound" in names else "sigmoid" if "sigmoid_shift" in names
+                 else "tanh" if "scale_factor" in names else "exp")
+        return AffineCoupling, scale
+    for name, cls in [("mu_net.0.weight", AdditiveCoupling), ("loc", ActNorm), ("lower", LULinear),
+                      ("perm", Permutation), ("running_mean", BatchNormFlow), ("log_scale", DiagonalScale)]:
+        if name in names:
+            return cls, None
+    raise ValueError(f"not a layer of the family: {sorted(names)}")
+
+
+def flow_from_state_dict(sd):
+    """The Flow a state_dict describes, every constructor argument read from its key names and shapes,
+    with the state_dict loaded (strict=True); in eval mode. A permutation layer is read back as mixing
+    'random' (its perm comes from the file). Raises ValueError when the names are not a flow of the family."""
+    layers = {}
+    for key in sd:
+        parts = key.split(".", 2)
+        if len(parts) < 3 or parts[0] != "bijectors" or not parts[1].isdigit():
+            raise ValueError(f"not a key of a Flow: {key!r}")
+        layers.setdefault(int(parts[1]), set()).add(parts[2])
+    if sorted(layers) != list(range(len(layers))):
+        raise ValueError(f"layer indices are not 0..n-1: {sorted(layers)}")
+    kinds = [layer_kind(layers[i]) for i in range(len(layers))]
+    couplings = [i for i, (cls, _) in enumerate(kinds) if cls in (AffineCoupling, AdditiveCoupling)]
+    if not couplings:
+        raise ValueError("no coupling layer")
+    first = couplings[0]
+    net = "sig_net" if kinds[first][0] is AffineCoupling else "mu_net"
+    hidden, k = sd[f"bijectors.{first}.{net}.0.weight"].shape
+    d = k + sd[f"bijectors.{first}.{net}.2.weight"].shape[0]
+    classes = {cls for cls, _ in kinds}
+    scales = {scale for cls, scale in kinds if cls is AffineCoupling}
+    if len(scales) > 1 or len({kinds[i][0] for i in couplings}) > 1:
+        raise ValueError("couplings of more than one kind")
+    kw = dict(coupling="affine" if kinds[first][0] is AffineCoupling else "additive",
+              scale=scales.pop() if scales else "exp", actnorm=ActNorm in classes,
+              mixing="lu" if LULinear in classes else "random" if Permutation in classes else "flip",
+              batch_norm=BatchNormFlow in classes, final_scale=DiagonalScale in classes)
+    with torch.random.fork_rng(devices=[]):  # building draws random weights: leave the caller's RNG alone
+        model = Flow(d, k, hidden, len(couplings), dtype=sd[f"bijectors.{first}.{net}.0.weight"].dtype, **kw)
+    built = [type(b) for b in model.bijectors]
+    if built != [cls for cls, _ in kinds]:
+        raise ValueError("the layers are not in the family's order: " + " ".join(c.__name__ for c, _ in kinds))
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def is_notebook_state_dict(sd):
+    """Whether sd is an R_NVP's or a stacked_NVP's state_dict: by its names (affine couplings with the
+    exp scale and nothing else) and shapes (the notebook's nets all take k inputs, so a flipped layer
+    with d != 2k is a Flow's); everything else goes to flow_from_state_dict."""
+    if len({tuple(v.shape) for key, v in sd.items() if key.endswith("sig_net.0.weight")}) > 1:
+        return False
+    layers = {}
+    for key in sd:
+        parts = key.split(".")
+        if parts[0] == "bijectors" and len(parts) > 1 and parts[1].isdigit():
+            layer, parts = parts[1], parts[2:]
+        else:
+            layer = ""
+        if not parts or parts[0] not in ("sig_net", "mu_net"):
+            return False
+        layers.setdefault(layer, set()).add(parts[0])
+    return bool(layers) and all("sig_net" in v for v in layers.values())
 
 
 def make_moons(n, noise, rng):
@@ -349,7 +723,9 @@ def cmd_matmul(a):
 
 
 def cmd_load(a):
-    """Loads a file rnvp wrote, the way a PyTorch user would, and writes the notebook's outputs."""
+    """Loads a file rnvp wrote, the way a PyTorch user would, and writes the notebook's outputs. A file
+    that is not the notebook's architecture (by its names) is read with flow_from_state_dict and
+    also gets torch_log_pz / torch_log_det."""
     x = torch.from_numpy(np.load(os.path.join(a.io, "x.npy")))
     z_in = torch.from_numpy(np.load(os.path.join(a.io, "z_in.npy")))
     if a.file.endswith(".ot"):
@@ -357,6 +733,11 @@ def cmd_load(a):
         sd = {k.replace("|", "."): v for k, v in m.state_dict().items()}
     else:
         sd = torch.load(a.file)  # the default: weights_only=True
+    if not is_notebook_state_dict(sd):  # another flow of the layer family
+        model = flow_from_state_dict(sd)
+        for name, t in family_outputs(model, x.to(model.dtype), z_in.to(model.dtype)).items():
+            save(a.io, "torch_" + name, t)
+        return
     single = "sig_net.0.weight" in sd
     pre = "" if single else "bijectors.0."
     hidden, k = sd[pre + "sig_net.0.weight"].shape
@@ -370,6 +751,262 @@ def cmd_load(a):
     model.load_state_dict(sd, strict=True)
     for name, t in outputs(model, x.to(dtype), z_in.to(dtype), single).items():
         save(a.io, "torch_" + name, t)
+
+
+def nontrivial_state(model, scale_params=1.0, noise=0.1, warmup=3):
+    """Moves a Flow away from its initial state so that bugs cannot hide: conditioner parameters times
+    scale_params, noise * randn added to every parameter (the zero-initialised ones too), then `warmup`
+    training-mode passes on N(0.5, 2^2) batches of 256 rows (ActNorm initialises, batch norm's running
+    statistics move). Leaves the model in eval mode."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".sig_net." in name or ".mu_net." in name:
+                p.mul_(scale_params)
+            p.add_(noise * torch.randn_like(p))
+        model.train()
+        for _ in range(warmup):
+            model(torch.randn(256, model.d, dtype=model.dtype) * 2 + 0.5)
+    return model.eval()
+
+
+def family_kwargs(a):
+    """The layer options of --arch, overridden by the options given."""
+    kw = dict(ARCHS[a.arch])
+    for name in ("coupling", "scale", "actnorm", "mixing", "batch_norm", "final_scale"):
+        if getattr(a, name) is not None:
+            kw[name] = getattr(a, name)
+    if kw["coupling"] == "additive" and a.scale is None:
+        kw["scale"] = "exp"  # an affine arch's scale map does not carry over to additive couplings
+    return kw
+
+
+def family_outputs(model, x, z_in):
+    """outputs() of a Flow (eval mode), with log N(z; 0, I) and the log-det apart too."""
+    out = outputs(model, x, z_in, False)
+    with torch.no_grad():
+        z, log_pz, log_det = model(x)
+    out.update(log_pz=log_pz, log_det=log_det)
+    return out
+
+
+def cmd_family(a):
+    """A seeded Flow of the family with a non-trivial state: its state_dict (model.pt and weights/),
+    config.json, inputs and outputs in eval mode, and the training-mode outputs of a copy."""
+    torch.manual_seed(a.seed)
+    dtype = torch.float64 if a.dtype == "f64" else torch.float32
+    model = Flow(a.d, a.k, a.hidden, a.layers, dtype=dtype, **family_kwargs(a))
+    nontrivial_state(model, a.scale_params)
+    os.makedirs(os.path.join(a.out, "weights"), exist_ok=True)
+    sd = model.state_dict()
+    torch.save(sd, os.path.join(a.out, "model.pt"))
+    for key, t in sd.items():
+        save(os.path.join(a.out, "weights"), key, t)
+    with open(os.path.join(a.out, "config.json"), "w") as f:
+        json.dump(model.config(), f, indent=1)
+    x = torch.randn(a.n, a.d, dtype=dtype) * 1.5
+    z_in = torch.randn(a.n, a.d, dtype=dtype)
+    with torch.no_grad():
+        z, log_pz, log_det = model(x)
+        log_prob = model.log_prob(x)
+        x_inv = model.inverse(z_in)
+        z_train, _, log_det_train = copy.deepcopy(model).train()(x)
+    for name, t in [("x", x), ("z", z), ("log_pz", log_pz), ("log_det", log_det), ("log_prob", log_prob),
+                    ("z_in", z_in), ("x_inv", x_inv), ("z_train", z_train), ("log_det_train", log_det_train)]:
+        save(a.out, name, t)
+
+
+def max_err(got, want):
+    """max |got - want|, relative to the size of want where that is above 1."""
+    return ((got - want).abs().max() / max(1.0, want.abs().max().item())).item()
+
+
+def log_det_error(f, rows):
+    """Largest |log-det f reports - log|det| of the autograd Jacobian| over single rows; f(v) maps one
+    row [d] to (z [d], log_det [])."""
+    worst = 0.0
+    for row in rows:
+        jac = torch.autograd.functional.jacobian(lambda v: f(v)[0], row)
+        sign, logabs = torch.linalg.slogdet(jac)
+        with torch.no_grad():
+            ld = f(row)[1]
+        worst = max(worst, math.inf if sign == 0 else abs(ld - logabs).item())
+    return worst
+
+
+def layer_log_det_errors(model, x):
+    """log_det_error of every layer on its own inputs (the previous layers' outputs), and of the flow."""
+    worst, h = 0.0, x
+    for b in model.bijectors:
+        worst = max(worst, log_det_error(lambda v, b=b: tuple(t[0] for t in b(v[None])), h))
+        with torch.no_grad():
+            h = b(h)[0]
+    flow = log_det_error(lambda v: (lambda z, lpz, ld: (z[0], ld[0]))(*model(v[None])), x)
+    return worst, flow
+
+
+def reload_error(model, x, z_in):
+    """flow_from_state_dict on the saved state_dict: largest difference of its outputs, and whether its
+    config is the model's (mixing 'reverse' reads back as 'random')."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    again = flow_from_state_dict(torch.load(buf))
+    want = dict(model.config(), mixing="random" if model.mixing == "reverse" else model.mixing)
+    with torch.no_grad():
+        a, b = model(x) + (model.inverse(z_in),), again(x) + (again.inverse(z_in),)
+    return max((p - q).abs().max().item() for p, q in zip(a, b)), again.config() == want
+
+
+def training_mode_ok(make):
+    """Training-mode state on a fresh model from make(): ActNorm initialises on its first batch (loc =
+    batch mean at the first layer) and never again, also after a reload; batch norm's running
+    statistics move in training and not in eval mode. '-' when the model has neither layer."""
+    model = make()
+    acts = [b for b in model.bijectors if isinstance(b, ActNorm)]
+    bns = [b for b in model.bijectors if isinstance(b, BatchNormFlow)]
+    if not acts and not bns:
+        return "-"
+    d, dtype = model.d, model.dtype
+    batch = lambda: torch.randn(256, d, dtype=dtype) * 2 + 0.5
+    ok = True
+    with torch.no_grad():
+        xb = batch()
+        model.train()(xb)
+        if acts and isinstance(model.bijectors[0], ActNorm):
+            ok &= bool(torch.allclose(acts[0].loc, xb.mean(0)))
+            ok &= bool(torch.allclose(acts[0].log_scale, -torch.log(xb.std(0, correction=0) + 1e-6)))
+        ok &= all(b.initialized.item() == 1 for b in acts)
+        locs = [b.loc.clone() for b in acts]
+        model(batch())
+        ok &= all(torch.equal(b.loc, l) for b, l in zip(acts, locs))
+        again = flow_from_state_dict(model.state_dict()).train()
+        again(batch())
+        ok &= all(torch.equal(b.loc, l) for b, l in zip(again.bijectors, locs) if isinstance(b, ActNorm))
+        means = [b.running_mean.clone() for b in bns]
+        model(batch())
+        ok &= all(not torch.equal(b.running_mean, m) for b, m in zip(bns, means))
+        means = [b.running_mean.clone() for b in bns]
+        model.eval()(batch())
+        ok &= all(torch.equal(b.running_mean, m) for b, m in zip(bns, means))
+    return "ok" if ok else "FAIL"
+
+
+def batch_norm_update_ok():
+    """BatchNormFlow's running averages follow momentum 0.1 with the unbiased batch variance."""
+    bn = BatchNormFlow(3).double().train()
+    x = torch.randn(50, 3, dtype=torch.float64) * 3 + 1
+    with torch.no_grad():
+        bn(x)
+    return (torch.allclose(bn.running_mean, 0.1 * x.mean(0))
+            and torch.allclose(bn.running_var, 0.9 + 0.1 * x.var(0, correction=1)))
+
+
+def check_cases():
+    """(name, d, k, Flow keyword arguments) for family-check."""
+    cases = [(f"{arch} d={d}", d, k, kw) for d, k in [(2, 1), (5, 2)] for arch, kw in ARCHS.items()]
+    cases += [(f"affine {scale} d=5", 5, 2, dict(scale=scale)) for scale in SCALES]
+    cases += [(f"{mixing} actnorm bn final d=5", 5, 2, dict(scale="softclamp", mixing=mixing, actnorm=True,
+                                                            batch_norm=True, final_scale=True))
+              for mixing in MIXINGS]
+    cases += [(f"{mixing} d=2", 2, 1, dict(scale="tanh", mixing=mixing)) for mixing in ("reverse", "random", "lu")]
+    cases += [("additive lu actnorm d=5", 5, 2, dict(coupling="additive", mixing="lu", actnorm=True)),
+              ("additive reverse bn d=5", 5, 3, dict(coupling="additive", mixing="reverse", batch_norm=True))]
+    return cases
+
+
+def check_case(d, k, kw, dtype, seed):
+    """One row of family-check's table: errors of the inverse, the layers' and the flow's log-det
+    (float64 only), the reload, and the training-mode check."""
+    def make():
+        return nontrivial_state(Flow(d, k, 8, 3, dtype=dtype, **kw), 1.0)
+
+    torch.manual_seed(seed)
+    model = make()
+    x = torch.randn(16, d, dtype=dtype) * 1.5
+    z_in = torch.randn(16, d, dtype=dtype)
+    with torch.no_grad():
+        inv = max(max_err(model.inverse(model(x)[0]), x), max_err(model(model.inverse(z_in))[0], z_in))
+    if dtype == torch.float64:
+        layer_ld, flow_ld = layer_log_det_errors(model, x[:4])
+    else:
+        layer_ld = flow_ld = None
+    reload, same_config = reload_error(model, x, z_in)
+    torch.manual_seed(seed + 1)
+    train = training_mode_ok(lambda: nontrivial_state(Flow(d, k, 8, 3, dtype=dtype, **kw), 1.0, warmup=0))
+    tol_inv, tol_ld = (1e-10, 1e-9) if dtype == torch.float64 else (1e-4, None)
+    ok = (inv <= tol_inv and reload == 0 and same_config and train != "FAIL"
+          and (layer_ld is None or (layer_ld <= tol_ld and flow_ld <= tol_ld)))
+    return inv, layer_ld, flow_ld, reload if same_config else math.inf, train, ok
+
+
+def notebook_equivalence(d, k, dtype, seed=0):
+    """Flow(notebook) and stacked_NVP from the same seed: the same keys in the same order, equal
+    weights, equal z / log-det / inverse, log N(z) within rounding. Largest difference, or inf."""
+    torch.manual_seed(seed)
+    ref = stacked_NVP(d, k, 8, 3, dtype).to(dtype)
+    torch.manual_seed(seed)
+    flow = Flow(d, k, 8, 3, dtype=dtype, **ARCHS["notebook"])
+    a, b = ref.state_dict(), flow.state_dict()
+    if list(a) != list(b) or any(not torch.equal(a[n], b[n]) for n in a):
+        return math.inf
+    x = torch.randn(32, d, dtype=dtype) * 1.5
+    with torch.no_grad():
+        (z1, lp1, ld1), (z2, lp2, ld2) = ref(x), flow(x)
+        if not (torch.equal(z1, z2) and torch.equal(ld1, ld2) and torch.equal(ref.inverse(x), flow.inverse(x))):
+            return math.inf
+        return (lp1 - lp2).abs().max().item()
+
+
+def grid_integral(model, lim=12.0, n=1201):
+    """The integral of exp(log p) over [-lim, lim]^2 (midpoint rule on an n x n grid)."""
+    h = 2 * lim / n
+    t = -lim + h * (torch.arange(n, dtype=torch.float64) + 0.5)
+    xx, yy = torch.meshgrid(t, t, indexing="ij")
+    with torch.no_grad():
+        p = model.log_prob(torch.stack([xx.reshape(-1), yy.reshape(-1)], 1).to(model.dtype)).exp()
+    return (p.sum() * h * h).item()
+
+
+def fmt(v):
+    return "-" if v is None else "inf" if v == math.inf else f"{v:.1e}" if isinstance(v, float) else str(v)
+
+
+def cmd_family_check(a):
+    """Checks the family in PyTorch; prints a table; exit status 1 on any failure."""
+    failures = 0
+    print(f"{'case':<30} {'dtype':<5} {'inverse':>8} {'layer ld':>9} {'flow ld':>8} {'reload':>8} {'train':>5}  ok")
+    for i, (name, d, k, kw) in enumerate(check_cases()):
+        for dtype in (torch.float64, torch.float32) if name.endswith("d=2") and name.split()[0] in ARCHS \
+                else (torch.float64,):
+            inv, lld, fld, rel, train, ok = check_case(d, k, kw, dtype, a.seed + 10 * i)
+            failures += not ok
+            print(f"{name:<30} {'f64' if dtype == torch.float64 else 'f32':<5} {fmt(inv):>8} {fmt(lld):>9} "
+                  f"{fmt(fld):>8} {fmt(rel):>8} {train:>5}  {'ok' if ok else 'FAIL'}")
+    print()
+    for d, k, dtype in [(2, 1, torch.float32), (2, 1, torch.float64), (4, 2, torch.float64)]:  # R_NVP needs d = 2k
+        diff = notebook_equivalence(d, k, dtype, a.seed)
+        ok = diff <= (1e-5 if dtype == torch.float32 else 1e-12)
+        failures += not ok
+        print(f"notebook Flow == stacked_NVP d={d} {'f32' if dtype == torch.float32 else 'f64'}: "
+              f"keys, weights, z, log-det, inverse equal; log_pz within {fmt(diff)}  {'ok' if ok else 'FAIL'}")
+    ok = batch_norm_update_ok()
+    failures += not ok
+    print(f"BatchNormFlow running averages (momentum 0.1, unbiased variance)  {'ok' if ok else 'FAIL'}")
+    print()
+    print(f"{'grid integral of exp(log p), d=2':<34} {'fresh':>9} {'warmed':>9}  ok")
+    for arch, kw in ARCHS.items():
+        vals = []
+        for warmup in (0, 3):
+            torch.manual_seed(a.seed)
+            vals.append(grid_integral(nontrivial_state(Flow(2, 1, 8, 3, dtype=torch.float64, **kw), 0.5, 0.05,
+                                                       warmup)))
+        ok = all(abs(v - 1) <= 0.01 for v in vals)
+        failures += not ok
+        print(f"{arch:<34} {vals[0]:>9.6f} {vals[1]:>9.6f}  {'ok' if ok else 'FAIL'}")
+    print()
+    print("all checks passed" if not failures else f"{failures} check(s) FAILED")
+    if failures:
+        sys.exit(1)
 
 
 def cmd_jit(a):
@@ -533,6 +1170,25 @@ def main(argv):
     q = sub.add_parser("load", help="torch.load a file rnvp wrote; outputs on IO/x.npy, IO/z_in.npy")
     q.add_argument("--file", required=True)
     q.add_argument("--io", required=True)
+    q = sub.add_parser("family", help="a seeded Flow of the layer family: state_dict, config, inputs, outputs")
+    q.add_argument("--out", required=True)
+    q.add_argument("--arch", choices=sorted(ARCHS), default="notebook")
+    q.add_argument("--coupling", choices=COUPLINGS, help="override the arch's")
+    q.add_argument("--scale", choices=SCALES, help="the affine scale map (override the arch's)")
+    q.add_argument("--actnorm", action=argparse.BooleanOptionalAction, help="override the arch's")
+    q.add_argument("--mixing", choices=MIXINGS, help="override the arch's")
+    q.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, help="override the arch's")
+    q.add_argument("--final-scale", action=argparse.BooleanOptionalAction, help="override the arch's")
+    q.add_argument("--d", type=int, default=2)
+    q.add_argument("--k", type=int, default=1)
+    q.add_argument("--hidden", type=int, default=8)
+    q.add_argument("--layers", type=int, default=3)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--n", type=int, default=64)
+    q.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    q.add_argument("--scale-params", type=float, default=1.0, help="multiply the conditioner parameters by this")
+    q = sub.add_parser("family-check", help="check the layer family in PyTorch (inverse, log-det, reload, density)")
+    q.add_argument("--seed", type=int, default=0)
     q = sub.add_parser("jit", help="run exported TorchScript functions on IO/x.npy, IO/z_in.npy")
     q.add_argument("--dir", required=True)
     q.add_argument("--io", required=True)
@@ -540,7 +1196,7 @@ def main(argv):
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
     {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "broken": cmd_broken, "load": cmd_load,
      "jit": cmd_jit, "wrapped": cmd_wrapped, "outputs": cmd_outputs,
-     "matmul": cmd_matmul}[a.cmd](a)
+     "matmul": cmd_matmul, "family": cmd_family, "family-check": cmd_family_check}[a.cmd](a)
 
 
 if __name__ == "__main__":
