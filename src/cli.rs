@@ -1,5 +1,9 @@
-//! The command line: clap types only (main.rs dispatches).
+//! The command line: clap types, and their conversion to the library's configurations (main.rs
+//! dispatches).
 use clap::{Args, Parser, Subcommand};
+use rnvp::presets::Preset;
+use rnvp::train::{Schedule, TrainConfig};
+use rnvp::{Error, Init, Result};
 use std::path::PathBuf;
 
 /// R-NVP normalizing flows on libtorch: train, sample, score and plot the model of the
@@ -92,9 +96,116 @@ pub struct DatasetsArgs {
     pub noise: Option<f64>,
 }
 
+/// `v` as a count that must not be negative.
+pub fn non_negative(name: &str, v: i64) -> Result<usize> {
+    if v < 0 {
+        return Err(Error::InvalidConfig(format!("{name} {v}: must not be negative")));
+    }
+    Ok(v as usize)
+}
+
+/// `v` as a count that must be positive.
+pub fn positive(name: &str, v: i64) -> Result<i64> {
+    if v < 1 {
+        return Err(Error::InvalidConfig(format!("{name} {v}: must be at least 1")));
+    }
+    Ok(v)
+}
+
 impl TrainArgs {
+    /// Replaces the values of the flags the user did not give (per `m`) with the preset's.
+    pub fn apply_preset(&mut self, p: &Preset, m: &clap::ArgMatches) {
+        let default = |id: &str| m.value_source(id) != Some(clap::parser::ValueSource::CommandLine);
+        if default("arch") && p.arch != rnvp::Arch::NOTEBOOK {
+            self.arch = p.arch.name().into();
+        }
+        if default("layers") {
+            self.layers = p.layers;
+        }
+        if default("hidden") {
+            self.hidden = p.hidden;
+        }
+        if default("steps") {
+            self.steps = p.steps;
+        }
+        if default("batch_size") {
+            self.batch_size = p.batch_size;
+        }
+        if default("lr") {
+            self.lr = p.lr;
+        }
+        if default("schedule") {
+            self.schedule = match p.schedule {
+                Schedule::Exponential => "exponential",
+                Schedule::Cosine => "cosine",
+            }
+            .into();
+        }
+        if default("warmup") {
+            self.warmup = p.warmup;
+        }
+        if default("init") {
+            self.init = Some(
+                match p.init {
+                    Init::Pytorch => "pytorch",
+                    Init::Identity => "identity",
+                }
+                .into(),
+            );
+        }
+        if default("clip_grad") && self.clip_grad.is_none() {
+            self.clip_grad = p.clip_grad;
+        }
+        if default("val_every") {
+            self.val_every = p.val_every;
+        }
+        if default("threads") && self.compute.threads.is_none() {
+            self.compute.threads = Some(p.threads);
+        }
+    }
+
+    /// The training schedule from the flags (checked).
+    pub fn train_config(&self) -> Result<TrainConfig> {
+        let cfg = TrainConfig {
+            steps: non_negative("--steps", self.steps)?,
+            batch_size: positive("--batch-size", self.batch_size)? as usize,
+            lr: self.lr,
+            gamma: self.gamma,
+            schedule: match self.schedule.as_str() {
+                "exponential" => Schedule::Exponential,
+                "cosine" => Schedule::Cosine,
+                o => {
+                    return Err(Error::InvalidConfig(format!(
+                        "--schedule {o}: expected exponential or cosine"
+                    )))
+                }
+            },
+            warmup: non_negative("--warmup", self.warmup)?,
+            seed: self.seed,
+            clip_grad: self.clip_grad,
+            val_every: positive("--val-every", self.val_every)? as usize,
+            val_size: positive("--val-size", self.val_size)? as usize,
+            val_fraction: self.val_fraction,
+            reversible: self.reversible_backprop,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The initialisation: `--init`, or by default the notebook's for its architecture and the
+    /// identity (zero last layers, which keeps deeper stacks stable) for the others.
+    pub fn initialisation(&self, arch: rnvp::Arch) -> Result<Init> {
+        match self.init.as_deref() {
+            Some("pytorch") => Ok(Init::Pytorch),
+            Some("identity") => Ok(Init::Identity),
+            None if arch == rnvp::Arch::NOTEBOOK => Ok(Init::Pytorch),
+            None => Ok(Init::Identity),
+            Some(o) => Err(Error::InvalidConfig(format!("--init {o}: expected pytorch or identity"))),
+        }
+    }
+
     /// The architecture: `--arch` with the parts the other flags change.
-    pub fn architecture(&self) -> rnvp::Result<rnvp::Arch> {
+    pub fn architecture(&self) -> Result<rnvp::Arch> {
         let mut a: rnvp::Arch = self.arch.parse()?;
         if let Some(c) = &self.coupling {
             a.coupling = c.parse()?;

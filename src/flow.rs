@@ -80,13 +80,23 @@ impl StackedNvp {
         self.engine = engine;
     }
 
+    /// The packing of this flow for the fused kernels, or `None` where they do not apply (they
+    /// run the notebook's architecture in float32 on the CPU with k and d − k at most
+    /// [`kernel::MAX_WIDTH`]), whatever the engine.
+    pub fn packing(&self) -> Option<Packing> {
+        if self.device() != Device::Cpu || self.kind() != Kind::Float {
+            return None;
+        }
+        Packing::new(&self.cfg)
+    }
+
     /// The packing for the fused kernels when the engine uses them for this flow now (`Auto`
     /// falls back to libtorch silently; `Fused` fails where they do not apply).
     pub fn fused_packing(&self) -> Result<Option<Packing>> {
         match self.engine {
             Engine::Libtorch => Ok(None),
-            Engine::Auto => Ok(kernel::packing_for(self)),
-            Engine::Fused => kernel::packing_for(self).map(Some).ok_or_else(|| {
+            Engine::Auto => Ok(self.packing()),
+            Engine::Fused => self.packing().map(Some).ok_or_else(|| {
                 Error::InvalidConfig(format!(
                     "the fused engine runs float32 flows on the CPU with k and d − k at most {} \
                      (this flow: {:?} on {:?}, d = {}, k = {})",
@@ -102,7 +112,7 @@ impl StackedNvp {
 
     /// Runs the fused forward pass on `xs`: `(z, Σ log|det|)` as flat row-major vectors.
     fn fused_forward(&self, pk: &Packing, xs: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
-        let params = pk.pack(self)?;
+        let params = pk.pack(&self.layers)?;
         let mut zs = kernel::flat(xs)?;
         let mut log_det = vec![0.0f32; xs.size()[0] as usize];
         pk.forward_par(&params, &mut zs, &mut log_det, threads());
@@ -111,7 +121,7 @@ impl StackedNvp {
 
     /// Runs the fused inverse on `zs`.
     fn fused_inverse(&self, pk: &Packing, zs: &Tensor) -> Result<Tensor> {
-        let params = pk.pack(self)?;
+        let params = pk.pack(&self.layers)?;
         let mut xs = kernel::flat(zs)?;
         pk.inverse_par(&params, &mut xs, threads());
         Ok(Tensor::from_slice(&xs).view([-1, self.cfg.d]))

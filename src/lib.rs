@@ -20,7 +20,7 @@
 //! On the CPU in float32, `log_prob`, `encode`, `decode`, `sample` and training run in fused
 //! kernels ([`kernel`]) instead of libtorch operations, with the same maths to float32 rounding;
 //! [`Flow::set_engine`] with [`Engine::Libtorch`] switches back to libtorch.
-#![deny(unsafe_code)] // exceptions: `sys` (mallopt, dlopen) and the kernels' run-time CPU dispatch
+#![deny(unsafe_code)] // exceptions: `sys` (mallopt, dlopen) and `kernel::simd` (run-time CPU dispatch)
 #![deny(missing_docs)]
 
 pub mod arch;
@@ -35,6 +35,7 @@ pub mod flow;
 pub mod kernel;
 pub mod layers;
 pub mod plot;
+pub mod presets;
 pub mod sys;
 pub mod train;
 

@@ -3,13 +3,13 @@ mod cli;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches};
-use cli::{Cli, Command, Compute};
+use cli::{non_negative, positive, Cli, Command, Compute};
 use indicatif::{ProgressBar, ProgressStyle};
 use rnvp::checkpoint::Checkpoint;
 use rnvp::data::{self, io, DataSpec, Matrix, Rng, Scaler};
 use rnvp::device::{parse_device, parse_kind};
 use rnvp::figures::Figures;
-use rnvp::train::{best_path, Event, Schedule, TrainConfig, TrainData, Trainer};
+use rnvp::train::{best_path, Event, TrainConfig, TrainData, Trainer};
 use rnvp::{Engine, Flow, FlowConfig, Init};
 use serde_json::json;
 use std::io::Write;
@@ -84,7 +84,11 @@ fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
         Command::Train(mut a) => {
             if let Some(name) = a.preset.clone() {
                 let sub = matches.subcommand_matches("train").context("invariant: train matches")?;
-                apply_preset(&mut a, &name, sub)?;
+                let names: Vec<&str> = rnvp::presets::ALL.iter().map(|p| p.name).collect();
+                let preset = rnvp::presets::named(&name).with_context(|| {
+                    format!("--preset {name}: unknown preset (expected {})", names.join(", "))
+                })?;
+                a.apply_preset(&preset, sub);
             }
             train(*a)
         }
@@ -122,80 +126,6 @@ fn run(command: Command, matches: &clap::ArgMatches) -> Result<()> {
 }
 
 /// Replaces the values of the flags the user did not give with the preset's.
-fn apply_preset(a: &mut cli::TrainArgs, name: &str, m: &clap::ArgMatches) -> Result<()> {
-    if name != "best" {
-        bail!("--preset {name}: unknown preset (expected best)");
-    }
-    let default = |id: &str| m.value_source(id) != Some(clap::parser::ValueSource::CommandLine);
-    if default("layers") {
-        a.layers = PRESET_BEST.layers;
-    }
-    if default("hidden") {
-        a.hidden = PRESET_BEST.hidden;
-    }
-    if default("steps") {
-        a.steps = PRESET_BEST.steps;
-    }
-    if default("batch_size") {
-        a.batch_size = PRESET_BEST.batch_size;
-    }
-    if default("lr") {
-        a.lr = PRESET_BEST.lr;
-    }
-    if default("schedule") {
-        a.schedule = PRESET_BEST.schedule.into();
-    }
-    if default("warmup") {
-        a.warmup = PRESET_BEST.warmup;
-    }
-    if default("init") {
-        a.init = Some(PRESET_BEST.init.into());
-    }
-    if default("clip_grad") && a.clip_grad.is_none() {
-        a.clip_grad = PRESET_BEST.clip_grad;
-    }
-    if default("val_every") {
-        a.val_every = PRESET_BEST.val_every;
-    }
-    if default("threads") && a.compute.threads.is_none() {
-        a.compute.threads = Some(PRESET_BEST.threads);
-    }
-    Ok(())
-}
-
-/// The values of `--preset best`.
-struct Preset {
-    layers: i64,
-    hidden: i64,
-    steps: i64,
-    batch_size: i64,
-    lr: f64,
-    schedule: &'static str,
-    warmup: i64,
-    init: &'static str,
-    clip_grad: Option<f64>,
-    val_every: i64,
-    /// Small matrices: one thread avoids libtorch's threading overhead (and contention).
-    threads: i32,
-}
-
-/// Found by a search on two moons (README, "Deeper, faster, leaner"): mean test NLL 1.132 nats
-/// over seeds 0–2 (and over 0–5; the floor is 1.131) in about 11 s of training on 2 cores.
-/// One thread keeps the result independent of the machine's core count.
-const PRESET_BEST: Preset = Preset {
-    layers: 8,
-    hidden: 64,
-    steps: 20_000,
-    batch_size: 1024,
-    lr: 3e-3,
-    schedule: "cosine",
-    warmup: 100,
-    init: "identity",
-    clip_grad: Some(1.0),
-    val_every: 500,
-    threads: 1,
-};
-
 /// Device and dtype from the flags (and the thread count applied).
 fn compute(c: &Compute) -> Result<(Device, Kind)> {
     if let Some(t) = c.threads {
@@ -252,21 +182,6 @@ fn write_rows(out: Option<&Path>, m: &Matrix, header: &[String]) -> Result<()> {
     }
 }
 
-fn non_negative(name: &str, v: i64) -> Result<usize> {
-    if v < 0 {
-        bail!("{name} {v}: must not be negative");
-    }
-    Ok(v as usize)
-}
-
-fn positive(name: &str, v: i64) -> Result<i64> {
-    if v < 1 {
-        bail!("{name} {v}: must be at least 1");
-    }
-    Ok(v)
-}
-
-/// The `--noise` of a toy set, or the set's own; checked.
 fn toy_noise(set: data::ToySet, noise: Option<f64>) -> Result<f64> {
     let noise = noise.unwrap_or(set.default_noise());
     if !(noise.is_finite() && noise >= 0.0) {
@@ -296,34 +211,9 @@ fn train(a: cli::TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let cfg = TrainConfig {
-        steps: non_negative("--steps", a.steps)?,
-        batch_size: positive("--batch-size", a.batch_size)? as usize,
-        lr: a.lr,
-        gamma: a.gamma,
-        schedule: match a.schedule.as_str() {
-            "exponential" => Schedule::Exponential,
-            "cosine" => Schedule::Cosine,
-            o => bail!("--schedule {o}: expected exponential or cosine"),
-        },
-        warmup: non_negative("--warmup", a.warmup)?,
-        seed: a.seed,
-        clip_grad: a.clip_grad,
-        val_every: positive("--val-every", a.val_every)? as usize,
-        val_size: positive("--val-size", a.val_size)? as usize,
-        val_fraction: a.val_fraction,
-        reversible: a.reversible_backprop,
-    };
-    cfg.validate()?;
+    let cfg = a.train_config()?;
     let arch = a.architecture()?;
-    let init = match a.init.as_deref() {
-        Some("pytorch") => Init::Pytorch,
-        Some("identity") => Init::Identity,
-        // zero last layers keep the deeper stacks of the other architectures stable
-        None if arch == rnvp::Arch::NOTEBOOK => Init::Pytorch,
-        None => Init::Identity,
-        Some(o) => bail!("--init {o}: expected pytorch or identity"),
-    };
+    let init = a.initialisation(arch)?;
     let (train_data, scaler) = match &spec {
         DataSpec::Toy(set) => (TrainData::Toy { set: *set, noise: toy_noise(*set, a.noise)? }, None),
         DataSpec::File(p) => {

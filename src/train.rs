@@ -350,7 +350,7 @@ impl FusedAdam {
     pub fn new(pk: Packing, flow: &Flow, cfg: &TrainConfig, resume: Option<&OptimizerState>) -> Result<Self> {
         check_resume_step(resume)?;
         let layout = flow.config().layout;
-        let params = pk.pack(flow)?;
+        let params = pk.pack(flow.layers())?;
         let moment = |m: Option<&BTreeMap<String, Tensor>>| -> Result<Vec<f32>> {
             match m {
                 Some(m) => pk.from_named(m, layout).map_err(|e| Error::Data(format!("optimizer state: {e}"))),
@@ -439,7 +439,7 @@ impl FusedAdam {
 
     /// Copies the trained weights into the flow.
     pub fn write_back(&self, flow: &Flow) -> Result<()> {
-        self.pk.unpack(&self.params, flow)
+        self.pk.unpack(&self.params, flow.layers())
     }
 
     /// The state, for a checkpoint.

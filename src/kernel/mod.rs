@@ -1,0 +1,428 @@
+//! Fused CPU kernels for the coupling layers (float32, `k` and `d − k` up to 4).
+//!
+//! The notebook's conditioners are `Linear(c, hidden) → LeakyReLU → Linear(hidden, o)` with tiny
+//! `c` and `o` (1 for two-dimensional data). Run through libtorch, every layer writes and re-reads
+//! `[n, hidden]` activations several times (linear, activation, its gradient, ...), so the cost is
+//! memory traffic, not arithmetic. These kernels instead walk the hidden units of a few rows at a
+//! time in SIMD registers: the forward pass produces each row's `σ` and `μ` without storing any
+//! activation, and the backward pass recomputes the hidden units and accumulates the weight
+//! gradients in the same sweep. A training step then keeps only each layer's input and its `σ`,
+//! `μ` (`n × (d + 2·o)` numbers; with reversible backprop, those of one layer at a time), and the
+//! weights stay in the L1 cache.
+//!
+//! The maths is the notebook's, term for term; only the summation order differs from libtorch's
+//! (tests compare both, and compare the gradients with autograd's). Parameters live in one flat
+//! buffer ([`Packing`]): per layer, `sig_net` then `mu_net`, each as `W₁ᵀ [c × hp]`, `b₁ [hp]`,
+//! `W₂ [o × hp]`, `b₂ [o]`, with the hidden width padded with zeros to `hp`, a multiple of the
+//! SIMD width (padded units are exactly zero and get zero gradients).
+//!
+//! On x86-64 CPUs with AVX2 and FMA (detected at run time) the kernels are compiled for them;
+//! elsewhere the same code runs with the baseline instruction set. `RNVP_KERNELS=baseline` in the
+//! environment forces the baseline build on any CPU (the AVX2 build fuses multiply-adds, so the two
+//! round differently; CI runs the suite both ways).
+//!
+//! Files: this one is the slice API ([`Packing`]: layout, passes over rows, threads); `simd` the
+//! row passes and the CPU dispatch (the kernels' only `unsafe`); `params` the packing of a stack's
+//! layers into the flat buffer and back. The kernels run the notebook's architecture only.
+mod params;
+mod simd;
+
+pub use simd::has_avx2_fma;
+
+use crate::config::FlowConfig;
+use crate::error::Result;
+use simd::{bwd, fwd, inv, net_len, Geometry, LANES, ROWS};
+use std::ops::Range;
+use tch::{Kind, Tensor};
+
+/// Largest `c` and `o` with a compiled kernel.
+pub const MAX_WIDTH: usize = 4;
+
+/// Where each layer's packed parameters lie in the flat buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packing {
+    d: usize,
+    k: usize,
+    hidden: usize,
+    hp: usize,
+    flips: Vec<bool>,
+    offsets: Vec<usize>,
+    len: usize,
+    /// Use the AVX2 + FMA build of the kernels.
+    avx2: bool,
+}
+
+/// Which tensor of a conditioner network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// `N.0.weight`, `[hidden, c]`.
+    W1,
+    /// `N.0.bias`, `[hidden]`.
+    B1,
+    /// `N.2.weight`, `[o, hidden]`.
+    W2,
+    /// `N.2.bias`, `[o]`.
+    B2,
+}
+
+impl Packing {
+    /// The packing of a stacked flow, or `None` when no kernel handles its widths.
+    pub fn new(cfg: &FlowConfig) -> Option<Packing> {
+        let (d, k, hidden) = (cfg.d as usize, cfg.k as usize, cfg.hidden as usize);
+        if cfg.arch != crate::config::Arch::NOTEBOOK
+            || k == 0
+            || k >= d
+            || k > MAX_WIDTH
+            || d - k > MAX_WIDTH
+            || hidden == 0
+        {
+            return None;
+        }
+        let hp = hidden.div_ceil(LANES) * LANES;
+        let flips: Vec<bool> = (0..cfg.layers).map(|i| cfg.flip(i)).collect();
+        let mut offsets = Vec::with_capacity(flips.len());
+        let mut len = 0;
+        for &flip in &flips {
+            offsets.push(len);
+            let (c, o) = if flip { (d - k, k) } else { (k, d - k) };
+            len += 2 * net_len(c, o, hp);
+        }
+        Some(Packing { d, k, hidden, hp, flips, offsets, len, avx2: has_avx2_fma() })
+    }
+
+    /// The same packing with the kernels built for the baseline instruction set even where the CPU
+    /// has AVX2 (for tests and comparisons).
+    pub fn baseline(mut self) -> Self {
+        self.avx2 = false;
+        self
+    }
+
+    /// Which build of the kernels runs: "AVX2+FMA" or "baseline".
+    pub fn instruction_set(&self) -> &'static str {
+        if self.avx2 {
+            "AVX2+FMA"
+        } else {
+            "baseline"
+        }
+    }
+
+    /// Numbers in the flat buffer.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty (never: a flow has a layer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Layers.
+    pub fn layers(&self) -> usize {
+        self.flips.len()
+    }
+
+    /// Data dimension.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    fn widths(&self, layer: usize) -> (usize, usize) {
+        if self.flips[layer] {
+            (self.d - self.k, self.k)
+        } else {
+            (self.k, self.d - self.k)
+        }
+    }
+
+    /// Conditioning and transformed column offsets of a layer.
+    fn columns(&self, layer: usize) -> (usize, usize) {
+        if self.flips[layer] {
+            (self.k, 0)
+        } else {
+            (0, self.k)
+        }
+    }
+
+    /// The range of one layer's parameters (both networks).
+    fn layer_range(&self, layer: usize) -> Range<usize> {
+        let (c, o) = self.widths(layer);
+        self.offsets[layer]..self.offsets[layer] + 2 * net_len(c, o, self.hp)
+    }
+
+    /// Maps a dense tensor of the flow to positions in the flat buffer: calls `f(dense_index,
+    /// packed_index)` for every element of `N.part` (`mu` selects `mu_net`) of `layer`, with dense
+    /// indices in row-major order of the tensor's shape.
+    pub fn for_each(&self, layer: usize, mu: bool, part: Part, mut f: impl FnMut(usize, usize)) {
+        let (c, o) = self.widths(layer);
+        let hp = self.hp;
+        let base = self.offsets[layer] + if mu { net_len(c, o, hp) } else { 0 };
+        match part {
+            Part::W1 => {
+                for j in 0..self.hidden {
+                    for i in 0..c {
+                        f(j * c + i, base + i * hp + j);
+                    }
+                }
+            }
+            Part::B1 => (0..self.hidden).for_each(|j| f(j, base + c * hp + j)),
+            Part::W2 => {
+                for i in 0..o {
+                    for j in 0..self.hidden {
+                        f(i * self.hidden + j, base + (c + 1) * hp + i * hp + j);
+                    }
+                }
+            }
+            Part::B2 => (0..o).for_each(|i| f(i, base + (c + 1 + o) * hp + i)),
+        }
+    }
+
+    /// The shape of `N.part` of `layer`.
+    pub fn shape(&self, layer: usize, part: Part) -> Vec<i64> {
+        let (c, o) = self.widths(layer);
+        let h = self.hidden as i64;
+        match part {
+            Part::W1 => vec![h, c as i64],
+            Part::B1 => vec![h],
+            Part::W2 => vec![o as i64, h],
+            Part::B2 => vec![o as i64],
+        }
+    }
+}
+
+impl Packing {
+    fn check_lengths(&self, params: &[f32], data: usize) {
+        assert_eq!(
+            params.len(),
+            self.len,
+            "kernel: parameter buffer of {} numbers, expected {}",
+            params.len(),
+            self.len
+        );
+        assert_eq!(data % self.d, 0, "kernel: {data} numbers are not rows of d = {}", self.d);
+    }
+
+    fn geometry(&self, layer: usize) -> Geometry {
+        let (cc, tc) = self.columns(layer);
+        Geometry { d: self.d, cc, tc, hp: self.hp, hidden: self.hidden }
+    }
+
+    /// `x → z` in place for rows of `xs` (`n × d`), adding each row's `Σ log|det|` to `log_det`.
+    ///
+    /// Panics if `params` is not a buffer of this packing or the lengths disagree.
+    pub fn forward(&self, params: &[f32], xs: &mut [f32], log_det: &mut [f32]) {
+        self.check_lengths(params, xs.len());
+        assert_eq!(
+            xs.len(),
+            log_det.len() * self.d,
+            "kernel: {} rows but {} log-dets",
+            xs.len() / self.d,
+            log_det.len()
+        );
+        for l in 0..self.layers() {
+            let (c, o) = self.widths(l);
+            fwd::run(self.avx2, c, o, &params[self.layer_range(l)], self.geometry(l), xs, log_det, None);
+        }
+    }
+
+    /// `z → x` in place for rows of `zs`.
+    ///
+    /// Panics if `params` is not a buffer of this packing or `zs` is not whole rows.
+    pub fn inverse(&self, params: &[f32], zs: &mut [f32]) {
+        self.check_lengths(params, zs.len());
+        for l in (0..self.layers()).rev() {
+            let (c, o) = self.widths(l);
+            inv::run(self.avx2, c, o, &params[self.layer_range(l)], self.geometry(l), zs, None);
+        }
+    }
+
+    /// The summed loss `Σ_rows −log p(x)` of the rows `xs`, and `scale ×` its gradient added to
+    /// `grads`. `scratch` is reused between calls. With `reversible`, each layer's input is
+    /// recomputed from its output with the inverse instead of being kept.
+    pub fn loss_grad(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        xs: &[f32],
+        scale: f32,
+        reversible: bool,
+        scratch: &mut Scratch,
+    ) -> f64 {
+        self.check_lengths(params, xs.len());
+        assert_eq!(
+            grads.len(),
+            self.len,
+            "kernel: gradient buffer of {} numbers, expected {}",
+            grads.len(),
+            self.len
+        );
+        let d = self.d;
+        let n = xs.len() / d;
+        let layers = self.layers();
+        let o_max = self.k.max(d - self.k);
+        let kept = if reversible { 1 } else { layers };
+        scratch.inputs.resize(if reversible { 0 } else { layers * n * d }, 0.0);
+        scratch.sm.resize(kept * n * 2 * o_max, 0.0);
+        scratch.z.clear();
+        scratch.z.extend_from_slice(xs);
+        scratch.log_det.clear();
+        scratch.log_det.resize(n, 0.0);
+        for l in 0..layers {
+            let (c, o) = self.widths(l);
+            let slot = if reversible { 0 } else { l };
+            let keep = &mut scratch.sm[slot * n * 2 * o_max..][..n * 2 * o];
+            if !reversible {
+                scratch.inputs[l * n * d..(l + 1) * n * d].copy_from_slice(&scratch.z);
+            }
+            let geo = self.geometry(l);
+            let p = &params[self.layer_range(l)];
+            let keep = if reversible { None } else { Some(keep) };
+            fwd::run(self.avx2, c, o, p, geo, &mut scratch.z, &mut scratch.log_det, keep);
+        }
+        let mut loss = 0.0f64;
+        for (row, ld) in scratch.z.chunks_exact(d).zip(&scratch.log_det) {
+            loss -= crate::base::log_prob_row(row) + *ld as f64;
+        }
+        if !loss.is_finite() {
+            return loss;
+        }
+        // ∂(scale·loss)/∂z = scale·z; ∂/∂(Σ σ) = −scale
+        scratch.grad.clear();
+        scratch.grad.extend(scratch.z.iter().map(|v| v * scale));
+        for l in (0..layers).rev() {
+            let (c, o) = self.widths(l);
+            let geo = self.geometry(l);
+            let range = self.layer_range(l);
+            let (p, g) = (&params[range.clone()], &mut grads[range]);
+            if reversible {
+                // the input is recomputed from the output; σ and μ come with it
+                let keep = &mut scratch.sm[..n * 2 * o];
+                inv::run(self.avx2, c, o, p, geo, &mut scratch.z, Some(keep));
+                let sm = &scratch.sm[..n * 2 * o];
+                bwd::run(self.avx2, c, o, p, g, geo, &scratch.z, sm, &mut scratch.grad, -scale);
+            } else {
+                let input = &scratch.inputs[l * n * d..(l + 1) * n * d];
+                let sm = &scratch.sm[l * n * 2 * o_max..][..n * 2 * o];
+                bwd::run(self.avx2, c, o, p, g, geo, input, sm, &mut scratch.grad, -scale);
+            }
+        }
+        loss
+    }
+}
+
+/// Buffers a training step reuses.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    inputs: Vec<f32>,
+    sm: Vec<f32>,
+    z: Vec<f32>,
+    log_det: Vec<f32>,
+    grad: Vec<f32>,
+}
+
+/// A tensor's values as float32, in row-major order.
+pub(crate) fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(Vec::<f32>::try_from(&t.detach().to_kind(Kind::Float).contiguous().view([-1]))?)
+}
+
+impl Packing {
+    /// Row blocks for `threads` workers: at most `threads` ranges of whole `ROWS` groups, none
+    /// smaller than `min_rows` (so small inputs stay on one thread).
+    fn row_blocks(n: usize, threads: usize, min_rows: usize) -> Vec<Range<usize>> {
+        let workers = threads.clamp(1, (n / min_rows.max(1)).max(1));
+        let per = n.div_ceil(workers).div_ceil(ROWS) * ROWS;
+        (0..n).step_by(per.max(1)).map(|s| s..(s + per).min(n)).collect()
+    }
+
+    /// [`Packing::forward`] on `threads` threads (same panics).
+    pub fn forward_par(&self, params: &[f32], xs: &mut [f32], log_det: &mut [f32], threads: usize) {
+        self.check_lengths(params, xs.len());
+        assert_eq!(
+            xs.len(),
+            log_det.len() * self.d,
+            "kernel: {} rows but {} log-dets",
+            xs.len() / self.d,
+            log_det.len()
+        );
+        let d = self.d;
+        let blocks = Self::row_blocks(log_det.len(), threads, 1024);
+        if blocks.len() <= 1 {
+            return self.forward(params, xs, log_det);
+        }
+        let per = blocks[0].len();
+        std::thread::scope(|s| {
+            for (x, ld) in xs.chunks_mut(per * d).zip(log_det.chunks_mut(per)) {
+                s.spawn(move || self.forward(params, x, ld));
+            }
+        });
+    }
+
+    /// [`Packing::inverse`] on `threads` threads (same panics).
+    pub fn inverse_par(&self, params: &[f32], zs: &mut [f32], threads: usize) {
+        self.check_lengths(params, zs.len());
+        let d = self.d;
+        let blocks = Self::row_blocks(zs.len() / d, threads, 1024);
+        if blocks.len() <= 1 {
+            return self.inverse(params, zs);
+        }
+        let per = blocks[0].len();
+        std::thread::scope(|s| {
+            for z in zs.chunks_mut(per * d) {
+                s.spawn(move || self.inverse(params, z));
+            }
+        });
+    }
+
+    /// The mean loss `−mean(log p(x))` of the rows `xs` with its gradient written to `grads`
+    /// (overwritten), on up to `threads` threads (`scratch` grows to one buffer set per thread).
+    pub fn mean_loss_grad(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        xs: &[f32],
+        reversible: bool,
+        threads: usize,
+        scratch: &mut Vec<(Scratch, Vec<f32>)>,
+    ) -> f64 {
+        self.check_lengths(params, xs.len());
+        assert_eq!(
+            grads.len(),
+            self.len,
+            "kernel: gradient buffer of {} numbers, expected {}",
+            grads.len(),
+            self.len
+        );
+        let d = self.d;
+        let n = xs.len() / d;
+        let scale = 1.0 / n.max(1) as f32;
+        let blocks = Self::row_blocks(n, threads, 128);
+        scratch.resize_with(blocks.len().max(1), || (Scratch::default(), vec![]));
+        grads.fill(0.0);
+        if blocks.len() <= 1 {
+            let (s, _) = &mut scratch[0];
+            return self.loss_grad(params, grads, xs, scale, reversible, s) / n.max(1) as f64;
+        }
+        let per = blocks[0].len();
+        let losses: Vec<f64> = std::thread::scope(|s| {
+            let handles: Vec<_> = xs
+                .chunks(per * d)
+                .zip(scratch.iter_mut())
+                .map(|(x, (sc, g))| {
+                    s.spawn(move || {
+                        g.clear();
+                        g.resize(self.len, 0.0);
+                        self.loss_grad(params, g, x, scale, reversible, sc)
+                    })
+                })
+                .collect();
+            // invariant: the lengths are checked before the threads start; a kernel thread has no
+            // other way to panic, and if it did, re-raising its panic here is the right outcome
+            handles.into_iter().map(|h| h.join().expect("kernel threads do not panic")).collect()
+        });
+        for (_, g) in scratch.iter() {
+            for (a, b) in grads.iter_mut().zip(g) {
+                *a += b;
+            }
+        }
+        losses.iter().sum::<f64>() / n.max(1) as f64
+    }
+}
