@@ -121,7 +121,7 @@ fn mem_child(layers: i64, mode: &str) -> Result<()> {
     let batch = standardize(&ToySet::TwoMoons.sample(4096, 0.05, &mut Rng::new(0)))?;
     let xs = rnvp::data::to_tensor(&batch, Kind::Float, Device::Cpu)?;
     if fused {
-        let pk = rnvp::kernel::packing_for(&flow).context("the fused kernels apply")?;
+        let pk = flow.packing().context("the fused kernels apply")?;
         let rows: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
         let mut opt = rnvp::train::FusedAdam::new(pk, &flow, &cfg, None)?;
         let before = peak_rss()?;
@@ -477,7 +477,7 @@ fn ideas(md: &mut String, o: &Opts) -> Result<()> {
     let xs = rnvp::data::to_tensor(&batch, Kind::Float, Device::Cpu)?;
     let rows: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
     let cfg = TrainConfig::default();
-    let pk = rnvp::kernel::packing_for(&flow).context("the fused kernels apply")?;
+    let pk = flow.packing().context("the fused kernels apply")?;
     let mut adam = rnvp::train::Adam::new(&flow, &cfg, None)?;
     let mut avx = rnvp::train::FusedAdam::new(pk.clone(), &flow, &cfg, None)?;
     let mut base = rnvp::train::FusedAdam::new(pk.clone().baseline(), &flow, &cfg, None)?;

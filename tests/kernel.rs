@@ -4,7 +4,7 @@
 mod common;
 
 use rnvp::data::{Rng, ToySet};
-use rnvp::kernel::{packing_for, Packing, Scratch};
+use rnvp::kernel::{Packing, Scratch};
 use rnvp::train::{Adam, FusedAdam, Schedule, TrainConfig, TrainData, Trainer};
 use rnvp::{Engine, Flow, FlowConfig, Layout};
 use std::collections::BTreeMap;
@@ -77,8 +77,8 @@ fn gradients_equal_autograd() {
     for (i, cfg) in configs().into_iter().enumerate() {
         for n in [37, 512] {
             let (flow, xs) = flow_and_data(&cfg, n, 10 + i as i64);
-            let pk = packing_for(&flow).expect("the kernels take these widths");
-            let params = pk.pack(&flow).unwrap();
+            let pk = flow.packing().expect("the kernels take these widths");
+            let params = pk.pack(flow.layers()).unwrap();
             let (want_loss, want) = autograd(&flow, &xs, &pk);
             let x = flat(&xs);
             for pk in [pk.clone(), pk.clone().baseline()] {
@@ -121,10 +121,10 @@ fn the_avx2_build_runs_where_the_cpu_has_it() {
     assert_eq!(rnvp::kernel::has_avx2_fma(), expected, "cpu AVX2+FMA {cpu}, RNVP_KERNELS=baseline {forced}");
     let cfg = FlowConfig::notebook(3);
     let (flow, xs) = flow_and_data(&cfg, 4096, 5);
-    let pk = packing_for(&flow).unwrap();
+    let pk = flow.packing().unwrap();
     assert_eq!(pk.instruction_set(), if expected { "AVX2+FMA" } else { "baseline" });
     eprintln!("kernels: {} (CPU AVX2+FMA: {cpu}, RNVP_KERNELS=baseline: {forced})", pk.instruction_set());
-    let params = pk.pack(&flow).unwrap();
+    let params = pk.pack(flow.layers()).unwrap();
     let run = |pk: &Packing| {
         let mut z = flat(&xs);
         let mut ld = vec![0.0; 4096];
@@ -158,8 +158,8 @@ fn reversible_gradients_hold_in_a_deep_identity_initialised_stack() {
         Device::Cpu,
     )
     .unwrap();
-    let pk = packing_for(&flow).unwrap();
-    let params = pk.pack(&flow).unwrap();
+    let pk = flow.packing().unwrap();
+    let params = pk.pack(flow.layers()).unwrap();
     let (_, want) = autograd(&flow, &xs, &pk);
     let mut grads = vec![0.0; pk.len()];
     pk.mean_loss_grad(&params, &mut grads, &flat(&xs), true, 2, &mut vec![]);
@@ -179,8 +179,8 @@ fn inference_equals_libtorch() {
         common::assert_close(&flow.encode(&xs).unwrap(), &z, 2e-5, 2e-5, &format!("{what} encode"));
         common::assert_close(&flow.decode(&xs).unwrap(), &x, 2e-5, 2e-5, &format!("{what} decode"));
         // the parallel passes split rows only: bit-identical to one thread
-        let pk = packing_for(&flow).unwrap();
-        let params = pk.pack(&flow).unwrap();
+        let pk = flow.packing().unwrap();
+        let params = pk.pack(flow.layers()).unwrap();
         let (mut one, mut many) = (flat(&xs), flat(&xs));
         let (mut ld1, mut ld2) = (vec![0.0; 3001], vec![0.0; 3001]);
         pk.forward_par(&params, &mut one, &mut ld1, 1);
@@ -214,7 +214,7 @@ fn the_fused_engine_refuses_what_it_cannot_run() {
         let err = f64_flow.log_prob(&xs).unwrap_err().to_string();
         assert!(err.contains("float32") && err.contains("Double"), "{err}");
         let mut wide = Flow::new(&FlowConfig::stacked(10, 5, 8, 2), Device::Cpu, Kind::Float).unwrap();
-        assert!(packing_for(&wide).is_none(), "k = 5 is beyond the compiled widths");
+        assert!(wide.packing().is_none(), "k = 5 is beyond the compiled widths");
         wide.set_engine(Engine::Fused);
         let err = wide.sample(3).unwrap_err().to_string();
         assert!(err.contains("k = 5"), "{err}");
@@ -265,8 +265,8 @@ fn one_training_step_equals_libtorchs() {
     for (i, cfg) in [FlowConfig::notebook(3), FlowConfig::stacked(3, 2, 9, 4)].into_iter().enumerate() {
         let tc = TrainConfig { lr: 1e-3, ..Default::default() };
         let (flow, xs) = flow_and_data(&cfg, 512, 60 + i as i64);
-        let pk = packing_for(&flow).unwrap();
-        let start = pk.pack(&flow).unwrap();
+        let pk = flow.packing().unwrap();
+        let start = pk.pack(flow.layers()).unwrap();
         let mut fused = FusedAdam::new(pk.clone(), &flow, &tc, None).unwrap();
         let loss = fused.loss_grad(&flat(&xs)).unwrap();
         let (want_loss, want_grads) = autograd(&flow, &xs, &pk);
@@ -278,7 +278,7 @@ fn one_training_step_equals_libtorchs() {
         fused.step();
         let mut adam = Adam::new(&flow, &tc, None).unwrap();
         adam.step(); // the gradients autograd left in the variables
-        let after = pk.pack(&flow).unwrap();
+        let after = pk.pack(flow.layers()).unwrap();
         let mut moved = 0;
         for (j, ((f, l), s)) in fused.params().iter().zip(&after).zip(&start).enumerate() {
             let tol = 1e-6 * (l.abs() + tc.lr as f32);
@@ -305,7 +305,7 @@ fn adam_states_evolve_identically_from_the_same_gradients() {
             ..Default::default()
         };
         let (flow, xs) = flow_and_data(&cfg, 64, 70);
-        let pk = packing_for(&flow).unwrap();
+        let pk = flow.packing().unwrap();
         let mut fused = FusedAdam::new(pk.clone(), &flow, &tc, None).unwrap();
         let mut adam = Adam::new(&flow, &tc, None).unwrap();
         flow.loss_backward(&xs, false).unwrap(); // defines the gradient tensors
@@ -326,7 +326,7 @@ fn adam_states_evolve_identically_from_the_same_gradients() {
             }
             fused.step();
             adam.step();
-            let after = pk.pack(&flow).unwrap();
+            let after = pk.pack(flow.layers()).unwrap();
             for (j, (f, l)) in fused.params().iter().zip(&after).enumerate() {
                 let tol = 1e-6 * l.abs() + 1e-5 * tc.lr as f32 * (t + 1) as f32;
                 assert!((f - l).abs() <= tol, "{schedule:?} step {t} parameter {j}: fused {f}, libtorch {l}");

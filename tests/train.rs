@@ -57,7 +57,7 @@ fn adam_and_exponential_lr_follow_pytorchs_run() {
         }
         let mut losses = vec![];
         if fused {
-            let pk = rnvp::kernel::packing_for(&flow).unwrap();
+            let pk = flow.packing().unwrap();
             let mut opt = FusedAdam::new(pk, &flow, &cfg, None).unwrap();
             for b in &batches {
                 let rows: Vec<f32> = b.data.iter().map(|&v| v as f32).collect();
