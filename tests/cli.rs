@@ -532,3 +532,149 @@ fn preset_best_reaches_the_target_quality() {
     let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&ck), "--json"])).unwrap();
     assert_eq!((info["layers"].as_i64(), info["hidden"].as_i64()), (Some(8), Some(64)));
 }
+
+#[test]
+fn every_architecture_runs_every_command() {
+    let dir = tmp_dir("cli-archs");
+    let points = dir.join("points.csv");
+    let out = ok(&["datasets", "pinwheel", "-n", "300", "--out", s(&points), "--seed", "4"]);
+    assert!(out.contains("300 points of pinwheel"), "{out}");
+    let text = std::fs::read_to_string(&points).unwrap();
+    assert_eq!(text.lines().count(), 301, "a header and 300 rows");
+    assert_eq!(text, {
+        ok(&["datasets", "pinwheel", "-n", "300", "--out", s(&dir.join("again.csv")), "--seed", "4"]);
+        std::fs::read_to_string(dir.join("again.csv")).unwrap()
+    });
+    for (arch, extra, name) in [
+        ("nice", vec![], "nice"),
+        ("realnvp", vec![], "realnvp"),
+        ("glow", vec![], "glow"),
+        ("notebook", vec!["--scale", "softclamp", "--mixing", "random", "--actnorm"], "custom"),
+    ] {
+        let ck = dir.join(format!("{arch}.safetensors"));
+        let mut args = vec!["--arch", arch];
+        args.extend(&extra);
+        train_small(&ck, &args);
+        let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&ck), "--json"])).unwrap();
+        assert_eq!(info["arch"], name, "{info}");
+        assert_eq!(info["check"], "ok");
+        let nll = eval_json(&ck, "2000");
+        assert!(nll["nll"].as_f64().unwrap().is_finite(), "{arch}: {nll}");
+        // resume continues to 90 steps
+        let mut resume = vec![
+            "train",
+            "--data",
+            "two-moons",
+            "--out",
+            s(&ck),
+            "--resume",
+            s(&ck),
+            "--steps",
+            "90",
+            "--quiet",
+            "--batch-size",
+            "128",
+            "--val-every",
+            "30",
+        ];
+        resume.extend(&args);
+        ok(&resume);
+        assert_eq!(checkpoint_step(&ck), 90, "{arch}");
+        // every format, with the architecture read back from the names of a .pt
+        let pt = dir.join(format!("{arch}.pt"));
+        ok(&["convert", s(&ck), s(&pt)]);
+        let from_pt = eval_json(&pt, "2000");
+        let from_st = eval_json(&ck, "2000");
+        let (a, b) = (from_pt["nll"].as_f64().unwrap(), from_st["nll"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-5, "{arch}: .pt {a} vs .safetensors {b}");
+        let samples = dir.join(format!("{arch}-samples.csv"));
+        ok(&["sample", "--checkpoint", s(&pt), "-n", "50", "--out", s(&samples)]);
+        for cmd in ["log-prob", "encode"] {
+            let o = ok(&[cmd, "--checkpoint", s(&ck), "--input", s(&points)]);
+            assert_eq!(o.lines().count(), 301, "{arch} {cmd}");
+        }
+        let z = dir.join(format!("{arch}-z.csv"));
+        ok(&["encode", "--checkpoint", s(&ck), "--input", s(&points), "--out", s(&z)]);
+        let back = ok(&["decode", "--checkpoint", s(&ck), "--input", s(&z)]);
+        let first: Vec<f64> = back.lines().nth(1).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+        let orig: Vec<f64> = text.lines().nth(1).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+        assert!(
+            first.iter().zip(&orig).all(|(a, b)| (a - b).abs() < 1e-4),
+            "{arch}: decode(encode(x)) {first:?} vs {orig:?}"
+        );
+        ok(&["plot", "--checkpoint", s(&ck), "--data", "two-moons", "--out-dir", s(&dir.join(arch))]);
+        ok(&["export", "--checkpoint", s(&ck), "--out", s(&dir.join(format!("{arch}-ts")))]);
+    }
+    fails(
+        &["train", "--data", "two-moons", "--out", s(&dir.join("x.safetensors")), "--arch", "glw"],
+        &["architecture 'glw'", "glow"],
+    );
+    fails(
+        &[
+            "train",
+            "--data",
+            "two-moons",
+            "--out",
+            s(&dir.join("x.safetensors")),
+            "--arch",
+            "nice",
+            "--scale",
+            "tanh",
+        ],
+        &["additive coupling has no scale map"],
+    );
+    fails(
+        &["train", "--data", "two-moons", "--out", s(&dir.join("x.safetensors")), "--mixing", "shuffle"],
+        &["mixing 'shuffle'"],
+    );
+    fails(
+        &["datasets", "lunes", "-n", "5", "--out", s(&dir.join("m.csv"))],
+        &["unknown set 'lunes'", "two-moons"],
+    );
+    fails(&["datasets", "two-moons", "--out", s(&dir.join("m.csv"))], &["-n"]);
+    fails(&["datasets", "two-moons", "-n", "-5", "--out", s(&dir.join("m.csv"))], &["-n -5"]);
+}
+
+/// The reduced version of the stability grid in `scripts/bench` (`--only stability`): Glow-style
+/// stacks of 32 steps × 128 hidden units train on every toy set at the default learning rate
+/// without a non-finite step (training stops with an error at the first one).
+#[test]
+fn deep_glow_stacks_train_on_every_toy_set() {
+    let dir = tmp_dir("cli-deep-glow");
+    for set in ["two-moons", "circles", "eight-gaussians", "checkerboard", "pinwheel", "two-spirals"] {
+        let ck = dir.join(format!("{set}.safetensors"));
+        let log = dir.join(format!("{set}.csv"));
+        let out = ok(&[
+            "train",
+            "--data",
+            set,
+            "--arch",
+            "glow",
+            "--layers",
+            "32",
+            "--hidden",
+            "128",
+            "--steps",
+            "60",
+            "--val-every",
+            "30",
+            "--out",
+            s(&ck),
+            "--log",
+            s(&log),
+            "--quiet",
+            "--threads",
+            "1",
+        ]);
+        assert!(out.contains("trained 60 steps"), "{set}: {out}");
+        let losses: Vec<f64> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(losses.len(), 60, "{set}");
+        assert!(losses.iter().all(|l| l.is_finite()), "{set}: a non-finite loss");
+        assert!(losses[59] < losses[0], "{set}: loss {} → {}", losses[0], losses[59]);
+    }
+}
