@@ -81,8 +81,8 @@ impl StackedNvp {
     }
 
     /// The packing of this flow for the fused kernels, or `None` where they do not apply (they
-    /// run the notebook's architecture in float32 on the CPU with k and d − k at most
-    /// [`kernel::MAX_WIDTH`]), whatever the engine.
+    /// run float32 flows on the CPU with k and d − k at most [`kernel::MAX_WIDTH`] and every
+    /// layer but batch norm), whatever the engine.
     pub fn packing(&self) -> Option<Packing> {
         if self.device() != Device::Cpu || self.kind() != Kind::Float {
             return None;
@@ -98,13 +98,14 @@ impl StackedNvp {
             Engine::Auto => Ok(self.packing()),
             Engine::Fused => self.packing().map(Some).ok_or_else(|| {
                 Error::InvalidConfig(format!(
-                    "the fused engine runs float32 flows on the CPU with k and d − k at most {} \
-                     (this flow: {:?} on {:?}, d = {}, k = {})",
+                    "the fused engine runs float32 flows on the CPU with k and d − k at most {} and \
+                     no batch norm (this flow: {:?} on {:?}, d = {}, k = {}, {})",
                     kernel::MAX_WIDTH,
                     self.kind(),
                     self.device(),
                     self.cfg.d,
-                    self.cfg.k
+                    self.cfg.k,
+                    self.cfg.arch.describe()
                 ))
             }),
         }

@@ -6,6 +6,7 @@ use crate::data::{self, Matrix, Rng, Scaler, ToySet};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::kernel::{Packing, Scratch};
+use crate::layers::{Layer, Mode};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -343,6 +344,9 @@ pub struct FusedAdam {
     step: i64,
     cfg: TrainConfig,
     scratch: Vec<(Scratch, Vec<f32>)>,
+    /// An ActNorm layer still waits for its data-dependent initialisation (done by libtorch on
+    /// the first batch, then the weights are packed again).
+    needs_data_init: bool,
 }
 
 impl FusedAdam {
@@ -367,7 +371,23 @@ impl FusedAdam {
             step: resume.map_or(0, |r| r.step),
             cfg: cfg.clone(),
             scratch: vec![],
+            needs_data_init: flow
+                .layers()
+                .iter()
+                .any(|l| matches!(l, Layer::ActNorm(a) if !a.is_initialized())),
         })
+    }
+
+    /// Runs the data-dependent initialisation of the flow's ActNorm layers on `batch` if they
+    /// still need it (a training-mode pass through libtorch), and packs the weights again.
+    pub fn initialize(&mut self, flow: &Flow, batch: &Tensor) -> Result<()> {
+        if !self.needs_data_init {
+            return Ok(());
+        }
+        let _ = tch::no_grad(|| flow.forward_in(batch, Mode::Train))?;
+        self.params = self.pk.pack(flow.layers())?;
+        self.needs_data_init = false;
+        Ok(())
     }
 
     /// The mean loss of the rows `xs` (row-major, `d` numbers per row); its gradient replaces the
@@ -505,6 +525,9 @@ impl Optimizer {
                         expected: format!("[n, {d}]"),
                         found: vec![batch.rows as i64, batch.cols as i64],
                     });
+                }
+                if f.needs_data_init {
+                    f.initialize(flow, &data::to_tensor(batch, flow.kind(), flow.device())?)?;
                 }
                 let xs: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
                 f.loss_grad(&xs)?

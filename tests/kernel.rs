@@ -6,15 +6,29 @@ mod common;
 use rnvp::data::{Rng, ToySet};
 use rnvp::kernel::{Packing, Scratch};
 use rnvp::train::{Adam, FusedAdam, Schedule, TrainConfig, TrainData, Trainer};
-use rnvp::{Engine, Flow, FlowConfig, Layout};
+use rnvp::{Arch, Engine, Flow, FlowConfig, Layout, Mixing, Scale};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
 /// A random float32 flow (PyTorch's init, `sig_net`'s output layer halved so that f32 inverses
-/// stay accurate for the reversible comparison) and `n` standard-normal rows.
+/// stay accurate for the reversible comparison; the other layers' parameters moved by 0.1·N(0, 1)
+/// and ActNorm marked initialised) and `n` standard-normal rows.
 fn flow_and_data(cfg: &FlowConfig, n: i64, seed: i64) -> (Flow, Tensor) {
     let (flow, xs) = common::seeded(seed, || {
         let flow = Flow::new(cfg, Device::Cpu, Kind::Float).unwrap();
+        tch::no_grad(|| {
+            for (name, mut t) in flow.var_store().variables() {
+                match name.rsplit('.').next().unwrap() {
+                    "initialized" => {
+                        let _ = t.fill_(1.0);
+                    }
+                    "loc" | "log_scale" | "log_abs_s" | "scale_factor" | "lower" | "upper" => {
+                        let _ = t.g_add_(&(Tensor::randn_like(&t) * 0.1));
+                    }
+                    _ => {}
+                }
+            }
+        });
         let xs = Tensor::randn([n, cfg.d], (Kind::Float, Device::Cpu)) * 1.5;
         (flow, xs)
     });
@@ -69,6 +83,24 @@ fn configs() -> Vec<FlowConfig> {
         FlowConfig::stacked(3, 2, 9, 4),
         FlowConfig::stacked(5, 2, 24, 3),
         FlowConfig::stacked(8, 4, 16, 2),
+        // the other architectures the kernels run: every scale map, coupling and linear layer
+        FlowConfig::stacked(2, 1, 16, 3).with_arch(Arch::GLOW),
+        FlowConfig::stacked(5, 2, 16, 2).with_arch(Arch::GLOW),
+        FlowConfig::stacked(2, 1, 13, 3).with_arch(Arch::NICE),
+        FlowConfig::stacked(5, 2, 8, 3).with_arch(Arch::NICE),
+        FlowConfig::stacked(3, 1, 16, 2).with_arch(Arch {
+            scale: Scale::SoftClamp,
+            mixing: Mixing::Random,
+            actnorm: true,
+            final_scale: true,
+            ..Arch::NOTEBOOK
+        }),
+        FlowConfig::stacked(4, 2, 8, 3).with_arch(Arch {
+            scale: Scale::Tanh,
+            mixing: Mixing::Reverse,
+            ..Arch::NOTEBOOK
+        }),
+        FlowConfig::stacked(2, 1, 8, 2).with_arch(Arch { scale: Scale::Sigmoid, ..Arch::NOTEBOOK }),
     ]
 }
 
@@ -221,6 +253,13 @@ fn the_fused_engine_refuses_what_it_cannot_run() {
         // auto falls back to libtorch
         wide.set_engine(Engine::Auto);
         assert_eq!(wide.sample(3).unwrap().size(), [3, 10]);
+        // batch norm's statistics span the batch: libtorch runs it
+        let cfg = FlowConfig::stacked(2, 1, 8, 2).with_arch(Arch::REALNVP);
+        let mut bn = Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap();
+        assert!(bn.packing().is_none());
+        bn.set_engine(Engine::Fused);
+        let err = bn.sample(3).unwrap_err().to_string();
+        assert!(err.contains("batch norm") && err.contains("realnvp"), "{err}");
     });
 }
 
@@ -408,4 +447,35 @@ fn far_out_and_infinite_inputs_give_libtorchs_values() {
         common::assert_close(&flow.encode(&xs).unwrap(), &z, 1e-4, 1e-4, &format!("{what} encode"));
         common::assert_close(&flow.decode(&xs).unwrap(), &x, 1e-4, 1e-4, &format!("{what} decode"));
     }
+}
+
+#[test]
+fn fused_training_initialises_actnorm_from_the_first_batch_as_libtorch_does() {
+    let cfg = FlowConfig::stacked(2, 1, 16, 2).with_arch(Arch::GLOW);
+    let (fused, xs) = common::seeded(5, || {
+        let flow = Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap();
+        (flow, Tensor::randn([256, 2], (Kind::Float, Device::Cpu)) * 3.0 + 1.0)
+    });
+    let reference = Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap();
+    tch::no_grad(|| {
+        for (n, mut v) in reference.var_store().variables() {
+            v.copy_(&fused.var_store().variables()[&n]);
+        }
+    });
+    let pk = fused.packing().unwrap();
+    let mut adam = FusedAdam::new(pk.clone(), &fused, &TrainConfig::default(), None).unwrap();
+    adam.initialize(&fused, &xs).unwrap();
+    let loss = adam.loss_grad(&flat(&xs)).unwrap();
+    assert_eq!(fused.var_store().variables()["bijectors.0.initialized"].double_value(&[]), 1.0);
+    assert_eq!(
+        adam.params(),
+        &pk.pack(fused.layers()).unwrap()[..],
+        "the packed weights are the initialised ones"
+    );
+    let want = reference.loss_backward(&xs, false).unwrap(); // initialises in libtorch
+    assert!((loss - want).abs() < 1e-5 * (1.0 + want.abs()), "fused {loss} vs libtorch {want}");
+    // the first ActNorm's output is standardised on the batch
+    let vars = fused.var_store().variables();
+    let out = (&xs - &vars["bijectors.0.loc"]) * vars["bijectors.0.log_scale"].exp();
+    assert!(out.mean_dim(0, false, Kind::Float).abs().max().double_value(&[]) < 1e-4);
 }

@@ -23,13 +23,15 @@
 //!
 //! Files: this one is the slice API ([`Packing`]: layout, passes over rows, threads); `simd` the
 //! row passes and the CPU dispatch (the kernels' only `unsafe`); `params` the packing of a stack's
-//! layers into the flat buffer and back. The kernels run the notebook's architecture only.
+//! layers into the flat buffer and back; `linear` the per-row linear layers (ActNorm, diagonal
+//! scaling, permutations, LU). The kernels run every layer but batch norm.
+mod linear;
 mod params;
 mod simd;
 
 pub use simd::has_avx2_fma;
 
-use crate::config::FlowConfig;
+use crate::config::{Coupling, FlowConfig, LayerKind, Scale};
 use crate::error::Result;
 use simd::{bwd, fwd, inv, net_len, Geometry, LANES, ROWS};
 use std::ops::Range;
@@ -41,15 +43,33 @@ pub const MAX_WIDTH: usize = 4;
 /// Where each layer's packed parameters lie in the flat buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Packing {
+    cfg: FlowConfig,
     d: usize,
     k: usize,
     hidden: usize,
     hp: usize,
-    flips: Vec<bool>,
-    offsets: Vec<usize>,
+    ops: Vec<Op>,
     len: usize,
     /// Use the AVX2 + FMA build of the kernels.
     avx2: bool,
+}
+
+/// One layer of the packed stack.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    /// A coupling: `sig_net` (affine only) then `mu_net`, packed as below, then the scale map's
+    /// variable (`tanh`: `scale_factor`; `softclamp`, `sigmoid`: their constant).
+    Coupling { flip: bool, affine: bool, offset: usize, len: usize },
+    /// A per-row linear layer ([`linear`]): its keys' tensors flattened in order.
+    Linear { kind: LayerKind, offset: usize, len: usize },
+}
+
+impl Op {
+    fn range(&self) -> Range<usize> {
+        match *self {
+            Op::Coupling { offset, len, .. } | Op::Linear { offset, len, .. } => offset..offset + len,
+        }
+    }
 }
 
 /// Which tensor of a conditioner network.
@@ -66,28 +86,37 @@ pub enum Part {
 }
 
 impl Packing {
-    /// The packing of a stacked flow, or `None` when no kernel handles its widths.
+    /// The packing of a stack, or `None` when the kernels do not run it: couplings with `k` or
+    /// `d − k` above [`MAX_WIDTH`], or a batch-norm layer (its statistics span the whole batch).
     pub fn new(cfg: &FlowConfig) -> Option<Packing> {
         let (d, k, hidden) = (cfg.d as usize, cfg.k as usize, cfg.hidden as usize);
-        if cfg.arch != crate::config::Arch::NOTEBOOK
-            || k == 0
-            || k >= d
-            || k > MAX_WIDTH
-            || d - k > MAX_WIDTH
-            || hidden == 0
-        {
+        if cfg.arch.batch_norm || k == 0 || k >= d || k > MAX_WIDTH || d - k > MAX_WIDTH || hidden == 0 {
             return None;
         }
         let hp = hidden.div_ceil(LANES) * LANES;
-        let flips: Vec<bool> = (0..cfg.layers).map(|i| cfg.flip(i)).collect();
-        let mut offsets = Vec::with_capacity(flips.len());
-        let mut len = 0;
-        for &flip in &flips {
-            offsets.push(len);
-            let (c, o) = if flip { (d - k, k) } else { (k, d - k) };
-            len += 2 * net_len(c, o, hp);
+        let mut ops = Vec::new();
+        let mut offset = 0;
+        for j in 0..cfg.layer_count() {
+            let op = match cfg.layer(j)? {
+                LayerKind::Affine { flip } | LayerKind::Additive { flip } => {
+                    let (c, o) = if flip { (d - k, k) } else { (k, d - k) };
+                    let affine = cfg.arch.coupling == Coupling::Affine;
+                    let extra = match cfg.arch.scale {
+                        _ if !affine => 0,
+                        Scale::Exp => 0,
+                        Scale::SoftClamp | Scale::Sigmoid => 1,
+                        Scale::Tanh => o,
+                    };
+                    let len = if affine { 2 } else { 1 } * net_len(c, o, hp) + extra;
+                    Op::Coupling { flip, affine, offset, len }
+                }
+                LayerKind::BatchNorm => return None,
+                kind => Op::Linear { kind, offset, len: linear::len(kind, d) },
+            };
+            offset += op.range().len();
+            ops.push(op);
         }
-        Some(Packing { d, k, hidden, hp, flips, offsets, len, avx2: has_avx2_fma() })
+        Some(Packing { cfg: *cfg, d, k, hidden, hp, ops, len: offset, avx2: has_avx2_fma() })
     }
 
     /// The same packing with the kernels built for the baseline instruction set even where the CPU
@@ -116,9 +145,9 @@ impl Packing {
         self.len == 0
     }
 
-    /// Layers.
+    /// Layers of the stack.
     pub fn layers(&self) -> usize {
-        self.flips.len()
+        self.ops.len()
     }
 
     /// Data dimension.
@@ -126,36 +155,34 @@ impl Packing {
         self.d
     }
 
+    /// The coupling `layer`'s flip, whether it is affine, and where its parameters start;
+    /// panics for another layer (an invariant of the callers).
+    fn coupling(&self, layer: usize) -> (bool, bool, usize) {
+        match self.ops[layer] {
+            Op::Coupling { flip, affine, offset, .. } => (flip, affine, offset),
+            Op::Linear { .. } => panic!("kernel: layer {layer} is not a coupling"),
+        }
+    }
+
     fn widths(&self, layer: usize) -> (usize, usize) {
-        if self.flips[layer] {
+        if self.coupling(layer).0 {
             (self.d - self.k, self.k)
         } else {
             (self.k, self.d - self.k)
         }
     }
 
-    /// Conditioning and transformed column offsets of a layer.
-    fn columns(&self, layer: usize) -> (usize, usize) {
-        if self.flips[layer] {
-            (self.k, 0)
-        } else {
-            (0, self.k)
-        }
-    }
-
-    /// The range of one layer's parameters (both networks).
-    fn layer_range(&self, layer: usize) -> Range<usize> {
-        let (c, o) = self.widths(layer);
-        self.offsets[layer]..self.offsets[layer] + 2 * net_len(c, o, self.hp)
-    }
-
     /// Maps a dense tensor of the flow to positions in the flat buffer: calls `f(dense_index,
-    /// packed_index)` for every element of `N.part` (`mu` selects `mu_net`) of `layer`, with dense
-    /// indices in row-major order of the tensor's shape.
+    /// packed_index)` for every element of `N.part` (`mu` selects `mu_net`) of the coupling
+    /// `layer`, with dense indices in row-major order of the tensor's shape.
+    ///
+    /// Panics if `layer` is not a coupling, or `mu` is false for an additive one.
     pub fn for_each(&self, layer: usize, mu: bool, part: Part, mut f: impl FnMut(usize, usize)) {
+        let (_, affine, offset) = self.coupling(layer);
+        assert!(mu || affine, "kernel: an additive coupling has no sig_net");
         let (c, o) = self.widths(layer);
         let hp = self.hp;
-        let base = self.offsets[layer] + if mu { net_len(c, o, hp) } else { 0 };
+        let base = offset + if mu && affine { net_len(c, o, hp) } else { 0 };
         match part {
             Part::W1 => {
                 for j in 0..self.hidden {
@@ -176,7 +203,7 @@ impl Packing {
         }
     }
 
-    /// The shape of `N.part` of `layer`.
+    /// The shape of `N.part` of the coupling `layer`.
     pub fn shape(&self, layer: usize, part: Part) -> Vec<i64> {
         let (c, o) = self.widths(layer);
         let h = self.hidden as i64;
@@ -187,9 +214,7 @@ impl Packing {
             Part::B2 => vec![o as i64],
         }
     }
-}
 
-impl Packing {
     fn check_lengths(&self, params: &[f32], data: usize) {
         assert_eq!(
             params.len(),
@@ -202,8 +227,9 @@ impl Packing {
     }
 
     fn geometry(&self, layer: usize) -> Geometry {
-        let (cc, tc) = self.columns(layer);
-        Geometry { d: self.d, cc, tc, hp: self.hp, hidden: self.hidden }
+        let (flip, affine, _) = self.coupling(layer);
+        let (cc, tc) = if flip { (self.k, 0) } else { (0, self.k) };
+        Geometry { d: self.d, cc, tc, hp: self.hp, hidden: self.hidden, affine, scale: self.cfg.arch.scale }
     }
 
     /// `x → z` in place for rows of `xs` (`n × d`), adding each row's `Σ log|det|` to `log_det`.
@@ -218,9 +244,15 @@ impl Packing {
             xs.len() / self.d,
             log_det.len()
         );
-        for l in 0..self.layers() {
-            let (c, o) = self.widths(l);
-            fwd::run(self.avx2, c, o, &params[self.layer_range(l)], self.geometry(l), xs, log_det, None);
+        for (l, op) in self.ops.iter().enumerate() {
+            let p = &params[op.range()];
+            match *op {
+                Op::Coupling { .. } => {
+                    let (c, o) = self.widths(l);
+                    fwd::run(self.avx2, c, o, p, self.geometry(l), xs, log_det, None);
+                }
+                Op::Linear { kind, .. } => linear::forward(kind, p, self.d, xs, log_det),
+            }
         }
     }
 
@@ -229,9 +261,15 @@ impl Packing {
     /// Panics if `params` is not a buffer of this packing or `zs` is not whole rows.
     pub fn inverse(&self, params: &[f32], zs: &mut [f32]) {
         self.check_lengths(params, zs.len());
-        for l in (0..self.layers()).rev() {
-            let (c, o) = self.widths(l);
-            inv::run(self.avx2, c, o, &params[self.layer_range(l)], self.geometry(l), zs, None);
+        for (l, op) in self.ops.iter().enumerate().rev() {
+            let p = &params[op.range()];
+            match *op {
+                Op::Coupling { .. } => {
+                    let (c, o) = self.widths(l);
+                    inv::run(self.avx2, c, o, p, self.geometry(l), zs, None);
+                }
+                Op::Linear { kind, .. } => linear::inverse(kind, p, self.d, zs),
+            }
         }
     }
 
@@ -266,17 +304,30 @@ impl Packing {
         scratch.z.extend_from_slice(xs);
         scratch.log_det.clear();
         scratch.log_det.resize(n, 0.0);
-        for l in 0..layers {
-            let (c, o) = self.widths(l);
-            let slot = if reversible { 0 } else { l };
-            let keep = &mut scratch.sm[slot * n * 2 * o_max..][..n * 2 * o];
+        for (l, op) in self.ops.iter().enumerate() {
             if !reversible {
                 scratch.inputs[l * n * d..(l + 1) * n * d].copy_from_slice(&scratch.z);
             }
-            let geo = self.geometry(l);
-            let p = &params[self.layer_range(l)];
-            let keep = if reversible { None } else { Some(keep) };
-            fwd::run(self.avx2, c, o, p, geo, &mut scratch.z, &mut scratch.log_det, keep);
+            let p = &params[op.range()];
+            match *op {
+                Op::Coupling { .. } => {
+                    let (c, o) = self.widths(l);
+                    let slot = if reversible { 0 } else { l };
+                    let keep = &mut scratch.sm[slot * n * 2 * o_max..][..n * 2 * o];
+                    let keep = if reversible { None } else { Some(keep) };
+                    fwd::run(
+                        self.avx2,
+                        c,
+                        o,
+                        p,
+                        self.geometry(l),
+                        &mut scratch.z,
+                        &mut scratch.log_det,
+                        keep,
+                    );
+                }
+                Op::Linear { kind, .. } => linear::forward(kind, p, d, &mut scratch.z, &mut scratch.log_det),
+            }
         }
         let mut loss = 0.0f64;
         for (row, ld) in scratch.z.chunks_exact(d).zip(&scratch.log_det) {
@@ -285,24 +336,37 @@ impl Packing {
         if !loss.is_finite() {
             return loss;
         }
-        // ∂(scale·loss)/∂z = scale·z; ∂/∂(Σ σ) = −scale
+        // ∂(scale·loss)/∂z = scale·z; ∂/∂(Σ log|det|) = −scale
         scratch.grad.clear();
         scratch.grad.extend(scratch.z.iter().map(|v| v * scale));
-        for l in (0..layers).rev() {
-            let (c, o) = self.widths(l);
-            let geo = self.geometry(l);
-            let range = self.layer_range(l);
+        for (l, op) in self.ops.iter().enumerate().rev() {
+            let range = op.range();
             let (p, g) = (&params[range.clone()], &mut grads[range]);
-            if reversible {
-                // the input is recomputed from the output; σ and μ come with it
-                let keep = &mut scratch.sm[..n * 2 * o];
-                inv::run(self.avx2, c, o, p, geo, &mut scratch.z, Some(keep));
-                let sm = &scratch.sm[..n * 2 * o];
-                bwd::run(self.avx2, c, o, p, g, geo, &scratch.z, sm, &mut scratch.grad, -scale);
-            } else {
-                let input = &scratch.inputs[l * n * d..(l + 1) * n * d];
-                let sm = &scratch.sm[l * n * 2 * o_max..][..n * 2 * o];
-                bwd::run(self.avx2, c, o, p, g, geo, input, sm, &mut scratch.grad, -scale);
+            match *op {
+                Op::Coupling { .. } => {
+                    let (c, o) = self.widths(l);
+                    let geo = self.geometry(l);
+                    if reversible {
+                        // the input is recomputed from the output; σ and μ come with it
+                        let keep = &mut scratch.sm[..n * 2 * o];
+                        inv::run(self.avx2, c, o, p, geo, &mut scratch.z, Some(keep));
+                        let sm = &scratch.sm[..n * 2 * o];
+                        bwd::run(self.avx2, c, o, p, g, geo, &scratch.z, sm, &mut scratch.grad, -scale);
+                    } else {
+                        let input = &scratch.inputs[l * n * d..(l + 1) * n * d];
+                        let sm = &scratch.sm[l * n * 2 * o_max..][..n * 2 * o];
+                        bwd::run(self.avx2, c, o, p, g, geo, input, sm, &mut scratch.grad, -scale);
+                    }
+                }
+                Op::Linear { kind, .. } => {
+                    if reversible {
+                        linear::inverse(kind, p, d, &mut scratch.z);
+                        linear::backward(kind, p, g, d, &scratch.z, &mut scratch.grad, -scale);
+                    } else {
+                        let input = &scratch.inputs[l * n * d..(l + 1) * n * d];
+                        linear::backward(kind, p, g, d, input, &mut scratch.grad, -scale);
+                    }
+                }
             }
         }
         loss

@@ -8,6 +8,8 @@
 #![allow(unsafe_code)]
 #![allow(clippy::needless_range_loop)]
 
+use crate::arch::Scale;
+
 /// SIMD lanes the hidden loop is written for (one AVX2 register of f32).
 pub(super) const LANES: usize = 8;
 /// LeakyReLU's negative slope (PyTorch's default).
@@ -281,6 +283,10 @@ pub(super) struct Geometry {
     pub tc: usize,
     pub hp: usize,
     pub hidden: usize,
+    /// Affine (`sig_net`, `mu_net`, the scale map's variable) or additive (`mu_net` only).
+    pub affine: bool,
+    /// The scale map of an affine coupling.
+    pub scale: Scale,
 }
 
 /// Gathers the conditioning columns of rows `i..i + R`.
@@ -289,15 +295,87 @@ fn gather<const R: usize, const C: usize>(xs: &[f32], geo: Geometry, i: usize) -
     std::array::from_fn(|r| std::array::from_fn(|c| xs[(i + r) * geo.d + geo.cc + c]))
 }
 
-/// A layer's `sig_net` and `mu_net` viewed as blocks.
+/// A coupling's scale map `log s = g(h)` with its variable: the bound of `softclamp`, the shift
+/// of `sigmoid`, the factors `γ` of `tanh`.
+struct ScaleMap<const O: usize> {
+    scale: Scale,
+    c: f32,
+    gamma: [f32; O],
+}
+
+impl<const O: usize> ScaleMap<O> {
+    /// The map of `scale` with its variable read from `extra` (what follows the two networks).
+    #[inline(always)]
+    fn new(scale: Scale, extra: &[f32]) -> Self {
+        let (c, gamma) = match scale {
+            Scale::Exp => (0.0, [0.0; O]),
+            Scale::SoftClamp | Scale::Sigmoid => (extra[0], [0.0; O]),
+            Scale::Tanh => (0.0, std::array::from_fn(|o| extra[o])),
+        };
+        ScaleMap { scale, c, gamma }
+    }
+
+    /// `g(h)` for output `o`.
+    #[inline(always)]
+    fn log_s(&self, h: f32, o: usize) -> f32 {
+        match self.scale {
+            Scale::Exp => h,
+            Scale::SoftClamp => h / (h.abs() / self.c + 1.0),
+            Scale::Sigmoid => {
+                // log σ(t) = min(t, 0) − log(1 + e^{−|t|}), as libtorch computes it
+                let t = h + self.c;
+                t.min(0.0) - (-t.abs()).exp().ln_1p()
+            }
+            Scale::Tanh => h.tanh() * self.gamma[o],
+        }
+    }
+
+    /// `(log s, s, g′(h), tanh h)` for output `o`, with as few transcendental functions as each
+    /// map allows (`tanh h` only for `tanh`, whose factor's gradient needs it).
+    #[inline(always)]
+    fn eval(&self, h: f32, o: usize) -> (f32, f32, f32, f32) {
+        match self.scale {
+            Scale::Exp => (h, h.exp(), 1.0, 0.0),
+            Scale::SoftClamp => {
+                let q = h.abs() / self.c + 1.0;
+                let log_s = h / q;
+                (log_s, log_s.exp(), 1.0 / (q * q), 0.0)
+            }
+            Scale::Sigmoid => {
+                // s = σ(t), log s = min(t, 0) − log(1 + e^{−|t|}), g′ = 1 − σ(t), from one exp
+                let t = h + self.c;
+                let e = (-t.abs()).exp();
+                let (s, rest) = if t >= 0.0 {
+                    (1.0 / (1.0 + e), e / (1.0 + e))
+                } else {
+                    (e / (1.0 + e), 1.0 / (1.0 + e))
+                };
+                (t.min(0.0) - e.ln_1p(), s, rest, 0.0)
+            }
+            Scale::Tanh => {
+                let t = h.tanh();
+                let log_s = t * self.gamma[o];
+                (log_s, log_s.exp(), self.gamma[o] * (1.0 - t * t), t)
+            }
+        }
+    }
+}
+
+/// A coupling's networks viewed as blocks (`sig_net` only when affine) and its scale map.
+type Nets<'a, const C: usize, const O: usize> = (Option<Blocks<'a, C, O>>, Blocks<'a, C, O>, ScaleMap<O>);
+
+/// A layer's `sig_net` and `mu_net` viewed as blocks, and its scale map.
 #[inline(always)]
-fn layer_nets<const C: usize, const O: usize>(
-    params: &[f32],
-    geo: Geometry,
-) -> (Blocks<'_, C, O>, Blocks<'_, C, O>) {
+fn layer_nets<const C: usize, const O: usize>(params: &[f32], geo: Geometry) -> Nets<'_, C, O> {
+    let len = net_len(C, O, geo.hp);
+    if !geo.affine {
+        let mu_net = split_net(params, C, O, geo.hp);
+        return (None, Blocks::new(&mu_net, geo.hidden), ScaleMap::new(Scale::Exp, &[]));
+    }
     let sig_net = split_net(params, C, O, geo.hp);
-    let mu_net = split_net(&params[net_len(C, O, geo.hp)..], C, O, geo.hp);
-    (Blocks::new(&sig_net, geo.hidden), Blocks::new(&mu_net, geo.hidden))
+    let mu_net = split_net(&params[len..], C, O, geo.hp);
+    let map = ScaleMap::new(geo.scale, &params[2 * len..]);
+    (Some(Blocks::new(&sig_net, geo.hidden)), Blocks::new(&mu_net, geo.hidden), map)
 }
 
 /// Forward through one layer, in place (`xs`: rows of `x` become rows of `z`), adding `Σ σ` to
@@ -335,24 +413,27 @@ fn layer_pass<const C: usize, const O: usize, const F: bool, const INVERSE: bool
     log_det: &mut [f32],
     mut keep: Option<&mut [f32]>,
 ) {
-    let (sig, mu) = layer_nets::<C, O>(params, geo);
+    let (sig, mu, map) = layer_nets::<C, O>(params, geo);
+    let sig = sig.as_ref();
     let n = data.len() / geo.d;
     let mut i = 0;
     while i < n {
         if i + ROWS <= n {
-            pass_rows::<ROWS, C, O, F, INVERSE>(&sig, &mu, geo, data, log_det, keep.as_deref_mut(), i);
+            pass_rows::<ROWS, C, O, F, INVERSE>(sig, &mu, &map, geo, data, log_det, keep.as_deref_mut(), i);
             i += ROWS;
         } else {
-            pass_rows::<1, C, O, F, INVERSE>(&sig, &mu, geo, data, log_det, keep.as_deref_mut(), i);
+            pass_rows::<1, C, O, F, INVERSE>(sig, &mu, &map, geo, data, log_det, keep.as_deref_mut(), i);
             i += 1;
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pass_rows<const R: usize, const C: usize, const O: usize, const F: bool, const INVERSE: bool>(
-    sig: &Blocks<'_, C, O>,
+    sig: Option<&Blocks<'_, C, O>>,
     mu: &Blocks<'_, C, O>,
+    map: &ScaleMap<O>,
     geo: Geometry,
     data: &mut [f32],
     log_det: &mut [f32],
@@ -360,19 +441,37 @@ fn pass_rows<const R: usize, const C: usize, const O: usize, const F: bool, cons
     i: usize,
 ) {
     let x1 = gather::<R, C>(data, geo, i);
-    let s = net_forward::<R, C, O, F>(sig, &x1);
     let m = net_forward::<R, C, O, F>(mu, &x1);
+    let Some(sig) = sig else {
+        // additive: z₂ = x₂ + μ(x₁), log|det| = 0
+        for r in 0..R {
+            let row = (i + r) * geo.d + geo.tc;
+            for o in 0..O {
+                data[row + o] = if INVERSE { data[row + o] - m[r][o] } else { data[row + o] + m[r][o] };
+            }
+        }
+        if let Some(keep) = keep {
+            for r in 0..R {
+                let at = (i + r) * 2 * O;
+                keep[at..at + O].fill(0.0);
+                keep[at + O..at + 2 * O].copy_from_slice(&m[r]);
+            }
+        }
+        return;
+    };
+    let s = net_forward::<R, C, O, F>(sig, &x1);
     for r in 0..R {
         let row = (i + r) * geo.d + geo.tc;
         if INVERSE {
             for o in 0..O {
-                data[row + o] = (data[row + o] - m[r][o]) * (-s[r][o]).exp();
+                data[row + o] = (data[row + o] - m[r][o]) * (-map.log_s(s[r][o], o)).exp();
             }
         } else {
             let mut sum = 0.0;
             for o in 0..O {
-                data[row + o] = data[row + o] * s[r][o].exp() + m[r][o];
-                sum += s[r][o];
+                let (log_s, e, _, _) = map.eval(s[r][o], o);
+                data[row + o] = data[row + o] * e + m[r][o];
+                sum += log_s;
             }
             log_det[i + r] += sum;
         }
@@ -399,30 +498,52 @@ fn layer_backward<const C: usize, const O: usize, const F: bool>(
     grad: &mut [f32],
     dlogdet: f32,
 ) {
-    let (sig, mu) = layer_nets::<C, O>(params, geo);
-    let (gs, gm) = grads.split_at_mut(net_len(C, O, geo.hp));
-    let mut gsig = BlocksMut::<C, O>::new(split_net_mut(gs, C, O, geo.hp));
+    let (sig, mu, map) = layer_nets::<C, O>(params, geo);
+    let len = net_len(C, O, geo.hp);
+    let (mut gsig, gm, gextra) = if geo.affine {
+        let (gs, rest) = grads.split_at_mut(len);
+        let (gm, gextra) = rest.split_at_mut(len);
+        (Some(BlocksMut::<C, O>::new(split_net_mut(gs, C, O, geo.hp))), gm, gextra)
+    } else {
+        let (gm, gextra) = grads.split_at_mut(len);
+        (None, gm, gextra)
+    };
     let mut gmu = BlocksMut::<C, O>::new(split_net_mut(gm, C, O, geo.hp));
+    let mut ggamma = [0.0f32; O];
+    let sig = sig.as_ref().zip(gsig.as_mut());
+    let mut sig = sig;
     let n = input.len() / geo.d;
     let mut i = 0;
     while i < n {
+        let args = (&mut sig, &mu, &mut gmu, &map, &mut ggamma);
         if i + ROWS <= n {
-            backward_rows::<ROWS, C, O, F>(&sig, &mu, &mut gsig, &mut gmu, geo, input, sm, grad, dlogdet, i);
+            backward_rows::<ROWS, C, O, F>(args, geo, input, sm, grad, dlogdet, i);
             i += ROWS;
         } else {
-            backward_rows::<1, C, O, F>(&sig, &mu, &mut gsig, &mut gmu, geo, input, sm, grad, dlogdet, i);
+            backward_rows::<1, C, O, F>(args, geo, input, sm, grad, dlogdet, i);
             i += 1;
+        }
+    }
+    if geo.affine && geo.scale == Scale::Tanh {
+        for o in 0..O {
+            gextra[o] += ggamma[o];
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the backward pass of a coupling's rows works with: `sig_net` and its gradient (affine
+/// only), `mu_net` and its gradient, the scale map and the gradient of `tanh`'s factors.
+type BackwardNets<'s, 'a, 'g, const C: usize, const O: usize> = (
+    &'s mut Option<(&'a Blocks<'a, C, O>, &'g mut BlocksMut<'a, C, O>)>,
+    &'s Blocks<'a, C, O>,
+    &'s mut BlocksMut<'a, C, O>,
+    &'s ScaleMap<O>,
+    &'s mut [f32; O],
+);
+
 #[inline(always)]
 fn backward_rows<const R: usize, const C: usize, const O: usize, const F: bool>(
-    sig: &Blocks<'_, C, O>,
-    mu: &Blocks<'_, C, O>,
-    gsig: &mut BlocksMut<'_, C, O>,
-    gmu: &mut BlocksMut<'_, C, O>,
+    (sig, mu, gmu, map, ggamma): BackwardNets<'_, '_, '_, C, O>,
     geo: Geometry,
     input: &[f32],
     sm: &[f32],
@@ -436,17 +557,27 @@ fn backward_rows<const R: usize, const C: usize, const O: usize, const F: bool>(
     for r in 0..R {
         let row = (i + r) * geo.d + geo.tc;
         for o in 0..O {
-            let s = sm[(i + r) * 2 * O + o];
-            let e = s.exp();
             let g = grad[row + o];
-            // z₂ = x₂·e^σ + μ and loss ∋ dlogdet·σ
-            gs[r][o] = g * input[row + o] * e + dlogdet;
             gm[r][o] = g;
+            if sig.is_none() {
+                continue; // additive: ∂z₂/∂x₂ = 1
+            }
+            let h = sm[(i + r) * 2 * O + o];
+            let (_, e, slope, tanh) = map.eval(h, o);
+            // z₂ = x₂·e^{g(h)} + μ and loss ∋ dlogdet·g(h)
+            let dlog_s = g * input[row + o] * e + dlogdet;
+            gs[r][o] = dlog_s * slope;
+            if map.scale == Scale::Tanh {
+                ggamma[o] += dlog_s * tanh;
+            }
             grad[row + o] = g * e;
         }
     }
-    let ds = net_backward::<R, C, O, F>(sig, gsig, &x1, &gs);
     let dm = net_backward::<R, C, O, F>(mu, gmu, &x1, &gm);
+    let ds = match sig {
+        Some((net, g)) => net_backward::<R, C, O, F>(net, g, &x1, &gs),
+        None => [[0.0f32; C]; R],
+    };
     for r in 0..R {
         let row = (i + r) * geo.d + geo.cc;
         for c in 0..C {

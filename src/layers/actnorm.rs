@@ -25,6 +25,12 @@ impl ActNorm {
         }
     }
 
+    /// The layer's variables by key.
+    pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
+        let t = |t: &Tensor| t.shallow_clone();
+        vec![("loc", t(&self.loc)), ("log_scale", t(&self.log_scale)), ("initialized", t(&self.initialized))]
+    }
+
     /// Whether the data-dependent initialisation has happened.
     pub fn is_initialized(&self) -> bool {
         self.initialized_value() != 0.0

@@ -13,6 +13,8 @@ pub struct Additive {
     halves: Halves,
     /// `mu_net.0.weight`, to read the layer's dtype and device.
     probe: Tensor,
+    /// `[0.weight, 0.bias, 2.weight, 2.bias]` of `mu_net`.
+    weights: [Tensor; 4],
 }
 
 impl Additive {
@@ -20,8 +22,14 @@ impl Additive {
     pub fn build(p: &nn::Path, d: i64, k: i64, hidden: i64, flip: bool, init: Init) -> Self {
         let halves = Halves { d, k, flip };
         let (mu_net, w) = conditioner(p / "mu_net", halves.cond(), hidden, d - halves.cond(), init);
-        let [probe, ..] = w;
-        Additive { mu_net, halves, probe }
+        let probe = w[0].shallow_clone();
+        Additive { mu_net, halves, probe, weights: w }
+    }
+
+    /// The layer's variables by key.
+    pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
+        let keys = ["mu_net.0.weight", "mu_net.0.bias", "mu_net.2.weight", "mu_net.2.bias"];
+        keys.into_iter().zip(&self.weights).map(|(k, t)| (k, t.shallow_clone())).collect()
     }
 
     /// `mu_net.0.weight`.

@@ -81,6 +81,29 @@ impl RNvp {
         Ok(RNvp { sig_net, mu_net, d, k, cond, probe, weights: [sig_w, mu_w], scale, map_var })
     }
 
+    /// The layer's variables by state_dict key (within the layer), in the order of
+    /// [`crate::config::LayerKind::keys`].
+    pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
+        const KEYS: [[&str; 4]; 2] = [
+            ["sig_net.0.weight", "sig_net.0.bias", "sig_net.2.weight", "sig_net.2.bias"],
+            ["mu_net.0.weight", "mu_net.0.bias", "mu_net.2.weight", "mu_net.2.bias"],
+        ];
+        let mut v: Vec<(&'static str, Tensor)> = KEYS
+            .iter()
+            .zip(&self.weights)
+            .flat_map(|(keys, ws)| keys.iter().zip(ws).map(|(k, t)| (*k, t.shallow_clone())))
+            .collect();
+        if let Some(t) = &self.map_var {
+            let key = match self.scale {
+                Scale::SoftClamp => "softclamp_bound",
+                Scale::Sigmoid => "sigmoid_shift",
+                _ => "scale_factor",
+            };
+            v.push((key, t.shallow_clone()));
+        }
+        v
+    }
+
     /// The scale map.
     pub fn scale(&self) -> Scale {
         self.scale

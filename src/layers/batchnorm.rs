@@ -38,6 +38,17 @@ impl BatchNorm {
         }
     }
 
+    /// The layer's variables by key.
+    pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
+        let t = |t: &Tensor| t.shallow_clone();
+        vec![
+            ("log_gamma", t(&self.log_gamma)),
+            ("beta", t(&self.beta)),
+            ("running_mean", t(&self.running_mean)),
+            ("running_var", t(&self.running_var)),
+        ]
+    }
+
     /// The statistics of the batch `xs` (keeping the autograd graph).
     pub fn batch_stats(xs: &Tensor) -> BatchStats {
         BatchStats { mean: xs.mean_dim(0, false, xs.kind()), var: xs.var_dim(0, false, false) }

@@ -43,6 +43,18 @@ impl LuLinear {
         layer
     }
 
+    /// The layer's variables by key.
+    pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
+        let t = |t: &Tensor| t.shallow_clone();
+        vec![
+            ("lower", t(&self.lower)),
+            ("upper", t(&self.upper)),
+            ("log_abs_s", t(&self.log_abs_s)),
+            ("perm", t(&self.perm)),
+            ("sign", t(&self.sign)),
+        ]
+    }
+
     /// Checks the buffers a file may have filled with anything: `perm` a permutation, `sign` ±1.
     pub fn check(&self) -> Result<()> {
         let _ = indices(&self.perm, "perm")?;

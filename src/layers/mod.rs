@@ -151,6 +151,20 @@ impl Layer {
         }
     }
 
+    /// The layer's variables (parameters and buffers) by state_dict key within the layer, in the
+    /// order of [`LayerKind::keys`].
+    pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
+        match self {
+            Layer::Affine(l, _) => l.variables(),
+            Layer::Additive(l) => l.variables(),
+            Layer::ActNorm(l) => l.variables(),
+            Layer::Permutation(l) => l.variables(),
+            Layer::Lu(l) => l.variables(),
+            Layer::BatchNorm(l) => l.variables(),
+            Layer::Scale(l) => l.variables(),
+        }
+    }
+
     /// A coupling's first weight (its dtype and device are the model's); `None` for other layers.
     pub fn probe(&self) -> Option<Tensor> {
         match self {

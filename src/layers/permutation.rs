@@ -38,6 +38,11 @@ impl Permutation {
         Permutation { perm }
     }
 
+    /// The layer's variables by key.
+    pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
+        vec![("perm", self.perm.shallow_clone())]
+    }
+
     /// Checks that `perm` is a permutation (a file may hold anything).
     pub fn check(&self) -> Result<()> {
         indices(&self.perm, "perm").map(|_| ())

@@ -15,6 +15,11 @@ impl DiagonalScale {
         DiagonalScale { log_scale: p.zeros("log_scale", &[d]) }
     }
 
+    /// The layer's variables by key.
+    pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
+        vec![("log_scale", self.log_scale.shallow_clone())]
+    }
+
     /// `(z, log|det|)`.
     pub fn forward(&self, xs: &Tensor) -> (Tensor, Tensor) {
         let n = xs.size()[0];
