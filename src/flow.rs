@@ -25,15 +25,21 @@ impl StackedNvp {
     /// Builds the flow's variables under `p`: `bijectors.{j}.sig_net.0.weight`, ... (stacked) or
     /// `sig_net.0.weight`, ... (single).
     pub fn new(p: &nn::Path, cfg: &FlowConfig) -> Result<Self> {
+        Self::build(p, cfg, false)
+    }
+
+    /// [`StackedNvp::new`]; with `loading`, the weights are about to be copied in (see
+    /// [`Layer::build`]).
+    pub fn build(p: &nn::Path, cfg: &FlowConfig, loading: bool) -> Result<Self> {
         cfg.validate()?;
         let layers = match cfg.layout {
-            Layout::Single => vec![Layer::build(p, LayerKind::Affine { flip: false }, cfg)?],
+            Layout::Single => vec![Layer::build(p, LayerKind::Affine { flip: false }, cfg, loading)?],
             Layout::Stacked => (0..cfg.layer_count())
                 .map(|j| {
                     let kind = cfg
                         .layer(j)
                         .ok_or_else(|| Error::InvalidConfig("invariant: layer past the end".into()))?;
-                    Layer::build(&(p / "bijectors" / j), kind, cfg)
+                    Layer::build(&(p / "bijectors" / j), kind, cfg, loading)
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
@@ -348,6 +354,16 @@ impl Flow {
     /// A freshly initialised flow on `device` with weights of dtype `kind` (`Float` or `Double`),
     /// drawn from libtorch's CPU generator whatever the device (`tch::manual_seed` seeds it).
     pub fn new(cfg: &FlowConfig, device: Device, kind: Kind) -> Result<Self> {
+        Self::build(cfg, device, kind, false)
+    }
+
+    /// A flow whose weights are about to be loaded (a checkpoint's): as [`Flow::new`], without the
+    /// random initialisation that costs more than copying (LU maps start as the identity).
+    pub fn for_loading(cfg: &FlowConfig, device: Device, kind: Kind) -> Result<Self> {
+        Self::build(cfg, device, kind, true)
+    }
+
+    fn build(cfg: &FlowConfig, device: Device, kind: Kind, loading: bool) -> Result<Self> {
         if !matches!(kind, Kind::Float | Kind::Double) {
             return Err(crate::Error::InvalidConfig(format!(
                 "dtype {kind:?}: rnvp computes in Float (f32) or Double (f64)"
@@ -356,7 +372,7 @@ impl Flow {
         // weights are drawn on the CPU and then moved, so a seed gives the same model on every
         // device (CUDA's generator draws other numbers than the CPU's)
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let net = StackedNvp::new(&vs.root(), cfg)?;
+        let net = StackedNvp::build(&vs.root(), cfg, loading)?;
         vs.set_kind(kind);
         if device != Device::Cpu {
             vs.set_device(device);

@@ -254,7 +254,10 @@ fn train(a: cli::TrainArgs) -> Result<()> {
     };
     flow_cfg.validate()?;
     tch::manual_seed(a.seed as i64);
-    let mut flow = Flow::new(&flow_cfg, device, kind)?;
+    let mut flow = match resume {
+        Some(_) => Flow::for_loading(&flow_cfg, device, kind)?,
+        None => Flow::new(&flow_cfg, device, kind)?,
+    };
     flow.set_engine(engine);
     flow.fused_packing()?; // an engine that cannot run this flow fails before training starts
     let optimizer = match &resume {
@@ -439,9 +442,26 @@ fn eval(a: cli::EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `n` points of `d` columns fit in what rnvp holds at once (the share of the available
+/// memory it reads data files into), before anything is drawn.
+fn check_points(n: usize, d: usize) -> Result<()> {
+    let limit = io::read_limit(io::Contents::Data);
+    let bytes = (n as u128) * (d as u128) * 8;
+    if bytes > limit as u128 {
+        bail!(
+            "-n {n}: {n} points of {d} columns take {:.1} GB, more than rnvp holds at once ({:.1} GB, 1/16 of the \
+             available memory; RNVP_MAX_FILE_BYTES sets another limit)",
+            bytes as f64 / 1e9,
+            limit as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
 fn sample(a: cli::SampleArgs) -> Result<()> {
     let n = non_negative("-n", a.n)?;
     let (flow, ck) = load_flow(&a.checkpoint, &a.compute)?;
+    check_points(n, flow.config().d as usize)?;
     tch::manual_seed(a.seed as i64);
     let mut xs = data::from_tensor(&flow.sample(n as i64)?)?;
     if let Some(s) = &ck.scaler {
@@ -529,11 +549,21 @@ fn datasets(a: cli::DatasetsArgs) -> Result<()> {
     let set = data::ToySet::from_name(name)
         .with_context(|| format!("datasets: unknown set '{name}' (expected one of {})", names.join(", ")))?;
     let n = non_negative("-n", a.n.context("datasets: give the number of points with -n")?)?;
+    if n < 2 {
+        bail!("-n {n}: a toy set is standardised on its points; draw at least 2");
+    }
+    check_points(n, 2)?;
     let out = a.out.as_deref().context("datasets: give the file to write with --out (.csv or .npy)")?;
     let points = toy_points(set, a.noise, n, a.seed)?;
     write_rows(Some(out), &points, &header("x", points.cols))?;
     println!("{n} points of {} -> {}", set.name(), out.display());
     Ok(())
+}
+
+/// Numbers in the checkpoint's trained parameters (buffers such as running statistics left out).
+fn parameter_count(ck: &Checkpoint) -> usize {
+    let key = |n: &str| n.rsplit('.').next().unwrap_or("").to_string();
+    ck.tensors.iter().filter(|(n, _)| !rnvp::config::is_buffer(&key(n))).map(|(_, t)| t.numel()).sum()
 }
 
 fn inspect(a: cli::InspectArgs) -> Result<()> {
@@ -546,7 +576,7 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
             "format": ck.format, "arch": c.arch.name(), "architecture": c.arch.describe(),
             "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
             "layout": rnvp::checkpoint::config_json(&c)["layout"],
-            "parameters": ck.tensors.values().map(|t| t.numel()).sum::<usize>(),
+            "parameters": parameter_count(&ck),
             "optimizer_state": ck.optimizer.is_some(), "info": ck.info,
             "prefix": ck.prefix, "ignored": ck.ignored,
             "check": match &check { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
@@ -587,7 +617,7 @@ fn inspect(a: cli::InspectArgs) -> Result<()> {
         c.hidden,
         c.layers
     );
-    println!("parameters: {}", ck.tensors.values().map(|t| t.numel()).sum::<usize>());
+    println!("parameters: {}", parameter_count(&ck));
     match &check {
         Ok(()) => println!("check: names and shapes match the architecture"),
         Err(e) => println!("check: {e}"),

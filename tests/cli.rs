@@ -678,3 +678,14 @@ fn deep_glow_stacks_train_on_every_toy_set() {
         assert!(losses[59] < losses[0], "{set}: loss {} → {}", losses[0], losses[59]);
     }
 }
+
+#[test]
+fn sizes_and_buffers_from_the_user_are_checked() {
+    let dir = tmp_dir("cli-sizes");
+    let out = dir.join("m.csv");
+    fails(&["datasets", "two-moons", "-n", "1", "--out", s(&out)], &["-n 1", "at least 2"]);
+    fails(&["datasets", "two-moons", "-n", "10000000000000", "--out", s(&out)], &["-n 10000000000000", "GB"]);
+    let ck = dir.join("glow.safetensors");
+    train_small(&ck, &["--arch", "glow"]);
+    fails(&["sample", "--checkpoint", s(&ck), "-n", "10000000000000"], &["-n 10000000000000", "GB"]);
+}

@@ -30,13 +30,26 @@ fn archs() -> Vec<(String, Arch)> {
     v
 }
 
-/// A float64 flow far from its initialisation: every parameter moved by `noise`·N(0, 1), batch
-/// norm's running statistics random, ActNorm marked initialised.
-fn perturbed(arch: Arch, d: i64, k: i64, layers: i64, noise: f64, seed: i64) -> Flow {
-    // libtorch's generator is global: one test at a time draws a model
+/// libtorch's generator is global: one test at a time draws from it, seeded.
+fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
     static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = DRAW.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
+    f()
+}
+
+/// Standard-normal rows, seeded.
+fn randn(n: i64, d: i64, seed: i64) -> Tensor {
+    seeded(seed, || Tensor::randn([n, d], (Kind::Double, Device::Cpu)))
+}
+
+/// A float64 flow far from its initialisation: every parameter moved by `noise`·N(0, 1), batch
+/// norm's running statistics random, ActNorm marked initialised.
+fn perturbed(arch: Arch, d: i64, k: i64, layers: i64, noise: f64, seed: i64) -> Flow {
+    seeded(seed, || perturbed_unlocked(arch, d, k, layers, noise))
+}
+
+fn perturbed_unlocked(arch: Arch, d: i64, k: i64, layers: i64, noise: f64) -> Flow {
     let cfg = FlowConfig::stacked(d, k, 16, layers).with_arch(arch).with_init(Init::Identity);
     let flow = Flow::new(&cfg, Device::Cpu, Kind::Double).unwrap();
     tch::no_grad(|| {
@@ -87,7 +100,7 @@ fn every_architecture_inverts_and_its_log_det_is_the_jacobians() {
     for (name, arch) in archs() {
         for (d, k) in [(2, 1), (5, 2)] {
             let flow = perturbed(arch, d, k, 3, 0.1, 1);
-            let xs = Tensor::randn([16, d], (Kind::Double, Device::Cpu)) * 1.5;
+            let xs = randn(16, d, 11) * 1.5;
             let zs = flow.encode(&xs).unwrap();
             let back = flow.decode(&zs).unwrap();
             let err = max_abs(&back, &xs);
@@ -106,13 +119,17 @@ fn every_architecture_inverts_and_its_log_det_is_the_jacobians() {
 
 #[test]
 fn every_architecture_integrates_to_one_in_2d() {
-    let (lim, n) = (10.0, 500i64);
+    let (lim, n) = (14.0, 560i64);
     let h = 2.0 * lim / n as f64;
     let axis = Tensor::arange(n, (Kind::Double, Device::Cpu)) * h + (-lim + h / 2.0);
     let gx = axis.view([n, 1]).expand([n, n], false).reshape([-1, 1]);
     let gy = axis.view([1, n]).expand([n, n], false).reshape([-1, 1]);
     let grid = Tensor::cat(&[gx, gy], 1);
-    for (name, arch) in archs() {
+    // the named architectures and the stack with every layer (the log-dets of every layer are
+    // checked against autograd above)
+    let archs =
+        archs().into_iter().filter(|(n, _)| Arch::NAMED.iter().any(|(m, _)| m == n) || n == "everything");
+    for (name, arch) in archs {
         let flow = perturbed(arch, 2, 1, 3, 0.1, 2);
         let mass = flow.log_prob(&grid).unwrap().exp().sum(Kind::Double).double_value(&[]) * h * h;
         assert!((mass - 1.0).abs() < 0.01, "{name}: the density integrates to {mass}");
@@ -123,7 +140,7 @@ fn every_architecture_integrates_to_one_in_2d() {
 fn reversible_backprop_gives_ordinary_gradients_for_every_layer() {
     for (name, arch) in archs() {
         let flow = perturbed(arch, 5, 2, 3, 0.1, 3);
-        let xs = Tensor::randn([64, 5], (Kind::Double, Device::Cpu));
+        let xs = randn(64, 5, 12);
         let grads = |reversible: bool| -> (f64, Vec<(String, Tensor)>) {
             let vars = flow.var_store().variables();
             for v in vars.values() {
@@ -157,7 +174,7 @@ fn reversible_backprop_gives_ordinary_gradients_for_every_layer() {
 #[test]
 fn batch_norm_trains_on_batch_statistics_and_evaluates_on_running_ones() {
     let flow = perturbed(Arch::REALNVP, 2, 1, 1, 0.0, 4);
-    let xs = Tensor::randn([4096, 2], (Kind::Double, Device::Cpu)) * 3.0 + 5.0;
+    let xs = randn(4096, 2, 13) * 3.0 + 5.0;
     let mean_before = flow.var_store().variables()["bijectors.1.running_mean"].copy();
     flow.loss_backward(&xs, false).unwrap();
     let vars = flow.var_store().variables();
@@ -172,13 +189,12 @@ fn batch_norm_trains_on_batch_statistics_and_evaluates_on_running_ones() {
 
 #[test]
 fn actnorm_initialises_once_from_data_and_the_flag_survives_every_format() {
-    tch::manual_seed(5);
     let cfg = FlowConfig::stacked(3, 1, 16, 2).with_arch(Arch::GLOW).with_init(Init::Identity);
-    let flow = Flow::new(&cfg, Device::Cpu, Kind::Double).unwrap();
+    let flow = seeded(5, || Flow::new(&cfg, Device::Cpu, Kind::Double).unwrap());
     let vars = flow.var_store().variables();
     assert_eq!(vars["bijectors.0.initialized"].double_value(&[]), 0.0);
-    let xs = Tensor::randn([2048, 3], (Kind::Double, Device::Cpu)) * Tensor::from_slice(&[2.0, 0.5, 3.0])
-        + Tensor::from_slice(&[1.0, -2.0, 4.0]);
+    let xs =
+        randn(2048, 3, 15) * Tensor::from_slice(&[2.0, 0.5, 3.0]) + Tensor::from_slice(&[1.0, -2.0, 4.0]);
     flow.loss_backward(&xs, false).unwrap();
     assert_eq!(vars["bijectors.0.initialized"].double_value(&[]), 1.0);
     // the first ActNorm's output has zero mean and unit variance on the batch
@@ -214,7 +230,7 @@ fn every_architecture_round_trips_through_every_format_and_is_read_from_names_al
     std::fs::create_dir_all(&dir).unwrap();
     for (name, arch) in archs() {
         let flow = perturbed(arch, 5, 2, 2, 0.1, 6);
-        let xs = Tensor::randn([32, 5], (Kind::Double, Device::Cpu));
+        let xs = randn(32, 5, 14);
         let want = flow.log_prob(&xs).unwrap();
         for file in ["m.safetensors", "m.pt"] {
             let path = dir.join(file);
@@ -243,7 +259,44 @@ fn a_file_whose_permutation_is_not_one_is_refused() {
     });
     let path = std::env::temp_dir().join(format!("rnvp-perm-{}.safetensors", std::process::id()));
     Checkpoint::from_flow(&flow, None).save(&path).unwrap();
+    // checked before anything is built (so `convert` and `inspect` see it too)
+    let check = Checkpoint::load(&path).unwrap().check().unwrap_err().to_string();
+    assert!(check.contains("bijectors.0.perm") && check.contains("not a permutation"), "{check}");
     let err = Checkpoint::load(&path).unwrap().to_flow(Device::Cpu, Kind::Double).unwrap_err().to_string();
     std::fs::remove_file(&path).unwrap();
     assert!(err.contains("not a permutation"), "{err}");
+}
+
+#[test]
+fn exported_functions_of_every_architecture_take_any_batch_size() {
+    let dir = std::env::temp_dir().join(format!("rnvp-export-{}", std::process::id()));
+    for (name, arch) in archs() {
+        let flow = perturbed(arch, 2, 1, 2, 0.1, 8);
+        let ck = Checkpoint::from_flow(&flow, None);
+        let out = dir.join(&name);
+        rnvp::checkpoint::export::export_torchscript(&ck, &out, Kind::Double).unwrap();
+        for n in [1, 3, 10] {
+            let xs = randn(n, 2, 16 + n);
+            for (file, want) in [
+                ("log_prob.pt", flow.log_prob(&xs).unwrap()),
+                ("encode.pt", flow.encode(&xs).unwrap()),
+                ("decode.pt", flow.decode(&xs).unwrap()),
+            ] {
+                let m = tch::CModule::load(out.join(file)).unwrap();
+                let got = m.forward_ts(&[&xs]).unwrap_or_else(|e| panic!("{name} {file} n = {n}: {e}"));
+                assert!(max_abs(&got, &want) < 1e-10, "{name} {file} n = {n}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_lone_coupling_with_another_scale_map_is_refused_not_misread() {
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let layer = rnvp::RNvp::build_with(&vs.root(), 2, 1, 8, false, Init::Pytorch, Scale::Sigmoid).unwrap();
+    let tensors: std::collections::BTreeMap<String, Tensor> =
+        layer.variables().into_iter().map(|(k, t)| (k.to_string(), t)).collect();
+    let err = rnvp::checkpoint::infer_config(&tensors).unwrap_err().to_string();
+    assert!(err.contains("sigmoid_shift") && err.contains("stack"), "{err}");
 }

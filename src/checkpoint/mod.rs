@@ -277,14 +277,15 @@ impl Checkpoint {
     /// Checks that the tensors are exactly the architecture's variables (names and shapes),
     /// without building anything.
     pub fn check(&self) -> Result<()> {
-        check_tensors(&self.config, &self.tensors)
+        check_tensors(&self.config, &self.tensors)?;
+        check_buffers(&self.tensors)
     }
 
     /// Builds the flow on `device` in `kind` and copies the weights into it (after
     /// [`Checkpoint::check`]: nothing is built for a file that does not hold the model).
     pub fn to_flow(&self, device: Device, kind: Kind) -> Result<Flow> {
         self.check()?;
-        let flow = Flow::new(&self.config, device, kind)?;
+        let flow = Flow::for_loading(&self.config, device, kind)?;
         load_weights(&flow, &self.tensors)?;
         Ok(flow)
     }
@@ -377,6 +378,36 @@ pub fn config_from_json(v: &Value) -> Result<FlowConfig> {
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Checks the values of the buffers a file may have filled with anything: permutations, signs,
+/// ActNorm's flag, batch norm's variances and the scale maps' constants.
+fn check_buffers(tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let all = |t: &Tensor, f: &dyn Fn(&Tensor) -> Tensor| f(t).all().int64_value(&[]) == 1;
+    for (name, t) in tensors {
+        let t = t.to_kind(Kind::Double);
+        let ok = match name.rsplit('.').next().unwrap_or("") {
+            "perm" => crate::layers::permutation::indices(&t, name).is_ok(),
+            "sign" => all(&t, &|t| t.abs().eq(1.0)),
+            "initialized" => all(&t, &|t| t.eq(0.0).logical_or(&t.eq(1.0))),
+            "running_var" => all(&t, &|t| t.isfinite().logical_and(&t.ge(0.0))),
+            "softclamp_bound" => all(&t, &|t| t.isfinite().logical_and(&t.gt(0.0))),
+            "sigmoid_shift" | "running_mean" => all(&t, &|t| t.isfinite()),
+            _ => true,
+        };
+        if !ok {
+            let what = match name.rsplit('.').next().unwrap_or("") {
+                "perm" => "is not a permutation",
+                "sign" => "holds values other than +1 and −1",
+                "initialized" => "is neither 0 nor 1",
+                "running_var" => "holds negative or non-finite variances",
+                "softclamp_bound" => "is not a positive number",
+                _ => "is not finite",
+            };
+            return Err(Error::Data(format!("'{}' {what}", name.escape_debug())));
+        }
+    }
+    Ok(())
 }
 
 /// Copies `tensors` into the flow's variables after checking that the names are exactly the

@@ -295,7 +295,19 @@ pub fn infer_config<T: Shaped>(tensors: &BTreeMap<String, T>) -> Result<FlowConf
 /// [`infer_config`] for the model of `layout` under `prefix`, by looking names up (no copy).
 fn infer_at<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str, layout: Layout) -> Result<FlowConfig> {
     let (arch, layers, first) = match layout {
-        Layout::Single => (Arch::NOTEBOOK, 1, String::new()),
+        Layout::Single => {
+            // a lone coupling is the notebook's R_NVP; another scale map needs a stack
+            let marker = ["softclamp_bound", "sigmoid_shift", "scale_factor"]
+                .into_iter()
+                .find(|k| tensors.contains_key(&format!("{prefix}{k}")));
+            if let Some(k) = marker {
+                return Err(Error::Data(format!(
+                    "a lone coupling with '{k}' (a scale map other than exp): rnvp reads a single \
+                     layer only as the notebook's R_NVP; save it inside a stack (bijectors.0.…)"
+                )));
+            }
+            (Arch::NOTEBOOK, 1, String::new())
+        }
         Layout::Stacked => infer_stack(tensors, prefix)?,
     };
     let shape = |name: &str| {

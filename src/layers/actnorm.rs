@@ -58,9 +58,7 @@ impl ActNorm {
     /// `(z, log|det|)`, one log-determinant per row.
     pub fn forward(&self, xs: &Tensor) -> (Tensor, Tensor) {
         let z = (xs - &self.loc) * self.log_scale.exp();
-        let n = xs.size()[0];
-        let log_det = self.log_scale.sum(self.log_scale.kind()).expand([n], false);
-        (z, log_det)
+        (z, super::per_row(self.log_scale.sum(self.log_scale.kind()), xs))
     }
 
     /// `x = z ⊙ exp(−ℓ) + b`.

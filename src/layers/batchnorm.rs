@@ -76,9 +76,7 @@ impl BatchNorm {
     pub fn forward(&self, xs: &Tensor, stats: &BatchStats) -> (Tensor, Tensor) {
         let log_std = (&stats.var + EPS).log() * 0.5;
         let z = (xs - &stats.mean) * (&self.log_gamma - &log_std).exp() + &self.beta;
-        let n = xs.size()[0];
-        let log_det = (&self.log_gamma - log_std).sum(xs.kind()).expand([n], false);
-        (z, log_det)
+        (z, super::per_row((&self.log_gamma - log_std).sum(xs.kind()), xs))
     }
 
     /// The inverse of [`BatchNorm::forward`] with the same `stats`.

@@ -19,8 +19,10 @@ pub struct LuLinear {
 }
 
 impl LuLinear {
-    /// A random rotation of `d` columns (drawn from libtorch's generator), in LU form.
-    pub fn build(p: &nn::Path, d: i64) -> Self {
+    /// A random rotation of `d` columns (drawn from libtorch's generator), in LU form; without
+    /// `rotation`, the identity (for weights about to be loaded: the QR and LU decompositions
+    /// cost `d³`).
+    pub fn build(p: &nn::Path, d: i64, rotation: bool) -> Self {
         let layer = LuLinear {
             lower: p.zeros("lower", &[d, d]),
             upper: p.zeros("upper", &[d, d]),
@@ -28,6 +30,11 @@ impl LuLinear {
             perm: p.zeros_no_train("perm", &[d]),
             sign: p.ones_no_train("sign", &[d]),
         };
+        if !rotation {
+            let order = Tensor::arange(d, (Kind::Int64, tch::Device::Cpu));
+            tch::no_grad(|| layer.perm.shallow_clone().copy_(&order));
+            return layer;
+        }
         tch::no_grad(|| {
             let gauss = Tensor::randn([d, d], (Kind::Double, tch::Device::Cpu));
             let (q, _) = Tensor::linalg_qr(&gauss, "reduced");
@@ -77,9 +84,7 @@ impl LuLinear {
     pub fn forward(&self, xs: &Tensor) -> (Tensor, Tensor) {
         let z = xs.matmul(&self.u().tr()).matmul(&self.l().tr());
         let z = z.index_select(1, &self.perm.to_kind(Kind::Int64));
-        let n = xs.size()[0];
-        let log_det = self.log_abs_s.sum(self.log_abs_s.kind()).expand([n], false);
-        (z, log_det)
+        (z, super::per_row(self.log_abs_s.sum(self.log_abs_s.kind()), xs))
     }
 
     /// `x = U⁻¹ L⁻¹ Pᵀ z` for rows `z`, by triangular solves.

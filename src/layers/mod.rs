@@ -61,8 +61,9 @@ pub enum Layer {
 }
 
 impl Layer {
-    /// Builds layer `kind` of a flow with configuration `cfg` under `p`.
-    pub fn build(p: &nn::Path, kind: LayerKind, cfg: &FlowConfig) -> Result<Layer> {
+    /// Builds layer `kind` of a flow with configuration `cfg` under `p`; with `loading`, weights
+    /// are about to be copied in, and the costly random initialisation of LU maps is skipped.
+    pub fn build(p: &nn::Path, kind: LayerKind, cfg: &FlowConfig, loading: bool) -> Result<Layer> {
         let (d, k, hidden, init) = (cfg.d, cfg.k, cfg.hidden, cfg.init);
         Ok(match kind {
             LayerKind::Affine { flip } => {
@@ -73,7 +74,7 @@ impl Layer {
             LayerKind::Permutation => {
                 Layer::Permutation(Permutation::build(p, d, cfg.arch.mixing == Mixing::Random))
             }
-            LayerKind::Lu => Layer::Lu(LuLinear::build(p, d)),
+            LayerKind::Lu => Layer::Lu(LuLinear::build(p, d, !loading)),
             LayerKind::BatchNorm => Layer::BatchNorm(BatchNorm::build(p, d)),
             LayerKind::DiagonalScale => Layer::Scale(DiagonalScale::build(p, d)),
         })
@@ -186,6 +187,12 @@ impl Layer {
             Layer::Scale(_) => LayerKind::DiagonalScale,
         }
     }
+}
+
+/// A log-determinant `s` (0-dim, the same for every row) as one value per row of `xs`, with the
+/// row count taken from `xs` in the graph (so that a traced export takes any batch size).
+pub(crate) fn per_row(s: Tensor, xs: &Tensor) -> Tensor {
+    s.expand_as(&xs.select(1, 0))
 }
 
 /// The two column groups of a coupling: unflipped, `x₁ = x[:, :k]` conditions and `x₂ = x[:, k:]`

@@ -22,8 +22,7 @@ impl DiagonalScale {
 
     /// `(z, log|det|)`.
     pub fn forward(&self, xs: &Tensor) -> (Tensor, Tensor) {
-        let n = xs.size()[0];
-        (xs * self.log_scale.exp(), self.log_scale.sum(self.log_scale.kind()).expand([n], false))
+        (xs * self.log_scale.exp(), super::per_row(self.log_scale.sum(self.log_scale.kind()), xs))
     }
 
     /// `x = z ⊙ exp(−S)`.
