@@ -8,7 +8,8 @@
 //! sections stability and zoo, run only when named in `--only`, whose results go to
 //! docs/BENCHMARKS-family.md and docs/bench_family_*.png/csv instead, each section replacing its
 //! own part of that file). The family sections' sizes: `--steps N --seeds N --depths 32,64
-//! --seeds-for glow@64=2,nice=1 --sets two-moons,...` (stability), `--zoo-seconds S --zoo-points
+//! --seeds-for glow@64=2,nice=1 --sets two-moons,... [--keep-runs]` (stability; `--keep-runs`
+//! reuses the runs the section's CSV already holds, to grow a grid in several sittings), `--zoo-seconds S --zoo-points
 //! N --sets ...` (zoo). `bench mem LAYERS autograd|reversible` is the child process that measures
 //! peak memory of training steps.
 use anyhow::{bail, Context, Result};
@@ -63,6 +64,8 @@ struct FamilyOpts {
     seeds_for: Vec<(String, Option<i64>, usize)>,
     /// Toy sets of both sections (all six by default).
     sets: Option<Vec<ToySet>>,
+    /// Reuse the runs of the grid that bench_family_stability.csv already holds (same steps).
+    keep_runs: bool,
     /// Training seconds of each zoo model on each set.
     zoo_seconds: Option<f64>,
     /// Training points of each zoo set (rnvp and Python hold out the same 10%).
@@ -193,6 +196,7 @@ fn main() -> Result<()> {
             depths: None,
             seeds_for: vec![],
             sets: None,
+            keep_runs: false,
             zoo_seconds: None,
             zoo_points: None,
         },
@@ -228,9 +232,10 @@ fn main() -> Result<()> {
                     .collect::<Result<_>>()?;
                 o.family.sets = Some(sets);
             }
+            "--keep-runs" => o.family.keep_runs = true,
             "--zoo-seconds" => o.family.zoo_seconds = Some(it.next().context("--zoo-seconds S")?.parse()?),
             "--zoo-points" => o.family.zoo_points = Some(it.next().context("--zoo-points N")?.parse()?),
-            other => bail!("unknown argument {other} (bench [--reps N] [--quick] [--threads N] [--device cpu|cuda] [--only SECTIONS] [--out DIR] [--steps N] [--seeds N] [--depths L,L] [--seeds-for ARCH[@L]=N,...] [--sets SET,...] [--zoo-seconds S] [--zoo-points N])"),
+            other => bail!("unknown argument {other} (bench [--reps N] [--quick] [--threads N] [--device cpu|cuda] [--only SECTIONS] [--out DIR] [--steps N] [--seeds N] [--depths L,L] [--seeds-for ARCH[@L]=N,...] [--keep-runs] [--sets SET,...] [--zoo-seconds S] [--zoo-points N])"),
         }
     }
     std::fs::create_dir_all(&o.out)?;
@@ -973,6 +978,39 @@ fn stability_run(
     })
 }
 
+/// The runs of an earlier `bench_family_stability.csv` with `steps` steps (for `--keep-runs`).
+fn read_stability_csv(path: &Path, steps: usize) -> Result<Vec<StabilityRun>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(vec![]) };
+    let mut runs = vec![];
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || anyhow::anyhow!("{}: cannot read the row {line}", path.display());
+        if f.len() != 13 || f[2] != "128" || f[5].parse::<usize>()? != steps {
+            continue;
+        }
+        let arch = STABILITY_ARCHS.iter().find(|a| a.0 == f[0]).ok_or_else(bad)?.0;
+        let set = ToySet::all().iter().copied().find(|t| t.name() == f[3]).ok_or_else(bad)?;
+        let stop = match f[8] {
+            "" => None,
+            "loss" => Some(("loss", f[9].parse()?)),
+            "validation" => Some(("validation", f[9].parse()?)),
+            _ => Some(("log", f[9].parse()?)),
+        };
+        runs.push(StabilityRun {
+            arch,
+            layers: f[1].parse()?,
+            set,
+            seed: f[4].parse()?,
+            steps_done: f[6].parse()?,
+            stop,
+            final_loss: f[10].parse().ok(),
+            final_val: f[11].parse().ok(),
+            seconds: f[12].parse()?,
+        });
+    }
+    Ok(runs)
+}
+
 fn write_stability_csv(path: &Path, runs: &[StabilityRun], steps: usize) -> Result<()> {
     let mut s = String::from(
         "arch,layers,hidden,set,seed,steps,steps_logged,diverged,stop,stop_step,final_loss,final_val_nll,seconds\n",
@@ -1012,12 +1050,20 @@ fn stability(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
         exact.or(any).map_or(seeds, |x| x.2)
     };
     let csv = o.out.join("bench_family_stability.csv");
+    let mut kept = if f.keep_runs { read_stability_csv(&csv, steps)? } else { vec![] };
     let mut runs: Vec<StabilityRun> = vec![];
     let t0 = Instant::now();
     for &l in &depths {
         for arch in STABILITY_ARCHS {
             for seed in 0..seeds_of(arch.0, l) {
                 for &set in &sets {
+                    let same = |r: &StabilityRun| {
+                        r.arch == arch.0 && r.layers == l && r.set == set && r.seed == seed
+                    };
+                    if let Some(i) = kept.iter().position(same) {
+                        runs.push(kept.swap_remove(i));
+                        continue;
+                    }
                     let r = stability_run(o, work, arch, l, set, seed, steps)?;
                     eprintln!(
                         "stability {} L={l} {} seed {seed}: {} in {:.1} s",
@@ -1037,6 +1083,7 @@ fn stability(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
         }
     }
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    let run_minutes = runs.iter().map(|r| r.seconds).sum::<f64>() / 60.0;
     writeln!(md, "## Stability: divergence against depth (hidden 128, batch 512, lr 1e-3)\n")?;
     writeln!(
         md,
@@ -1048,7 +1095,8 @@ fn stability(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
          layers), the default of nice, realnvp and glow. A run *diverged* when a step's loss or a \
          validation NLL was not finite: without `--clip-grad` rnvp then stops (exit status 1, \
          \"training stopped\"), and its log ends before that step. {}Seeds 0 to n − 1 for each set; \
-         the *seeds per set* column says n. This run: {} steps, {}{}; {:.1} minutes in all.\n",
+         the *seeds per set* column says n. This grid: {} steps, {}{}; {:.1} minutes of `rnvp train` \
+         runs in all ({:.1} minutes in this sitting{}).\n",
         o.threads,
         if o.quick { "**Quick run (`--quick`): not the full grid.** " } else { "" },
         steps,
@@ -1065,7 +1113,9 @@ fn stability(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
                     .join(",")
             )
         },
-        minutes
+        run_minutes,
+        minutes,
+        if f.keep_runs { ", `--keep-runs`: the runs of earlier sittings reused" } else { "" }
     )?;
     let names: Vec<&str> = sets.iter().map(|s| s.name()).collect();
     writeln!(
