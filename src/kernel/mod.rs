@@ -160,6 +160,7 @@ impl Packing {
     fn coupling(&self, layer: usize) -> (bool, bool, usize) {
         match self.ops[layer] {
             Op::Coupling { flip, affine, offset, .. } => (flip, affine, offset),
+            // invariant: the passes call this for coupling ops only; `for_each`/`shape` document the panic
             Op::Linear { .. } => panic!("kernel: layer {layer} is not a coupling"),
         }
     }
