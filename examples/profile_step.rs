@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         let _x2 = rnvp::data::to_tensor(&b, Kind::Float, Device::Cpu)?;
         let t1 = Instant::now();
         adam.zero_grad();
-        let (_, lp, lj) = flow.forward(&xs)?;
+        let (_, lp, lj) = flow.stack().forward(&xs)?;
         let loss = -(lp + lj).mean(Kind::Float);
         let _ = loss.double_value(&[]);
         let t2 = Instant::now();

@@ -83,9 +83,9 @@ fn main() -> Result<()> {
         if let Some(stop) = report.diverged {
             anyhow::bail!("{label}: {stop}");
         }
-        let nll = mean_nll(&flow, &test, None)?;
+        let nll = mean_nll(flow.stack().run(cfg.engine), &test, None)?;
         Figures {
-            flow: &flow,
+            flow: flow.stack().run(cfg.engine),
             scaler: None,
             data: Some(&shown),
             report: Some(&report),

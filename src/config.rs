@@ -24,31 +24,6 @@ pub enum Init {
     Identity,
 }
 
-/// What computes a flow's passes on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Engine {
-    /// The fused kernels where they apply (float32 on the CPU, `k` and `d − k` at most 4),
-    /// libtorch elsewhere.
-    #[default]
-    Auto,
-    /// The fused kernels ([`crate::kernel`]); an error where they do not apply.
-    Fused,
-    /// libtorch operations (with autograd for training), as the notebook runs.
-    Libtorch,
-}
-
-impl std::str::FromStr for Engine {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Engine::Auto),
-            "fused" => Ok(Engine::Fused),
-            "libtorch" => Ok(Engine::Libtorch),
-            _ => Err(Error::InvalidConfig(format!("engine '{s}': expected auto, fused or libtorch"))),
-        }
-    }
-}
-
 /// The architecture of an R-NVP flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowConfig {

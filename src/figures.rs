@@ -3,15 +3,15 @@
 //! density heat map with the data over it.
 use crate::data::{self, Matrix, Scaler};
 use crate::error::Result;
-use crate::flow::Flow;
 use crate::plot::{self, Grid};
+use crate::run::Run;
 use crate::train::TrainReport;
 use std::path::{Path, PathBuf};
 
 /// What to draw.
 pub struct Figures<'a> {
-    /// The flow.
-    pub flow: &'a Flow,
+    /// The flow and the engine that runs it.
+    pub flow: Run<'a>,
     /// The scaler of file data (samples and densities are then in the data's units).
     pub scaler: Option<&'a Scaler>,
     /// Data points in the data's units (for toy sets: a standardized batch).
@@ -86,11 +86,15 @@ impl Figures<'_> {
             if let Some(s) = self.scaler {
                 xs = s.transform(&xs)?;
             }
-            let zs = self.flow.encode(&data::to_tensor(&xs, self.flow.kind(), self.flow.device())?)?;
+            let zs = self.flow.encode(&data::to_tensor(
+                &xs,
+                self.flow.flow().kind(),
+                self.flow.flow().device(),
+            )?)?;
             let z_xy = pairs(&data::from_tensor(&zs)?);
             let base = data::from_tensor(&crate::base::sample(
                 self.n_samples,
-                self.flow.config().d,
+                self.flow.flow().config().d,
                 tch::Kind::Double,
                 tch::Device::Cpu,
             ))?;
@@ -106,7 +110,7 @@ impl Figures<'_> {
             written.push(path);
         }
 
-        if self.flow.config().d == 2 {
+        if self.flow.flow().config().d == 2 {
             let overlay = data_xy.as_deref().unwrap_or(&sample_xy);
             let (x, y) = window(overlay);
             let (nx, ny) = (200, 200);
@@ -117,7 +121,11 @@ impl Figures<'_> {
                 m = s.transform(&m)?;
                 shift = s.log_det();
             }
-            let lp = self.flow.log_prob(&data::to_tensor(&m, self.flow.kind(), self.flow.device())?)?;
+            let lp = self.flow.log_prob(&data::to_tensor(
+                &m,
+                self.flow.flow().kind(),
+                self.flow.flow().device(),
+            )?)?;
             let values: Vec<f64> =
                 data::from_tensor(&lp.unsqueeze(1))?.data.iter().map(|v| v + shift).collect();
             let path = dir.join("density.png");

@@ -4,10 +4,11 @@
 //! and `log p(x) = log N(f(x); 0, I) + Σᵢ log|det ∂zᵢ/∂zᵢ₋₁|`. Sampling is `inverse(N(0, I))`.
 use crate::base;
 use crate::config::LayerKind;
-use crate::config::{Engine, FlowConfig, Layout};
+use crate::config::{FlowConfig, Layout};
 use crate::error::{Error, Result};
-use crate::kernel::{self, Packing};
+use crate::kernel::Packing;
 use crate::layers::{check_input, BatchNorm, BatchStats, Layer, Mode, RNvp};
+use crate::run::{Engine, Run};
 use tch::{nn, Device, Kind, Tensor};
 
 /// A stack of layers: the notebook's `stacked_NVP` (coupling layers with alternating flips), the
@@ -18,7 +19,6 @@ pub struct StackedNvp {
     layers: Vec<Layer>,
     cfg: FlowConfig,
     probe: Tensor,
-    engine: Engine,
 }
 
 impl StackedNvp {
@@ -46,7 +46,7 @@ impl StackedNvp {
         // a coupling's first weight: validate() ensures layers ≥ 1, and every step has a coupling
         let probe = (layers.iter().find_map(Layer::probe))
             .ok_or_else(|| Error::InvalidConfig("invariant: a stack has a coupling".into()))?;
-        Ok(StackedNvp { layers, cfg: *cfg, probe, engine: Engine::Auto })
+        Ok(StackedNvp { layers, cfg: *cfg, probe })
     }
 
     /// The architecture.
@@ -76,16 +76,6 @@ impl StackedNvp {
             .try_for_each(|(j, l)| l.check_state().map_err(|e| Error::Data(format!("bijectors.{j}: {e}"))))
     }
 
-    /// What computes `log_prob`, `encode`, `decode`, `sample` and training steps.
-    pub fn engine(&self) -> Engine {
-        self.engine
-    }
-
-    /// Chooses what computes `log_prob`, `encode`, `decode`, `sample` and training steps.
-    pub fn set_engine(&mut self, engine: Engine) {
-        self.engine = engine;
-    }
-
     /// The packing of this flow for the fused kernels, or `None` where they do not apply (they
     /// run float32 flows on the CPU with k and d − k at most [`kernel::MAX_WIDTH`] and every
     /// layer but batch norm), whatever the engine.
@@ -94,44 +84,6 @@ impl StackedNvp {
             return None;
         }
         Packing::new(&self.cfg)
-    }
-
-    /// The packing for the fused kernels when the engine uses them for this flow now (`Auto`
-    /// falls back to libtorch silently; `Fused` fails where they do not apply).
-    pub fn fused_packing(&self) -> Result<Option<Packing>> {
-        match self.engine {
-            Engine::Libtorch => Ok(None),
-            Engine::Auto => Ok(self.packing()),
-            Engine::Fused => self.packing().map(Some).ok_or_else(|| {
-                Error::InvalidConfig(format!(
-                    "the fused engine runs float32 flows on the CPU with k and d − k at most {} and \
-                     no batch norm (this flow: {:?} on {:?}, d = {}, k = {}, {})",
-                    kernel::MAX_WIDTH,
-                    self.kind(),
-                    self.device(),
-                    self.cfg.d,
-                    self.cfg.k,
-                    self.cfg.arch.describe()
-                ))
-            }),
-        }
-    }
-
-    /// Runs the fused forward pass on `xs`: `(z, Σ log|det|)` as flat row-major vectors.
-    fn fused_forward(&self, pk: &Packing, xs: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
-        let params = pk.pack(&self.layers)?;
-        let mut zs = kernel::flat(xs)?;
-        let mut log_det = vec![0.0f32; xs.size()[0] as usize];
-        pk.forward_par(&params, &mut zs, &mut log_det, threads());
-        Ok((zs, log_det))
-    }
-
-    /// Runs the fused inverse on `zs`.
-    fn fused_inverse(&self, pk: &Packing, zs: &Tensor) -> Result<Tensor> {
-        let params = pk.pack(&self.layers)?;
-        let mut xs = kernel::flat(zs)?;
-        pk.inverse_par(&params, &mut xs, threads());
-        Ok(Tensor::from_slice(&xs).view([-1, self.cfg.d]))
     }
 
     /// The dtype of the weights (and so of the inputs the flow takes).
@@ -174,54 +126,30 @@ impl StackedNvp {
         Ok(self.untransform(zs))
     }
 
-    /// `log p(x)`, one value per row, without autograd.
+    /// This flow run by `engine` (see [`Run`]).
+    pub fn run(&self, engine: Engine) -> Run<'_> {
+        Run::new(self, engine)
+    }
+
+    /// `log p(x)`, one value per row, without autograd, run by [`Engine::Auto`].
     pub fn log_prob(&self, xs: &Tensor) -> Result<Tensor> {
-        self.check(xs, "input")?;
-        if let Some(pk) = self.fused_packing()? {
-            let (zs, log_det) = self.fused_forward(&pk, xs)?;
-            let lp: Vec<f32> = zs
-                .chunks_exact(self.cfg.d as usize)
-                .zip(log_det)
-                .map(|(z, ld)| (base::log_prob_row(z) + ld as f64) as f32)
-                .collect();
-            return Ok(Tensor::from_slice(&lp));
-        }
-        Ok(chunked(xs, |xs| {
-            let (zs, log_jacob) = self.transform(xs);
-            base::log_prob(&zs) + log_jacob
-        }))
+        self.run(Engine::Auto).log_prob(xs)
     }
 
-    /// `z = f(x)` without autograd.
+    /// `z = f(x)` without autograd, run by [`Engine::Auto`].
     pub fn encode(&self, xs: &Tensor) -> Result<Tensor> {
-        self.check(xs, "input")?;
-        if let Some(pk) = self.fused_packing()? {
-            let (zs, _) = self.fused_forward(&pk, xs)?;
-            return Ok(Tensor::from_slice(&zs).view([-1, self.cfg.d]));
-        }
-        Ok(chunked(xs, |xs| self.transform(xs).0))
+        self.run(Engine::Auto).encode(xs)
     }
 
-    /// `x = f⁻¹(z)` without autograd.
+    /// `x = f⁻¹(z)` without autograd, run by [`Engine::Auto`].
     pub fn decode(&self, zs: &Tensor) -> Result<Tensor> {
-        self.check(zs, "latent")?;
-        if let Some(pk) = self.fused_packing()? {
-            return self.fused_inverse(&pk, zs);
-        }
-        Ok(chunked(zs, |zs| self.untransform(zs)))
+        self.run(Engine::Auto).decode(zs)
     }
 
-    /// `n` samples `f⁻¹(z)`, `z ~ N(0, I)`, drawn with libtorch's generator (seed it with
-    /// `tch::manual_seed`).
+    /// `n` samples `f⁻¹(z)`, `z ~ N(0, I)`, run by [`Engine::Auto`] (seed libtorch's generator
+    /// with `tch::manual_seed`).
     pub fn sample(&self, n: i64) -> Result<Tensor> {
-        if n < 0 {
-            return Err(crate::Error::InvalidConfig(format!("cannot draw {n} samples")));
-        }
-        let zs = base::sample(n, self.cfg.d, self.kind(), self.device());
-        if let Some(pk) = self.fused_packing()? {
-            return self.fused_inverse(&pk, &zs);
-        }
-        Ok(chunked(&zs, |zs| self.untransform(zs)))
+        self.run(Engine::Auto).sample(n)
     }
 
     /// The training loss `−mean(log p(x))` of the batch `xs`; its gradient is added to the
@@ -320,30 +248,9 @@ fn add(acc: Option<Tensor>, ld: Option<Tensor>) -> Option<Tensor> {
     }
 }
 
-/// Rows evaluated at once without autograd: the hidden activations of a chunk (`CHUNK × hidden`)
-/// stay in cache instead of making one pass over memory per operation for the whole input.
-const CHUNK: i64 = 2048;
-
-/// `f` applied to row blocks of `xs` without autograd, the results concatenated.
-fn chunked(xs: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
-    tch::no_grad(|| {
-        let n = xs.size()[0];
-        if n <= CHUNK {
-            return f(xs);
-        }
-        let parts: Vec<Tensor> = xs.split(CHUNK, 0).iter().map(&f).collect();
-        Tensor::cat(&parts, 0)
-    })
-}
-
-/// libtorch's intra-op thread count, which the fused kernels follow.
-pub(crate) fn threads() -> usize {
-    tch::get_num_threads().max(1) as usize
-}
-
 /// A flow that owns its variables: a [`StackedNvp`] in its own `VarStore`.
 ///
-/// Derefs to the [`StackedNvp`], so `flow.log_prob(&xs)`, `flow.sample(n)`, ... work directly.
+/// The model is [`Flow::stack`]: `flow.stack().log_prob(&xs)`, `flow.stack().sample(n)`, ...
 #[derive(Debug)]
 pub struct Flow {
     vs: nn::VarStore,
@@ -380,25 +287,18 @@ impl Flow {
         Ok(Flow { vs, net })
     }
 
+    /// The model: the stack of layers.
+    pub fn stack(&self) -> &StackedNvp {
+        &self.net
+    }
+
     /// The variable store (names are the notebook's state_dict keys).
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
     }
 
-    /// Chooses what computes `log_prob`, `encode`, `decode`, `sample` and training steps.
-    pub fn set_engine(&mut self, engine: Engine) {
-        self.net.set_engine(engine);
-    }
-
     /// The variable store, mutably (to load weights, change dtype or device, build an optimizer).
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
         &mut self.vs
-    }
-}
-
-impl std::ops::Deref for Flow {
-    type Target = StackedNvp;
-    fn deref(&self) -> &StackedNvp {
-        &self.net
     }
 }

@@ -12,14 +12,15 @@
 //! ```no_run
 //! use rnvp::{Flow, FlowConfig};
 //! let flow = Flow::new(&FlowConfig::notebook(3), tch::Device::Cpu, tch::Kind::Float)?;
-//! let xs = flow.sample(1000)?;          // x = f⁻¹(z), z ~ N(0, I)
-//! let log_p = flow.log_prob(&xs)?;      // one value per row
+//! let xs = flow.stack().sample(1000)?;     // x = f⁻¹(z), z ~ N(0, I)
+//! let log_p = flow.stack().log_prob(&xs)?; // one value per row
 //! # Ok::<(), rnvp::Error>(())
 //! ```
 //!
 //! On the CPU in float32, `log_prob`, `encode`, `decode`, `sample` and training run in fused
 //! kernels ([`kernel`]) instead of libtorch operations, with the same maths to float32 rounding;
-//! [`Flow::set_engine`] with [`Engine::Libtorch`] switches back to libtorch.
+//! `flow.stack().run(Engine::Libtorch)` runs them with libtorch instead ([`Run`]); training takes
+//! the engine in its [`train::TrainConfig`].
 #![deny(unsafe_code)] // exceptions: `sys` (mallopt, dlopen) and `kernel::simd` (run-time CPU dispatch)
 #![deny(missing_docs)]
 
@@ -36,12 +37,14 @@ pub mod kernel;
 pub mod layers;
 pub mod plot;
 pub mod presets;
+pub mod run;
 pub mod sys;
 pub mod train;
 
-pub use config::{Arch, Coupling, Engine, FlowConfig, Init, Layout, Mixing, Scale};
+pub use config::{Arch, Coupling, FlowConfig, Init, Layout, Mixing, Scale};
 
 pub use error::{Error, Result};
 pub use flow::{Flow, StackedNvp};
 pub use layers::RNvp;
+pub use run::{Engine, Run};
 pub use sys::{tune_allocator, tune_allocator_for_memory};

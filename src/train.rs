@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::kernel::{Packing, Scratch};
 use crate::layers::{Layer, Mode};
+use crate::run::{Engine, Run};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Backpropagate by recomputing each layer's input from its output (memory constant in depth).
     pub reversible: bool,
+    /// What computes the training steps and the validation passes.
+    pub engine: Engine,
 }
 
 impl Default for TrainConfig {
@@ -57,6 +60,7 @@ impl Default for TrainConfig {
             val_size: 5_000,
             val_fraction: 0.1,
             reversible: false,
+            engine: Engine::Auto,
         }
     }
 }
@@ -353,8 +357,8 @@ impl FusedAdam {
     /// Packs the flow's weights (and the optimizer state of `resume`).
     pub fn new(pk: Packing, flow: &Flow, cfg: &TrainConfig, resume: Option<&OptimizerState>) -> Result<Self> {
         check_resume_step(resume)?;
-        let layout = flow.config().layout;
-        let params = pk.pack(flow.layers())?;
+        let layout = flow.stack().config().layout;
+        let params = pk.pack(flow.stack().layers())?;
         let moment = |m: Option<&BTreeMap<String, Tensor>>| -> Result<Vec<f32>> {
             match m {
                 Some(m) => pk.from_named(m, layout).map_err(|e| Error::Data(format!("optimizer state: {e}"))),
@@ -372,6 +376,7 @@ impl FusedAdam {
             cfg: cfg.clone(),
             scratch: vec![],
             needs_data_init: flow
+                .stack()
                 .layers()
                 .iter()
                 .any(|l| matches!(l, Layer::ActNorm(a) if !a.is_initialized())),
@@ -384,8 +389,8 @@ impl FusedAdam {
         if !self.needs_data_init {
             return Ok(());
         }
-        let _ = tch::no_grad(|| flow.forward_in(batch, Mode::Train))?;
-        self.params = self.pk.pack(flow.layers())?;
+        let _ = tch::no_grad(|| flow.stack().forward_in(batch, Mode::Train))?;
+        self.params = self.pk.pack(flow.stack().layers())?;
         self.needs_data_init = false;
         Ok(())
     }
@@ -397,7 +402,7 @@ impl FusedAdam {
         if !xs.len().is_multiple_of(d) {
             return Err(Error::Data(format!("a batch of {} numbers is not rows of d = {d}", xs.len())));
         }
-        let threads = crate::flow::threads();
+        let threads = crate::run::threads();
         let (pk, cfg) = (&self.pk, &self.cfg);
         Ok(pk.mean_loss_grad(&self.params, &mut self.grads, xs, cfg.reversible, threads, &mut self.scratch))
     }
@@ -459,7 +464,7 @@ impl FusedAdam {
 
     /// Copies the trained weights into the flow.
     pub fn write_back(&self, flow: &Flow) -> Result<()> {
-        self.pk.unpack(&self.params, flow.layers())
+        self.pk.unpack(&self.params, flow.stack().layers())
     }
 
     /// The state, for a checkpoint.
@@ -513,12 +518,12 @@ impl Optimizer {
     fn train_step(&mut self, flow: &Flow, batch: &Matrix, cfg: &TrainConfig) -> Result<(f64, bool)> {
         let loss = match self {
             Optimizer::Libtorch(adam) => {
-                let xs = data::to_tensor(batch, flow.kind(), flow.device())?;
+                let xs = data::to_tensor(batch, flow.stack().kind(), flow.stack().device())?;
                 adam.zero_grad();
-                flow.loss_backward(&xs, cfg.reversible)?
+                flow.stack().loss_backward(&xs, cfg.reversible)?
             }
             Optimizer::Fused(f) => {
-                let d = flow.config().d;
+                let d = flow.stack().config().d;
                 if batch.cols as i64 != d {
                     return Err(Error::Shape {
                         what: "batch".into(),
@@ -527,7 +532,7 @@ impl Optimizer {
                     });
                 }
                 if f.needs_data_init {
-                    f.initialize(flow, &data::to_tensor(batch, flow.kind(), flow.device())?)?;
+                    f.initialize(flow, &data::to_tensor(batch, flow.stack().kind(), flow.stack().device())?)?;
                 }
                 let xs: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
                 f.loss_grad(&xs)?
@@ -682,13 +687,13 @@ impl TrainReport {
 
 /// Mean negative log-likelihood of `xs` (standardized rows) under the flow, in the data's units:
 /// `−mean(log p_model(xs)) − scaler.log_det()`.
-pub fn mean_nll(flow: &Flow, xs: &Matrix, scaler: Option<&Scaler>) -> Result<f64> {
+pub fn mean_nll(flow: Run<'_>, xs: &Matrix, scaler: Option<&Scaler>) -> Result<f64> {
     Ok(nll_and_non_finite(flow, xs, scaler)?.0)
 }
 
 /// [`mean_nll`] and the number of rows whose log-density is not finite (which make it so).
-pub fn nll_and_non_finite(flow: &Flow, xs: &Matrix, scaler: Option<&Scaler>) -> Result<(f64, usize)> {
-    let t = data::to_tensor(xs, flow.kind(), flow.device())?;
+pub fn nll_and_non_finite(flow: Run<'_>, xs: &Matrix, scaler: Option<&Scaler>) -> Result<(f64, usize)> {
+    let t = data::to_tensor(xs, flow.flow().kind(), flow.flow().device())?;
     let lp = flow.log_prob(&t)?;
     let nll = -lp.f_mean(Kind::Double)?.double_value(&[]);
     let non_finite = lp.f_isfinite()?.logical_not().f_sum(Kind::Int64)?.int64_value(&[]) as usize;
@@ -746,7 +751,7 @@ impl Trainer<'_> {
         mut on_event: impl FnMut(Event),
     ) -> Result<TrainReport> {
         self.cfg.validate()?;
-        let mut opt = match self.flow.fused_packing()? {
+        let mut opt = match self.flow.stack().run(self.cfg.engine).fused_packing()? {
             Some(pk) => Optimizer::Fused(Box::new(FusedAdam::new(pk, self.flow, self.cfg, resume)?)),
             None => Optimizer::Libtorch(Adam::new(self.flow, self.cfg, resume)?),
         };
@@ -787,7 +792,7 @@ impl Trainer<'_> {
                 let v0 = Instant::now();
                 report.val_seconds.push(t0.elapsed().as_secs_f64() - paused);
                 opt.sync(self.flow)?;
-                let nll = mean_nll(self.flow, &val_set, self.scaler.as_ref())?;
+                let nll = mean_nll(self.flow.stack().run(self.cfg.engine), &val_set, self.scaler.as_ref())?;
                 report.val.push((step, nll));
                 if !nll.is_finite() {
                     // a broken model is never saved over the last good one, nor called the best

@@ -22,7 +22,7 @@ fn grads(flow: &Flow, xs: &Tensor, reversible: bool) -> (f64, Vec<(String, Tenso
     for (_, v) in vars.iter_mut() {
         v.zero_grad();
     }
-    let loss = flow.loss_backward(xs, reversible).unwrap();
+    let loss = flow.stack().loss_backward(xs, reversible).unwrap();
     (loss, vars.iter().map(|(n, v)| (n.clone(), v.grad().copy())).collect())
 }
 
@@ -67,8 +67,7 @@ fn sixty_four_layers_train_with_the_identity_initialisation() {
         let mut trained = vec![];
         for seed in 0..3u64 {
             let cfg = FlowConfig::stacked(2, 1, 64, 64).with_init(Init::Identity);
-            let mut flow = seeded_flow(&cfg, Kind::Float, seed as i64);
-            flow.set_engine(engine);
+            let flow = seeded_flow(&cfg, Kind::Float, seed as i64);
             let tc = TrainConfig {
                 steps: 100,
                 val_every: 100,
@@ -76,6 +75,7 @@ fn sixty_four_layers_train_with_the_identity_initialisation() {
                 clip_grad: Some(1.0),
                 reversible,
                 seed,
+                engine,
                 ..Default::default()
             };
             let t = Trainer {

@@ -52,7 +52,7 @@ fn pytorch_models_of_every_architecture_load_and_match() {
                 let flow = ck.to_flow(Device::Cpu, kind).unwrap();
                 let what = format!("{name} {dtype} d = {d}");
                 let x = npy(dir.join("x.npy"));
-                let (z, log_det) = flow.forward_in(&x, Mode::Eval).unwrap();
+                let (z, log_det) = flow.stack().forward_in(&x, Mode::Eval).unwrap();
                 assert_close(&z, &npy(dir.join("z.npy")), atol, atol, &format!("{what}: z"));
                 assert_close(
                     &log_det,
@@ -61,11 +61,11 @@ fn pytorch_models_of_every_architecture_load_and_match() {
                     atol,
                     &format!("{what}: log-det"),
                 );
-                let lp = flow.log_prob(&x).unwrap();
+                let lp = flow.stack().log_prob(&x).unwrap();
                 assert_close(&lp, &npy(dir.join("log_prob.npy")), atol, atol, &format!("{what}: log_prob"));
-                let x_inv = flow.decode(&npy(dir.join("z_in.npy"))).unwrap();
+                let x_inv = flow.stack().decode(&npy(dir.join("z_in.npy"))).unwrap();
                 assert_close(&x_inv, &npy(dir.join("x_inv.npy")), atol, atol, &format!("{what}: inverse"));
-                let (zt, ldt) = flow.forward_in(&x, Mode::Replay).unwrap();
+                let (zt, ldt) = flow.stack().forward_in(&x, Mode::Replay).unwrap();
                 assert_close(
                     &zt,
                     &npy(dir.join("z_train.npy")),
@@ -96,7 +96,7 @@ fn rnvp_pt_files_of_every_architecture_load_strictly_in_pytorch() {
             // training passes make ActNorm and batch norm's state non-trivial
             let batch = Tensor::randn([256, 4], (kind, Device::Cpu)) * 2.0 + 0.5;
             for _ in 0..3 {
-                flow.loss_backward(&batch, false).unwrap();
+                flow.stack().loss_backward(&batch, false).unwrap();
             }
             let x = Tensor::randn([64, 4], (kind, Device::Cpu));
             let z_in = Tensor::randn([64, 4], (kind, Device::Cpu));
@@ -108,14 +108,14 @@ fn rnvp_pt_files_of_every_architecture_load_strictly_in_pytorch() {
             let what = format!("{name} {kind:?} in PyTorch");
             assert_close(
                 &npy(dir.join("torch_z.npy")),
-                &flow.encode(&x).unwrap(),
+                &flow.stack().encode(&x).unwrap(),
                 atol,
                 atol,
                 &format!("{what}: z"),
             );
-            let lp = flow.log_prob(&x).unwrap();
+            let lp = flow.stack().log_prob(&x).unwrap();
             assert_close(&npy(dir.join("torch_log_prob.npy")), &lp, atol, atol, &format!("{what}: log_prob"));
-            let x_inv = flow.decode(&z_in).unwrap();
+            let x_inv = flow.stack().decode(&z_in).unwrap();
             assert_close(&npy(dir.join("torch_x_inv.npy")), &x_inv, atol, atol, &format!("{what}: inverse"));
         }
     }

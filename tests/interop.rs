@@ -9,13 +9,19 @@ use tch::{Device, Kind, Tensor};
 
 /// rnvp's log p(x), z and inverse for the inputs in `dir`, against `{prefix}log_prob.npy`, ….
 fn compare_outputs(flow: &Flow, dir: &Path, prefix: &str, tol: f64, what: &str) {
-    let kind = flow.kind();
+    let kind = flow.stack().kind();
     let xs = npy(dir.join("x.npy")).to_kind(kind);
     let z_in = npy(dir.join("z_in.npy")).to_kind(kind);
     let want = |n: &str| npy(dir.join(format!("{prefix}{n}.npy")));
-    assert_close(&flow.log_prob(&xs).unwrap(), &want("log_prob"), tol, tol, &format!("{what}: log_prob"));
-    assert_close(&flow.encode(&xs).unwrap(), &want("z"), tol, tol, &format!("{what}: z"));
-    assert_close(&flow.decode(&z_in).unwrap(), &want("x_inv"), tol, tol, &format!("{what}: inverse"));
+    assert_close(
+        &flow.stack().log_prob(&xs).unwrap(),
+        &want("log_prob"),
+        tol,
+        tol,
+        &format!("{what}: log_prob"),
+    );
+    assert_close(&flow.stack().encode(&xs).unwrap(), &want("z"), tol, tol, &format!("{what}: z"));
+    assert_close(&flow.stack().decode(&z_in).unwrap(), &want("x_inv"), tol, tol, &format!("{what}: inverse"));
 }
 
 #[test]
@@ -170,13 +176,37 @@ fn exported_torchscript_matches_rnvp_for_any_batch_size() {
     reference(&["jit", "--dir", out.to_str().unwrap(), "--io", dir.to_str().unwrap()]);
     let xs = npy(dir.join("x.npy"));
     let z_in = npy(dir.join("z_in.npy"));
-    assert_close(&npy(dir.join("jit_log_prob.npy")), &flow.log_prob(&xs).unwrap(), 1e-5, 1e-5, "log_prob.pt");
-    assert_close(&npy(dir.join("jit_encode.npy")), &flow.encode(&xs).unwrap(), 1e-5, 1e-5, "encode.pt");
-    assert_close(&npy(dir.join("jit_decode.npy")), &flow.decode(&z_in).unwrap(), 1e-5, 1e-5, "decode.pt");
+    assert_close(
+        &npy(dir.join("jit_log_prob.npy")),
+        &flow.stack().log_prob(&xs).unwrap(),
+        1e-5,
+        1e-5,
+        "log_prob.pt",
+    );
+    assert_close(
+        &npy(dir.join("jit_encode.npy")),
+        &flow.stack().encode(&xs).unwrap(),
+        1e-5,
+        1e-5,
+        "encode.pt",
+    );
+    assert_close(
+        &npy(dir.join("jit_decode.npy")),
+        &flow.stack().decode(&z_in).unwrap(),
+        1e-5,
+        1e-5,
+        "decode.pt",
+    );
     // and in tch's own CModule, at another batch size
     let m = tch::CModule::load(out.join("log_prob.pt")).unwrap();
     let some = xs.narrow(0, 0, 17);
-    assert_close(&m.forward_ts(&[&some]).unwrap(), &flow.log_prob(&some).unwrap(), 1e-5, 1e-5, "CModule");
+    assert_close(
+        &m.forward_ts(&[&some]).unwrap(),
+        &flow.stack().log_prob(&some).unwrap(),
+        1e-5,
+        1e-5,
+        "CModule",
+    );
 }
 
 #[test]
@@ -192,10 +222,10 @@ fn exported_functions_include_the_data_scaler() {
     let xs = npy(dir.join("x.npy")) * 3.0 + 5.0; // data units
     let std = Tensor::from_slice(&[4.0f32, 0.5]).view([1, 2]);
     let mean = Tensor::from_slice(&[10.0f32, -2.0]).view([1, 2]);
-    let want = flow.log_prob(&((&xs - &mean) / &std)).unwrap() + scaler.log_det();
+    let want = flow.stack().log_prob(&((&xs - &mean) / &std)).unwrap() + scaler.log_det();
     assert_close(&m.forward_ts(&[&xs]).unwrap(), &want, 1e-5, 1e-5, "log_prob with scaler");
     let dec = tch::CModule::load(out.join("decode.pt")).unwrap();
     let z = npy(dir.join("z_in.npy"));
-    let want = flow.decode(&z).unwrap() * &std + &mean;
+    let want = flow.stack().decode(&z).unwrap() * &std + &mean;
     assert_close(&dec.forward_ts(&[&z]).unwrap(), &want, 1e-5, 1e-5, "decode with scaler");
 }

@@ -51,11 +51,11 @@ fn autograd(flow: &Flow, xs: &Tensor, pk: &Packing) -> (f64, Vec<f32>) {
     for (_, mut v) in flow.var_store().variables() {
         v.zero_grad();
     }
-    let loss = flow.loss_backward(xs, false).unwrap();
+    let loss = flow.stack().loss_backward(xs, false).unwrap();
     assert!(loss.is_finite(), "autograd loss {loss}");
     let grads: BTreeMap<String, Tensor> =
         flow.var_store().variables().into_iter().map(|(n, v)| (n, v.grad())).collect();
-    (loss, pk.from_named(&grads, flow.config().layout).unwrap())
+    (loss, pk.from_named(&grads, flow.stack().config().layout).unwrap())
 }
 
 /// Relative L2 error of `got` against `want`, tensor by tensor (worst one). Every error must be a
@@ -109,8 +109,8 @@ fn gradients_equal_autograd() {
     for (i, cfg) in configs().into_iter().enumerate() {
         for n in [37, 512] {
             let (flow, xs) = flow_and_data(&cfg, n, 10 + i as i64);
-            let pk = flow.packing().expect("the kernels take these widths");
-            let params = pk.pack(flow.layers()).unwrap();
+            let pk = flow.stack().packing().expect("the kernels take these widths");
+            let params = pk.pack(flow.stack().layers()).unwrap();
             let (want_loss, want) = autograd(&flow, &xs, &pk);
             let x = flat(&xs);
             for pk in [pk.clone(), pk.clone().baseline()] {
@@ -153,10 +153,10 @@ fn the_avx2_build_runs_where_the_cpu_has_it() {
     assert_eq!(rnvp::kernel::has_avx2_fma(), expected, "cpu AVX2+FMA {cpu}, RNVP_KERNELS=baseline {forced}");
     let cfg = FlowConfig::notebook(3);
     let (flow, xs) = flow_and_data(&cfg, 4096, 5);
-    let pk = flow.packing().unwrap();
+    let pk = flow.stack().packing().unwrap();
     assert_eq!(pk.instruction_set(), if expected { "AVX2+FMA" } else { "baseline" });
     eprintln!("kernels: {} (CPU AVX2+FMA: {cpu}, RNVP_KERNELS=baseline: {forced})", pk.instruction_set());
-    let params = pk.pack(flow.layers()).unwrap();
+    let params = pk.pack(flow.stack().layers()).unwrap();
     let run = |pk: &Packing| {
         let mut z = flat(&xs);
         let mut ld = vec![0.0; 4096];
@@ -190,8 +190,8 @@ fn reversible_gradients_hold_in_a_deep_identity_initialised_stack() {
         Device::Cpu,
     )
     .unwrap();
-    let pk = flow.packing().unwrap();
-    let params = pk.pack(flow.layers()).unwrap();
+    let pk = flow.stack().packing().unwrap();
+    let params = pk.pack(flow.stack().layers()).unwrap();
     let (_, want) = autograd(&flow, &xs, &pk);
     let mut grads = vec![0.0; pk.len()];
     pk.mean_loss_grad(&params, &mut grads, &flat(&xs), true, 2, &mut vec![]);
@@ -202,17 +202,16 @@ fn reversible_gradients_hold_in_a_deep_identity_initialised_stack() {
 #[test]
 fn inference_equals_libtorch() {
     for (i, cfg) in configs().into_iter().enumerate() {
-        let (mut flow, xs) = flow_and_data(&cfg, 3001, 40 + i as i64);
+        let (flow, xs) = flow_and_data(&cfg, 3001, 40 + i as i64);
         let what = format!("{cfg:?}");
-        flow.set_engine(Engine::Libtorch);
-        let (lp, z, x) = (flow.log_prob(&xs).unwrap(), flow.encode(&xs).unwrap(), flow.decode(&xs).unwrap());
-        flow.set_engine(Engine::Fused);
-        common::assert_close(&flow.log_prob(&xs).unwrap(), &lp, 2e-5, 2e-5, &format!("{what} log_prob"));
-        common::assert_close(&flow.encode(&xs).unwrap(), &z, 2e-5, 2e-5, &format!("{what} encode"));
-        common::assert_close(&flow.decode(&xs).unwrap(), &x, 2e-5, 2e-5, &format!("{what} decode"));
+        let (lt, fused) = (flow.stack().run(Engine::Libtorch), flow.stack().run(Engine::Fused));
+        let (lp, z, x) = (lt.log_prob(&xs).unwrap(), lt.encode(&xs).unwrap(), lt.decode(&xs).unwrap());
+        common::assert_close(&fused.log_prob(&xs).unwrap(), &lp, 2e-5, 2e-5, &format!("{what} log_prob"));
+        common::assert_close(&fused.encode(&xs).unwrap(), &z, 2e-5, 2e-5, &format!("{what} encode"));
+        common::assert_close(&fused.decode(&xs).unwrap(), &x, 2e-5, 2e-5, &format!("{what} decode"));
         // the parallel passes split rows only: bit-identical to one thread
-        let pk = flow.packing().unwrap();
-        let params = pk.pack(flow.layers()).unwrap();
+        let pk = flow.stack().packing().unwrap();
+        let params = pk.pack(flow.stack().layers()).unwrap();
         let (mut one, mut many) = (flat(&xs), flat(&xs));
         let (mut ld1, mut ld2) = (vec![0.0; 3001], vec![0.0; 3001]);
         pk.forward_par(&params, &mut one, &mut ld1, 1);
@@ -228,37 +227,31 @@ fn inference_equals_libtorch() {
 
 #[test]
 fn sampling_matches_libtorch_on_the_same_noise() {
-    let (mut flow, _) = flow_and_data(&FlowConfig::notebook(5), 1, 7);
-    let draw = |flow: &Flow| common::seeded(99, || flow.sample(5000).unwrap());
-    flow.set_engine(Engine::Libtorch);
-    let want = draw(&flow);
-    flow.set_engine(Engine::Auto);
-    common::assert_close(&draw(&flow), &want, 2e-5, 2e-5, "samples");
+    let (flow, _) = flow_and_data(&FlowConfig::notebook(5), 1, 7);
+    let draw = |engine| common::seeded(99, || flow.stack().run(engine).sample(5000).unwrap());
+    let want = draw(Engine::Libtorch);
+    common::assert_close(&draw(Engine::Auto), &want, 2e-5, 2e-5, "samples");
 }
 
 #[test]
 fn the_fused_engine_refuses_what_it_cannot_run() {
     // every draw from libtorch's global generator holds the lock (other tests seed it)
     common::seeded(1, || {
-        let mut f64_flow = Flow::new(&FlowConfig::notebook(2), Device::Cpu, Kind::Double).unwrap();
-        f64_flow.set_engine(Engine::Fused);
+        let f64_flow = Flow::new(&FlowConfig::notebook(2), Device::Cpu, Kind::Double).unwrap();
         let xs = Tensor::zeros([4, 2], (Kind::Double, Device::Cpu));
-        let err = f64_flow.log_prob(&xs).unwrap_err().to_string();
+        let err = f64_flow.stack().run(Engine::Fused).log_prob(&xs).unwrap_err().to_string();
         assert!(err.contains("float32") && err.contains("Double"), "{err}");
-        let mut wide = Flow::new(&FlowConfig::stacked(10, 5, 8, 2), Device::Cpu, Kind::Float).unwrap();
-        assert!(wide.packing().is_none(), "k = 5 is beyond the compiled widths");
-        wide.set_engine(Engine::Fused);
-        let err = wide.sample(3).unwrap_err().to_string();
+        let wide = Flow::new(&FlowConfig::stacked(10, 5, 8, 2), Device::Cpu, Kind::Float).unwrap();
+        assert!(wide.stack().packing().is_none(), "k = 5 is beyond the compiled widths");
+        let err = wide.stack().run(Engine::Fused).sample(3).unwrap_err().to_string();
         assert!(err.contains("k = 5"), "{err}");
         // auto falls back to libtorch
-        wide.set_engine(Engine::Auto);
-        assert_eq!(wide.sample(3).unwrap().size(), [3, 10]);
+        assert_eq!(wide.stack().run(Engine::Auto).sample(3).unwrap().size(), [3, 10]);
         // batch norm's statistics span the batch: libtorch runs it
         let cfg = FlowConfig::stacked(2, 1, 8, 2).with_arch(Arch::REALNVP);
-        let mut bn = Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap();
-        assert!(bn.packing().is_none());
-        bn.set_engine(Engine::Fused);
-        let err = bn.sample(3).unwrap_err().to_string();
+        let bn = Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap();
+        assert!(bn.stack().packing().is_none());
+        let err = bn.stack().run(Engine::Fused).sample(3).unwrap_err().to_string();
         assert!(err.contains("batch norm") && err.contains("realnvp"), "{err}");
     });
 }
@@ -271,11 +264,11 @@ fn train_with(
     tc: &TrainConfig,
     perturb: Option<u64>,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let mut flow = common::seeded(tc.seed as i64, || Flow::new(cfg, Device::Cpu, Kind::Float).unwrap());
+    let flow = common::seeded(tc.seed as i64, || Flow::new(cfg, Device::Cpu, Kind::Float).unwrap());
     if let Some(seed) = perturb {
         common::perturb(&flow, 1e-6, seed);
     }
-    flow.set_engine(engine);
+    let tc = &TrainConfig { engine, ..tc.clone() };
     let start = common::flat_weights(&flow);
     let data = TrainData::Toy { set: ToySet::TwoMoons, noise: 0.05 };
     let trainer =
@@ -287,7 +280,7 @@ fn train_with(
 
 /// Sets the gradients of the libtorch optimizer's variables to `grads` (packed like the kernels').
 fn set_libtorch_grads(flow: &Flow, pk: &Packing, grads: &[f32]) {
-    let named = pk.named(grads, flow.config().layout);
+    let named = pk.named(grads, flow.stack().config().layout);
     tch::no_grad(|| {
         for (name, v) in flow.var_store().variables() {
             let mut g = v.grad();
@@ -304,8 +297,8 @@ fn one_training_step_equals_libtorchs() {
     for (i, cfg) in [FlowConfig::notebook(3), FlowConfig::stacked(3, 2, 9, 4)].into_iter().enumerate() {
         let tc = TrainConfig { lr: 1e-3, ..Default::default() };
         let (flow, xs) = flow_and_data(&cfg, 512, 60 + i as i64);
-        let pk = flow.packing().unwrap();
-        let start = pk.pack(flow.layers()).unwrap();
+        let pk = flow.stack().packing().unwrap();
+        let start = pk.pack(flow.stack().layers()).unwrap();
         let mut fused = FusedAdam::new(pk.clone(), &flow, &tc, None).unwrap();
         let loss = fused.loss_grad(&flat(&xs)).unwrap();
         let (want_loss, want_grads) = autograd(&flow, &xs, &pk);
@@ -317,7 +310,7 @@ fn one_training_step_equals_libtorchs() {
         fused.step();
         let mut adam = Adam::new(&flow, &tc, None).unwrap();
         adam.step(); // the gradients autograd left in the variables
-        let after = pk.pack(flow.layers()).unwrap();
+        let after = pk.pack(flow.stack().layers()).unwrap();
         let mut moved = 0;
         for (j, ((f, l), s)) in fused.params().iter().zip(&after).zip(&start).enumerate() {
             let tol = 1e-6 * (l.abs() + tc.lr as f32);
@@ -344,10 +337,10 @@ fn adam_states_evolve_identically_from_the_same_gradients() {
             ..Default::default()
         };
         let (flow, xs) = flow_and_data(&cfg, 64, 70);
-        let pk = flow.packing().unwrap();
+        let pk = flow.stack().packing().unwrap();
         let mut fused = FusedAdam::new(pk.clone(), &flow, &tc, None).unwrap();
         let mut adam = Adam::new(&flow, &tc, None).unwrap();
-        flow.loss_backward(&xs, false).unwrap(); // defines the gradient tensors
+        flow.stack().loss_backward(&xs, false).unwrap(); // defines the gradient tensors
         let mut rng = Rng::new(71);
         for t in 0..40 {
             // gradients of every size, some exactly zero
@@ -365,7 +358,7 @@ fn adam_states_evolve_identically_from_the_same_gradients() {
             }
             fused.step();
             adam.step();
-            let after = pk.pack(flow.layers()).unwrap();
+            let after = pk.pack(flow.stack().layers()).unwrap();
             for (j, (f, l)) in fused.params().iter().zip(&after).enumerate() {
                 let tol = 1e-6 * l.abs() + 1e-5 * tc.lr as f32 * (t + 1) as f32;
                 assert!((f - l).abs() <= tol, "{schedule:?} step {t} parameter {j}: fused {f}, libtorch {l}");
@@ -438,14 +431,13 @@ fn far_out_and_infinite_inputs_give_libtorchs_values() {
         FlowConfig::stacked(2, 1, 16, 3),
         FlowConfig::single(2, 1, 5),
     ] {
-        let (mut flow, _) = flow_and_data(&cfg, 1, 77);
-        flow.set_engine(Engine::Libtorch);
-        let (lp, z, x) = (flow.log_prob(&xs).unwrap(), flow.encode(&xs).unwrap(), flow.decode(&xs).unwrap());
-        flow.set_engine(Engine::Fused);
+        let (flow, _) = flow_and_data(&cfg, 1, 77);
+        let (lt, fused) = (flow.stack().run(Engine::Libtorch), flow.stack().run(Engine::Fused));
+        let (lp, z, x) = (lt.log_prob(&xs).unwrap(), lt.encode(&xs).unwrap(), lt.decode(&xs).unwrap());
         let what = format!("{cfg:?}");
-        common::assert_close(&flow.log_prob(&xs).unwrap(), &lp, 1e-4, 1e-4, &format!("{what} log_prob"));
-        common::assert_close(&flow.encode(&xs).unwrap(), &z, 1e-4, 1e-4, &format!("{what} encode"));
-        common::assert_close(&flow.decode(&xs).unwrap(), &x, 1e-4, 1e-4, &format!("{what} decode"));
+        common::assert_close(&fused.log_prob(&xs).unwrap(), &lp, 1e-4, 1e-4, &format!("{what} log_prob"));
+        common::assert_close(&fused.encode(&xs).unwrap(), &z, 1e-4, 1e-4, &format!("{what} encode"));
+        common::assert_close(&fused.decode(&xs).unwrap(), &x, 1e-4, 1e-4, &format!("{what} decode"));
     }
 }
 
@@ -462,17 +454,17 @@ fn fused_training_initialises_actnorm_from_the_first_batch_as_libtorch_does() {
             v.copy_(&fused.var_store().variables()[&n]);
         }
     });
-    let pk = fused.packing().unwrap();
+    let pk = fused.stack().packing().unwrap();
     let mut adam = FusedAdam::new(pk.clone(), &fused, &TrainConfig::default(), None).unwrap();
     adam.initialize(&fused, &xs).unwrap();
     let loss = adam.loss_grad(&flat(&xs)).unwrap();
     assert_eq!(fused.var_store().variables()["bijectors.0.initialized"].double_value(&[]), 1.0);
     assert_eq!(
         adam.params(),
-        &pk.pack(fused.layers()).unwrap()[..],
+        &pk.pack(fused.stack().layers()).unwrap()[..],
         "the packed weights are the initialised ones"
     );
-    let want = reference.loss_backward(&xs, false).unwrap(); // initialises in libtorch
+    let want = reference.stack().loss_backward(&xs, false).unwrap(); // initialises in libtorch
     assert!((loss - want).abs() < 1e-5 * (1.0 + want.abs()), "fused {loss} vs libtorch {want}");
     // the first ActNorm's output is standardised on the batch
     let vars = fused.var_store().variables();

@@ -78,7 +78,7 @@ fn autograd_log_det(flow: &Flow, xs: &Tensor) -> Vec<f64> {
     (0..n)
         .map(|r| {
             let x = xs.narrow(0, r, 1).copy().set_requires_grad(true);
-            let (z, _, _) = flow.forward(&x).unwrap();
+            let (z, _, _) = flow.stack().forward(&x).unwrap();
             let rows: Vec<Tensor> = (0..d)
                 .map(|i| {
                     Tensor::run_backward(&[z.narrow(1, i, 1).sum(Kind::Double)], &[&x], true, false)[0].copy()
@@ -101,16 +101,16 @@ fn every_architecture_inverts_and_its_log_det_is_the_jacobians() {
         for (d, k) in [(2, 1), (5, 2)] {
             let flow = perturbed(arch, d, k, 3, 0.1, 1);
             let xs = randn(16, d, 11) * 1.5;
-            let zs = flow.encode(&xs).unwrap();
-            let back = flow.decode(&zs).unwrap();
+            let zs = flow.stack().encode(&xs).unwrap();
+            let back = flow.stack().decode(&zs).unwrap();
             let err = max_abs(&back, &xs);
             let size = zs.abs().max().double_value(&[]).max(1.0);
             assert!(err < 1e-12 * size, "{name} d = {d}: inverse(forward(x)) is {err} from x (|z| ≤ {size})");
-            let (_, log_pz, log_det) = flow.forward(&xs).unwrap();
+            let (_, log_pz, log_det) = flow.stack().forward(&xs).unwrap();
             let brute = Tensor::from_slice(&autograd_log_det(&flow, &xs));
             let err = max_abs(&log_det, &brute);
             assert!(err < 1e-9, "{name} d = {d}: log-det is {err} from the autograd Jacobian's");
-            let lp = flow.log_prob(&xs).unwrap();
+            let lp = flow.stack().log_prob(&xs).unwrap();
             assert!(max_abs(&lp, &(log_pz + log_det)) < 1e-12, "{name}: log_prob = log N(z) + log-det");
             assert!(zs.isfinite().all().int64_value(&[]) == 1);
         }
@@ -131,7 +131,7 @@ fn every_architecture_integrates_to_one_in_2d() {
         archs().into_iter().filter(|(n, _)| Arch::NAMED.iter().any(|(m, _)| m == n) || n == "everything");
     for (name, arch) in archs {
         let flow = perturbed(arch, 2, 1, 3, 0.1, 2);
-        let mass = flow.log_prob(&grid).unwrap().exp().sum(Kind::Double).double_value(&[]) * h * h;
+        let mass = flow.stack().log_prob(&grid).unwrap().exp().sum(Kind::Double).double_value(&[]) * h * h;
         assert!((mass - 1.0).abs() < 0.01, "{name}: the density integrates to {mass}");
     }
 }
@@ -151,7 +151,7 @@ fn reversible_backprop_gives_ordinary_gradients_for_every_layer() {
                     }
                 }
             }
-            let loss = flow.loss_backward(&xs, reversible).unwrap();
+            let loss = flow.stack().loss_backward(&xs, reversible).unwrap();
             let mut g: Vec<(String, Tensor)> = vars
                 .into_iter()
                 .filter(|(_, v)| v.requires_grad())
@@ -176,14 +176,14 @@ fn batch_norm_trains_on_batch_statistics_and_evaluates_on_running_ones() {
     let flow = perturbed(Arch::REALNVP, 2, 1, 1, 0.0, 4);
     let xs = randn(4096, 2, 13) * 3.0 + 5.0;
     let mean_before = flow.var_store().variables()["bijectors.1.running_mean"].copy();
-    flow.loss_backward(&xs, false).unwrap();
+    flow.stack().loss_backward(&xs, false).unwrap();
     let vars = flow.var_store().variables();
     // one training pass moves the running mean 10% of the way to the batch's (through the coupling)
     let moved = (&vars["bijectors.1.running_mean"] - &mean_before).abs().sum(Kind::Double).double_value(&[]);
     assert!(moved > 0.1, "running mean moved by {moved}");
     // evaluation does not move it
     let snapshot = vars["bijectors.1.running_mean"].copy();
-    let _ = flow.log_prob(&xs).unwrap();
+    let _ = flow.stack().log_prob(&xs).unwrap();
     assert!(max_abs(&snapshot, &vars["bijectors.1.running_mean"]) == 0.0);
 }
 
@@ -195,7 +195,7 @@ fn actnorm_initialises_once_from_data_and_the_flag_survives_every_format() {
     assert_eq!(vars["bijectors.0.initialized"].double_value(&[]), 0.0);
     let xs =
         randn(2048, 3, 15) * Tensor::from_slice(&[2.0, 0.5, 3.0]) + Tensor::from_slice(&[1.0, -2.0, 4.0]);
-    flow.loss_backward(&xs, false).unwrap();
+    flow.stack().loss_backward(&xs, false).unwrap();
     assert_eq!(vars["bijectors.0.initialized"].double_value(&[]), 1.0);
     // the first ActNorm's output has zero mean and unit variance on the batch
     let loc = &vars["bijectors.0.loc"];
@@ -205,7 +205,7 @@ fn actnorm_initialises_once_from_data_and_the_flag_survives_every_format() {
     assert!((out.std_dim(0, false, false) - 1.0).abs().max().double_value(&[]) < 1e-5);
     // a second batch does not re-initialise
     let before = loc.copy();
-    flow.loss_backward(&(xs.shallow_clone() * 10.0), false).unwrap();
+    flow.stack().loss_backward(&(xs.shallow_clone() * 10.0), false).unwrap();
     assert_eq!(max_abs(&before, loc), 0.0);
     let dir = std::env::temp_dir().join(format!("rnvp-actnorm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -218,7 +218,7 @@ fn actnorm_initialises_once_from_data_and_the_flag_survives_every_format() {
         let bv = back.var_store().variables();
         assert_eq!(bv["bijectors.0.initialized"].double_value(&[]), 1.0, "{file}");
         // training the reloaded model does not re-initialise it
-        back.loss_backward(&(xs.shallow_clone() * 10.0), false).unwrap();
+        back.stack().loss_backward(&(xs.shallow_clone() * 10.0), false).unwrap();
         assert_eq!(max_abs(&before, &bv["bijectors.0.loc"]), 0.0, "{file}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -231,7 +231,7 @@ fn every_architecture_round_trips_through_every_format_and_is_read_from_names_al
     for (name, arch) in archs() {
         let flow = perturbed(arch, 5, 2, 2, 0.1, 6);
         let xs = randn(32, 5, 14);
-        let want = flow.log_prob(&xs).unwrap();
+        let want = flow.stack().log_prob(&xs).unwrap();
         for file in ["m.safetensors", "m.pt"] {
             let path = dir.join(file);
             Checkpoint::from_flow(&flow, None).save(&path).unwrap();
@@ -243,7 +243,7 @@ fn every_architecture_round_trips_through_every_format_and_is_read_from_names_al
             };
             assert_eq!(ck.config.arch, expected, "{name} {file}");
             assert_eq!((ck.config.d, ck.config.k, ck.config.hidden, ck.config.layers), (5, 2, 16, 2));
-            let got = ck.to_flow(Device::Cpu, Kind::Double).unwrap().log_prob(&xs).unwrap();
+            let got = ck.to_flow(Device::Cpu, Kind::Double).unwrap().stack().log_prob(&xs).unwrap();
             assert_eq!(max_abs(&got, &want), 0.0, "{name} {file}");
         }
     }
@@ -278,9 +278,9 @@ fn exported_functions_of_every_architecture_take_any_batch_size() {
         for n in [1, 3, 10] {
             let xs = randn(n, 2, 16 + n);
             for (file, want) in [
-                ("log_prob.pt", flow.log_prob(&xs).unwrap()),
-                ("encode.pt", flow.encode(&xs).unwrap()),
-                ("decode.pt", flow.decode(&xs).unwrap()),
+                ("log_prob.pt", flow.stack().log_prob(&xs).unwrap()),
+                ("encode.pt", flow.stack().encode(&xs).unwrap()),
+                ("decode.pt", flow.stack().decode(&xs).unwrap()),
             ] {
                 let m = tch::CModule::load(out.join(file)).unwrap();
                 let got = m.forward_ts(&[&xs]).unwrap_or_else(|e| panic!("{name} {file} n = {n}: {e}"));

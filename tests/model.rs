@@ -33,15 +33,15 @@ fn inverse_undoes_forward_for_many_shapes() {
                     // invert that to 1e-5 (z's rounding error is multiplied by e^10 on the way back).
                     scale_vars(&f, "sig_net.2", 0.5);
                     let xs = seeded(d * 100 + layers, || Tensor::randn([256, d], (kind, Device::Cpu)));
-                    let (zs, _, log_jacob) = f.forward(&xs).unwrap();
+                    let (zs, _, log_jacob) = f.stack().forward(&xs).unwrap();
                     // a real (non-identity) transformation
                     assert!(max_abs_diff(&zs, &xs) > 1e-2, "d={d} k={k} layers={layers}");
                     assert!(f64::try_from(log_jacob.abs().max()).unwrap() > 1e-3);
-                    let back = f.inverse(&zs).unwrap();
+                    let back = f.stack().inverse(&zs).unwrap();
                     let err = max_abs_diff(&back, &xs);
                     assert!(err <= tol, "d={d} k={k} layers={layers} {kind:?}: error {err:e}");
                     // decode(encode(x)) too, the no-grad path
-                    let err2 = max_abs_diff(&f.decode(&f.encode(&xs).unwrap()).unwrap(), &xs);
+                    let err2 = max_abs_diff(&f.stack().decode(&f.stack().encode(&xs).unwrap()).unwrap(), &xs);
                     assert!(err2 <= tol, "decode∘encode: {err2:e}");
                     checked += 1;
                 }
@@ -57,7 +57,7 @@ fn autograd_jacobian(f: &Flow, xs: &Tensor) -> Tensor {
     let rows: Vec<Tensor> = (0..d)
         .map(|j| {
             let xs = xs.detach().set_requires_grad(true);
-            let (zs, _, _) = f.forward(&xs).unwrap();
+            let (zs, _, _) = f.stack().forward(&xs).unwrap();
             let g = Tensor::run_backward(&[zs.select(1, j).sum(Kind::Double)], &[&xs], false, false);
             g[0].shallow_clone()
         })
@@ -70,7 +70,7 @@ fn log_jacobian_equals_autograd_log_det() {
     for (d, k, layers) in [(2, 1, 1), (2, 1, 3), (3, 1, 2), (4, 2, 3), (4, 3, 4), (6, 2, 5)] {
         let f = flow(FlowConfig::stacked(d, k, 12, layers), Kind::Double, d * 10 + layers);
         let xs = seeded(d + 1000, || Tensor::randn([32, d], (Kind::Double, Device::Cpu)));
-        let (zs, _, log_jacob) = f.forward(&xs).unwrap();
+        let (zs, _, log_jacob) = f.stack().forward(&xs).unwrap();
         assert!(bool::try_from(zs.isfinite().all()).unwrap(), "d={d} k={k} layers={layers}");
         let jac = autograd_jacobian(&f, &xs);
         let (sign, logabsdet) = Tensor::linalg_slogdet(&jac);
@@ -89,14 +89,14 @@ fn density_integrates_to_one_on_a_grid() {
     let f = flow(FlowConfig::stacked(2, 1, 32, 3), Kind::Double, 3);
     // a non-identity flow: log-determinants vary over the plane
     let probe = seeded(4, || Tensor::randn([1000, 2], (Kind::Double, Device::Cpu)));
-    let (_, _, lj) = f.forward(&probe).unwrap();
+    let (_, _, lj) = f.stack().forward(&probe).unwrap();
     assert!(f64::try_from(lj.std(true)).unwrap() > 0.05, "the flow is too close to the identity");
 
     let (lo, hi, n) = (-12.0, 12.0, 1201);
     let h = (hi - lo) / (n - 1) as f64;
     let g = Tensor::linspace(lo, hi, n, (Kind::Double, Device::Cpu));
     let grid = Tensor::stack(&[g.repeat_interleave_self_int(n, None, None), g.repeat([n])], 1);
-    let p = f.log_prob(&grid).unwrap().exp();
+    let p = f.stack().log_prob(&grid).unwrap().exp();
     assert!(bool::try_from(p.isfinite().all()).unwrap());
     let mass = f64::try_from(p.sum(Kind::Double)).unwrap() * h * h;
     assert!((mass - 1.0).abs() < 0.01, "∫ p(x) dx = {mass}");
@@ -106,7 +106,7 @@ fn density_integrates_to_one_on_a_grid() {
 fn identity_init_gives_the_base_density() {
     let f = flow(FlowConfig::stacked(3, 1, 16, 4).with_init(Init::Identity), Kind::Double, 0);
     let xs = seeded(5, || Tensor::randn([100, 3], (Kind::Double, Device::Cpu)));
-    let (zs, log_pz, log_jacob) = f.forward(&xs).unwrap();
+    let (zs, log_pz, log_jacob) = f.stack().forward(&xs).unwrap();
     assert_eq!(max_abs_diff(&zs, &xs), 0.0);
     assert_eq!(f64::try_from(log_jacob.abs().max()).unwrap(), 0.0);
     let want = xs.square().sum_dim_intlist(-1, false, None) * -0.5 - 1.5 * (2.0 * std::f64::consts::PI).ln();
@@ -148,7 +148,7 @@ fn variable_names_are_the_notebooks_state_dict_keys() {
             "sig_net.2.weight"
         ]
     );
-    assert_eq!(single.config().layout, Layout::Single);
+    assert_eq!(single.stack().config().layout, Layout::Single);
 }
 
 #[test]
@@ -184,16 +184,16 @@ fn invalid_configurations_and_inputs_are_errors() {
 
     let f = flow(FlowConfig::stacked(3, 1, 8, 2), Kind::Float, 0);
     let wrong_width = Tensor::zeros([4, 2], (Kind::Float, Device::Cpu));
-    let e = f.log_prob(&wrong_width).unwrap_err().to_string();
+    let e = f.stack().log_prob(&wrong_width).unwrap_err().to_string();
     assert!(e.contains("[n, 3]") && e.contains("[4, 2]"), "{e}");
     let wrong_rank = Tensor::zeros([3], (Kind::Float, Device::Cpu));
-    assert!(f.forward(&wrong_rank).is_err());
+    assert!(f.stack().forward(&wrong_rank).is_err());
     let wrong_kind = Tensor::zeros([4, 3], (Kind::Double, Device::Cpu));
-    let e = f.encode(&wrong_kind).unwrap_err().to_string();
+    let e = f.stack().encode(&wrong_kind).unwrap_err().to_string();
     assert!(e.contains("Double") && e.contains("Float"), "{e}");
-    assert!(f.decode(&Tensor::zeros([4, 3], (Kind::Int64, Device::Cpu))).is_err());
-    assert!(f.inverse(&wrong_width).is_err());
-    assert!(f.sample(-1).is_err());
+    assert!(f.stack().decode(&Tensor::zeros([4, 3], (Kind::Int64, Device::Cpu))).is_err());
+    assert!(f.stack().inverse(&wrong_width).is_err());
+    assert!(f.stack().sample(-1).is_err());
 
     // a layer built unflipped with k ≠ d − k cannot run flipped
     let vs = nn::VarStore::new(Device::Cpu);
@@ -210,9 +210,9 @@ fn invalid_configurations_and_inputs_are_errors() {
 #[test]
 fn sampling_gives_the_requested_shape_and_dtype() {
     let f = flow(FlowConfig::stacked(4, 2, 8, 3), Kind::Double, 0);
-    let xs = f.sample(123).unwrap();
+    let xs = f.stack().sample(123).unwrap();
     assert_eq!(xs.size(), [123, 4]);
     assert_eq!(xs.kind(), Kind::Double);
     assert!(!xs.requires_grad());
-    assert_eq!(f.sample(0).unwrap().size(), [0, 4]);
+    assert_eq!(f.stack().sample(0).unwrap().size(), [0, 4]);
 }

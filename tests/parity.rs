@@ -38,7 +38,7 @@ fn check(case: &Case) -> Seen {
     args.extend_from_slice(case.args);
     reference(&args);
 
-    let mut flow = Flow::new(&case.cfg, Device::Cpu, case.kind).unwrap();
+    let flow = Flow::new(&case.cfg, Device::Cpu, case.kind).unwrap();
     load_npy_weights(flow.var_store(), &dir.join("weights"));
     let (tol, rtol) = if case.kind == Kind::Double { (1e-10, 1e-10) } else { (1e-5, 1e-5) };
     let f32_bounds = case.kind == Kind::Float;
@@ -59,11 +59,11 @@ fn check(case: &Case) -> Seen {
     let name = case.name;
 
     // the notebook's API: forward triple and inverse
-    let (zs, log_pz, log_jacob) = flow.forward(&xs).unwrap();
+    let (zs, log_pz, log_jacob) = flow.stack().forward(&xs).unwrap();
     assert_close_within(&zs, &want_z, tol, rtol, bz.as_ref(), &format!("{name}: z"));
     let seen = check_log_pz(&log_pz, &want_lpz, &zs, tol, rtol, blpz.as_ref(), &format!("{name}: log_pz"));
     assert_close_within(&log_jacob, &want_lj, tol, rtol, blj.as_ref(), &format!("{name}: log_jacob"));
-    let x_inv = flow.inverse(&z_in).unwrap();
+    let x_inv = flow.stack().inverse(&z_in).unwrap();
     assert_close_within(&x_inv, &want_inv, tol, rtol, binv.as_ref(), &format!("{name}: inverse"));
 
     // PyTorch's log p(x), with rnvp's −∞ where z is infinite (PyTorch's MultivariateNormal gives NaN)
@@ -74,10 +74,10 @@ fn check(case: &Case) -> Seen {
     let want_lp = want_lp.where_self(&z_nan.logical_not(), &Tensor::from(f64::NAN).to_kind(case.kind));
     // the no-grad passes with each engine against PyTorch directly
     for engine in [Engine::Auto, Engine::Libtorch] {
-        flow.set_engine(engine);
+        let run = flow.stack().run(engine);
         let what = format!("{name} ({engine:?} engine)");
         assert_close_within(
-            &flow.log_prob(&xs).unwrap(),
+            &run.log_prob(&xs).unwrap(),
             &want_lp,
             tol,
             rtol,
@@ -85,7 +85,7 @@ fn check(case: &Case) -> Seen {
             &format!("{what}: log_prob"),
         );
         assert_close_within(
-            &flow.encode(&xs).unwrap(),
+            &run.encode(&xs).unwrap(),
             &want_z,
             tol,
             rtol,
@@ -93,7 +93,7 @@ fn check(case: &Case) -> Seen {
             &format!("{what}: encode"),
         );
         assert_close_within(
-            &flow.decode(&z_in).unwrap(),
+            &run.decode(&z_in).unwrap(),
             &want_inv,
             tol,
             rtol,

@@ -57,7 +57,7 @@ fn adam_and_exponential_lr_follow_pytorchs_run() {
         }
         let mut losses = vec![];
         if fused {
-            let pk = flow.packing().unwrap();
+            let pk = flow.stack().packing().unwrap();
             let mut opt = FusedAdam::new(pk, &flow, &cfg, None).unwrap();
             for b in &batches {
                 let rows: Vec<f32> = b.data.iter().map(|&v| v as f32).collect();
@@ -69,7 +69,7 @@ fn adam_and_exponential_lr_follow_pytorchs_run() {
             let mut adam = Adam::new(&flow, &cfg, None).unwrap();
             for b in &batches {
                 let xs = rnvp::data::to_tensor(b, Kind::Float, Device::Cpu).unwrap();
-                let (_, log_pz, log_jacob) = flow.forward(&xs).unwrap();
+                let (_, log_pz, log_jacob) = flow.stack().forward(&xs).unwrap();
                 let loss = -(log_pz + log_jacob).mean(Kind::Float);
                 losses.push(loss.double_value(&[]));
                 adam.zero_grad();
@@ -179,7 +179,8 @@ fn file_data_keeps_its_scaler_and_units() {
     let (_, val_nll) = report.best.unwrap();
     let entropy = (2.0 * std::f64::consts::PI * std::f64::consts::E * 3.0 * 0.5).ln();
     assert!((val_nll - entropy).abs() < 0.1, "validation NLL {val_nll} vs entropy {entropy}");
-    let whole = mean_nll(&flow, &scaler.transform(&m).unwrap(), Some(&scaler)).unwrap();
+    let whole = mean_nll(flow.stack().run(rnvp::Engine::Auto), &scaler.transform(&m).unwrap(), Some(&scaler))
+        .unwrap();
     assert!((whole - entropy).abs() < 0.1, "{whole} vs {entropy}");
 }
 
@@ -204,7 +205,7 @@ fn notebook_recipe_reaches_the_notebooks_quality() {
         };
         let r = t.run(None, |_| {}).unwrap();
         assert_eq!(r.losses.len(), 1000);
-        nlls.push(mean_nll(&flow, &test, None).unwrap());
+        nlls.push(mean_nll(flow.stack().run(rnvp::Engine::Auto), &test, None).unwrap());
     }
     nlls.sort_by(f64::total_cmp);
     eprintln!("test NLL per seed (sorted): {nlls:?}");
@@ -253,15 +254,20 @@ fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
         let ck = dir.join("s.safetensors");
         // `steps` steps from seeded weights, or resumed from `ck`; checkpoints to `ck` with `save`
         let run = |steps: usize, clip: Option<f64>, save: bool, resume: bool| {
-            let (mut flow, state) = if resume {
+            let (flow, state) = if resume {
                 let c = rnvp::checkpoint::Checkpoint::load(&ck).unwrap();
                 (c.to_flow(Device::Cpu, Kind::Float).unwrap(), c.optimizer)
             } else {
                 (seeded(4, || Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap()), None)
             };
-            flow.set_engine(engine);
-            let tc =
-                TrainConfig { steps, batch_size: 64, clip_grad: clip, val_every: 20, ..Default::default() };
+            let tc = TrainConfig {
+                steps,
+                batch_size: 64,
+                clip_grad: clip,
+                val_every: 20,
+                engine,
+                ..Default::default()
+            };
             let out = save.then(|| ck.clone());
             let t =
                 Trainer { flow: &flow, data: &table, cfg: &tc, scaler: None, out, info: Default::default() };
@@ -302,10 +308,9 @@ fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
 fn a_batch_of_the_wrong_width_is_an_error_in_either_engine() {
     let data = TrainData::Toy { set: ToySet::TwoMoons, noise: 0.05 };
     for engine in [rnvp::Engine::Fused, rnvp::Engine::Libtorch] {
-        let mut flow =
+        let flow =
             seeded(0, || Flow::new(&FlowConfig::stacked(3, 1, 8, 2), Device::Cpu, Kind::Float).unwrap());
-        flow.set_engine(engine);
-        let tc = TrainConfig { steps: 3, batch_size: 300, ..Default::default() };
+        let tc = TrainConfig { steps: 3, batch_size: 300, engine, ..Default::default() };
         let t =
             Trainer { flow: &flow, data: &data, cfg: &tc, scaler: None, out: None, info: Default::default() };
         let err = t.run(None, |_| {}).unwrap_err().to_string();

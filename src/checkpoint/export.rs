@@ -43,16 +43,16 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
     let standardize = |xs: &Tensor| (xs - &mean) / &std;
     let mut written = vec![];
     let path = dir.join("encode.pt");
-    trace_and_save(&path, &example, &mut |xs| flow.transform(&standardize(xs)).0)?;
+    trace_and_save(&path, &example, &mut |xs| flow.stack().transform(&standardize(xs)).0)?;
     written.push(path);
     let path = dir.join("log_prob.pt");
     trace_and_save(&path, &example, &mut |xs| {
-        let (zs, log_jacob) = flow.transform(&standardize(xs));
+        let (zs, log_jacob) = flow.stack().transform(&standardize(xs));
         crate::base::log_prob(&zs) + log_jacob + log_det
     })?;
     written.push(path);
     let path = dir.join("decode.pt");
-    trace_and_save(&path, &example, &mut |zs| flow.untransform(zs) * &std + &mean)?;
+    trace_and_save(&path, &example, &mut |zs| flow.stack().untransform(zs) * &std + &mean)?;
     written.push(path);
     Ok(written)
 }

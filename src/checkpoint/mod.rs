@@ -126,7 +126,7 @@ impl Checkpoint {
             .map(|(name, t)| (name, t.detach().to_device(Device::Cpu).copy()))
             .collect();
         Checkpoint {
-            config: *flow.config(),
+            config: *flow.stack().config(),
             scaler,
             tensors,
             optimizer: None,
@@ -413,7 +413,7 @@ fn check_buffers(tensors: &BTreeMap<String, Tensor>) -> Result<()> {
 /// Copies `tensors` into the flow's variables after checking that the names are exactly the
 /// flow's (listing missing and unexpected ones) and that every shape matches.
 pub fn load_weights(flow: &Flow, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    check_tensors(flow.config(), tensors)?;
+    check_tensors(flow.stack().config(), tensors)?;
     let vars = flow.var_store().variables();
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {
@@ -432,5 +432,5 @@ pub fn load_weights(flow: &Flow, tensors: &BTreeMap<String, Tensor>) -> Result<(
         }
         Ok(())
     })?;
-    flow.check_state()
+    flow.stack().check_state()
 }

@@ -91,18 +91,18 @@ fn layers(vs: &tch::nn::VarStore, cfg: &rnvp::FlowConfig, flips: &[bool]) -> (Ve
 
 /// The flips of a flow's layers.
 fn flips(flow: &Flow) -> Vec<bool> {
-    let cfg = flow.config();
+    let cfg = flow.stack().config();
     (0..cfg.layers).map(|i| cfg.flip(i)).collect()
 }
 
 /// Bounds for `flow.forward(xs)` (the same bound holds for `log_prob`, `encode`).
 pub fn forward(flow: &Flow, xs: &Tensor) -> ForwardBounds {
-    forward_with(flow.var_store(), flow.config(), &flips(flow), xs)
+    forward_with(flow.var_store(), flow.stack().config(), &flips(flow), xs)
 }
 
 /// Bounds for `flow.inverse(zs)` (and `decode`), `[n, d]`.
 pub fn inverse(flow: &Flow, zs: &Tensor) -> Tensor {
-    inverse_with(flow.var_store(), flow.config(), &flips(flow), zs)
+    inverse_with(flow.var_store(), flow.stack().config(), &flips(flow), zs)
 }
 
 /// Splits `[n, d]` into (conditioning, transformed) columns of a layer; `join` puts them back.

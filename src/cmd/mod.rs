@@ -1,0 +1,97 @@
+//! The subcommands, one file each, and what they share: device and engine flags, loading a
+//! checkpoint, reading and writing rows, toy points.
+pub mod datasets;
+pub mod eval;
+pub mod files;
+pub mod plot;
+pub mod sample;
+pub mod train;
+
+use crate::cli::Compute;
+use anyhow::{bail, Context, Result};
+use rnvp::checkpoint::Checkpoint;
+use rnvp::data::{self, io, Matrix, Rng};
+use rnvp::device::{parse_device, parse_kind};
+use rnvp::{Engine, Flow};
+use std::io::Write;
+use std::path::Path;
+use tch::{Device, Kind};
+
+/// Replaces the values of the flags the user did not give with the preset's.
+/// Device and dtype from the flags (and the thread count applied).
+pub(crate) fn compute(c: &Compute) -> Result<(Device, Kind)> {
+    if let Some(t) = c.threads {
+        if t < 1 {
+            bail!("--threads {t}: needs at least 1 thread");
+        }
+        tch::set_num_threads(t);
+    }
+    Ok((parse_device(&c.device)?, parse_kind(&c.dtype)?))
+}
+
+/// The checkpoint at `path` as a flow on `--device` in `--dtype`, and the `--engine` to run it.
+pub(crate) fn load_flow(path: &Path, c: &Compute) -> Result<(Flow, Checkpoint, Engine)> {
+    let (device, kind) = compute(c)?;
+    let engine = c.engine()?;
+    let ck = Checkpoint::load_with(path, c.prefix.as_deref())?;
+    let flow = ck.to_flow(device, kind).with_context(|| format!("loading {}", path.display()))?;
+    Ok((flow, ck, engine))
+}
+
+/// Reads rows for a model of dimension `d`.
+pub(crate) fn read_rows(path: &Path, d: i64) -> Result<Matrix> {
+    let m = io::read_matrix(path)?;
+    if m.cols as i64 != d {
+        bail!("{}: {} columns, but the model expects {d}", path.display(), m.cols);
+    }
+    Ok(m)
+}
+
+pub(crate) fn header(prefix: &str, d: usize) -> Vec<String> {
+    (0..d).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Writes rows to `out` (.csv or .npy) or as CSV to stdout.
+pub(crate) fn write_rows(out: Option<&Path>, m: &Matrix, header: &[String]) -> Result<()> {
+    match out {
+        Some(p) => Ok(io::write_matrix(p, m, header)?),
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            match io::write_csv(&mut w, m, header).and_then(|_| w.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+pub(crate) fn toy_noise(set: data::ToySet, noise: Option<f64>) -> Result<f64> {
+    let noise = noise.unwrap_or(set.default_noise());
+    if !(noise.is_finite() && noise >= 0.0) {
+        bail!("--noise {noise}: must be a non-negative number");
+    }
+    Ok(noise)
+}
+
+/// Toy points: `n` drawn with `seed`, standardized on themselves (as the notebook does).
+pub(crate) fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: u64) -> Result<Matrix> {
+    let noise = toy_noise(set, noise)?;
+    Ok(data::scaler::standardize(&set.sample(n, noise, &mut Rng::new(seed)))?)
+}
+
+/// Checks that `n` points of `d` columns fit in what rnvp holds at once (the share of the available
+/// memory it reads data files into), before anything is drawn.
+pub(crate) fn check_points(n: usize, d: usize) -> Result<()> {
+    let limit = io::read_limit(io::Contents::Data);
+    let bytes = (n as u128) * (d as u128) * 8;
+    if bytes > limit as u128 {
+        bail!(
+            "-n {n}: {n} points of {d} columns take {:.1} GB, more than rnvp holds at once ({:.1} GB, 1/16 of the \
+             available memory; RNVP_MAX_FILE_BYTES sets another limit)",
+            bytes as f64 / 1e9,
+            limit as f64 / 1e9
+        );
+    }
+    Ok(())
+}
