@@ -50,7 +50,7 @@ impl Opts {
 /// The sections of docs/BENCHMARKS.md, in order (`--only` picks some; all by default).
 const SECTIONS: [&str; 5] = ["train", "inference", "ideas", "memory", "quality"];
 /// The sections of docs/BENCHMARKS-family.md, run only when `--only` names them.
-const FAMILY_SECTIONS: [&str; 2] = ["stability", "zoo"];
+const FAMILY_SECTIONS: [&str; 3] = ["speed", "stability", "zoo"];
 
 /// Sizes of the family sections (`--quick` changes the defaults).
 struct FamilyOpts {
@@ -154,7 +154,7 @@ fn mem_child(layers: i64, mode: &str) -> Result<()> {
     let batch = standardize(&ToySet::TwoMoons.sample(4096, 0.05, &mut Rng::new(0)))?;
     let xs = rnvp::data::to_tensor(&batch, Kind::Float, Device::Cpu)?;
     if fused {
-        let pk = flow.packing().context("the fused kernels apply")?;
+        let pk = flow.stack().packing().context("the fused kernels apply")?;
         let rows: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
         let mut opt = rnvp::train::FusedAdam::new(pk, &flow, &cfg, None)?;
         let before = peak_rss()?;
@@ -169,7 +169,7 @@ fn mem_child(layers: i64, mode: &str) -> Result<()> {
     let before = peak_rss()?;
     for _ in 0..2 {
         adam.zero_grad();
-        flow.loss_backward(&xs, reversible)?;
+        flow.stack().loss_backward(&xs, reversible)?;
         adam.step();
     }
     println!("{before} {}", peak_rss()?);
@@ -244,6 +244,11 @@ fn main() -> Result<()> {
     let family = FAMILY_SECTIONS.iter().any(|s| o.runs(s));
     if family {
         family_part(&o.out, "header", &family_header(&o)?)?;
+    }
+    if o.runs("speed") {
+        let mut md = String::new();
+        family_speed(&mut md, &o, &work)?;
+        family_part(&o.out, "speed", &md)?;
     }
     if o.runs("stability") {
         let mut md = String::new();
@@ -566,7 +571,7 @@ fn ideas(md: &mut String, o: &Opts) -> Result<()> {
     let xs = rnvp::data::to_tensor(&batch, Kind::Float, Device::Cpu)?;
     let rows: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
     let cfg = TrainConfig::default();
-    let pk = flow.packing().context("the fused kernels apply")?;
+    let pk = flow.stack().packing().context("the fused kernels apply")?;
     let mut adam = rnvp::train::Adam::new(&flow, &cfg, None)?;
     let mut avx = rnvp::train::FusedAdam::new(pk.clone(), &flow, &cfg, None)?;
     let mut base = rnvp::train::FusedAdam::new(pk.clone().baseline(), &flow, &cfg, None)?;
@@ -580,7 +585,7 @@ fn ideas(md: &mut String, o: &Opts) -> Result<()> {
                 match who {
                     0 => {
                         adam.zero_grad();
-                        flow.loss_backward(&xs, false)?;
+                        flow.stack().loss_backward(&xs, false)?;
                         adam.step();
                     }
                     1 => {
@@ -621,17 +626,17 @@ fn ideas(md: &mut String, o: &Opts) -> Result<()> {
     )?;
     let n = if o.quick { 200_000 } else { 1_000_000 };
     let zs = tch::Tensor::randn([n, 2], (Kind::Float, Device::Cpu));
-    let mut fl = Flow::new(&FlowConfig::notebook(3), Device::Cpu, Kind::Float)?;
+    let fl = Flow::new(&FlowConfig::notebook(3), Device::Cpu, Kind::Float)?;
     let mut p: [Vec<f64>; 4] = Default::default();
     for rep in 0..o.reps {
         for i in 0..2 {
             let who = (i + rep) % 2;
-            fl.set_engine(if who == 0 { rnvp::Engine::Libtorch } else { rnvp::Engine::Fused });
+            let run = fl.stack().run(if who == 0 { rnvp::Engine::Libtorch } else { rnvp::Engine::Fused });
             let t0 = Instant::now();
-            let _ = fl.log_prob(&zs)?;
+            let _ = run.log_prob(&zs)?;
             p[who].push(t0.elapsed().as_secs_f64());
             let t0 = Instant::now();
-            let _ = fl.decode(&zs)?;
+            let _ = run.decode(&zs)?;
             p[2 + who].push(t0.elapsed().as_secs_f64());
         }
     }
@@ -798,9 +803,9 @@ fn quality(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
 /// The family sections' report, beside BENCHMARKS.md.
 const FAMILY_FILE: &str = "BENCHMARKS-family.md";
 
-/// Replaces the part `name` (header, stability or zoo) of the family report with `body`, keeping
-/// the other parts as they are; the parts are kept between `<!-- begin NAME -->` and
-/// `<!-- end NAME -->` lines, in the order header, stability, zoo.
+/// Replaces the part `name` (header, speed, stability or zoo) of the family report with `body`,
+/// keeping the other parts as they are; the parts are kept between `<!-- begin NAME -->` and
+/// `<!-- end NAME -->` lines, in the order header, speed, stability, zoo.
 fn family_part(out: &Path, name: &str, body: &str) -> Result<()> {
     let path = out.join(FAMILY_FILE);
     let old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -832,7 +837,7 @@ fn family_header(o: &Opts) -> Result<String> {
     writeln!(md, "# Benchmarks: the architecture family (notebook, NICE, RealNVP, Glow)\n")?;
     writeln!(
         md,
-        "Generated by `scripts/bench --only stability,zoo` (the other sections are in \
+        "Generated by `scripts/bench --only speed,stability,zoo` (the other sections are in \
          [BENCHMARKS.md](BENCHMARKS.md)); each section below is replaced only when it is run again and \
          says with which sizes it ran. Machine: {cpu}, {cores} cores, {mem:.0} GiB; PyTorch {} (the \
          libtorch rnvp links); device {}; every run used {} thread(s) (rnvp's `--threads`, \
@@ -843,6 +848,135 @@ fn family_header(o: &Opts) -> Result<String> {
         o.threads,
     )?;
     Ok(md)
+}
+
+/// The architectures of the speed section.
+const SPEED_ARCHS: [&str; 4] = ["notebook", "nice", "realnvp", "glow"];
+
+/// Per-step time of each architecture's training in rnvp and in PyTorch (reference.py's `Flow`),
+/// from whole commands of two lengths, interleaved.
+fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
+    let depths: Vec<i64> = if o.quick { vec![8] } else { vec![8, 32] };
+    // (short, long) steps: PyTorch's steps cost tens of milliseconds, rnvp's a few
+    let (rnvp_steps, torch_steps) = if o.quick { ((50, 250), (10, 30)) } else { ((100, 1100), (20, 120)) };
+    let hidden = "128";
+    // medians in ms per step: [arch][depth] → (rnvp, PyTorch)
+    let mut table: Vec<Vec<(Vec<f64>, Vec<f64>)>> = vec![];
+    for arch in SPEED_ARCHS {
+        let mut row = vec![];
+        for &l in &depths {
+            let ls = l.to_string();
+            let ck = work.join("speed.safetensors");
+            let time_rnvp = |steps: usize| -> Result<f64> {
+                let ss = steps.to_string();
+                let args = [
+                    "train",
+                    "--data",
+                    "two-moons",
+                    "--arch",
+                    arch,
+                    "--layers",
+                    &ls,
+                    "--hidden",
+                    hidden,
+                    "--steps",
+                    &ss,
+                    "--val-every",
+                    &ss,
+                    "--init",
+                    "identity",
+                    "--clip-grad",
+                    "1",
+                    "--quiet",
+                    "--out",
+                    ck.to_str().unwrap(),
+                ];
+                Ok(timed(&mut rnvp(&args, o))?.0)
+            };
+            let time_torch = |steps: usize| -> Result<f64> {
+                let ss = steps.to_string();
+                let args = ["train", "--arch", arch, "--layers", &ls, "--hidden", hidden, "--steps", &ss];
+                Ok(timed(&mut torch(&args, o))?.0)
+            };
+            let (mut r, mut t) = (vec![], vec![]);
+            for rep in 0..o.reps {
+                let rnvp_ms = || -> Result<f64> {
+                    Ok((time_rnvp(rnvp_steps.1)? - time_rnvp(rnvp_steps.0)?)
+                        / (rnvp_steps.1 - rnvp_steps.0) as f64
+                        * 1e3)
+                };
+                let torch_ms = || -> Result<f64> {
+                    Ok((time_torch(torch_steps.1)? - time_torch(torch_steps.0)?)
+                        / (torch_steps.1 - torch_steps.0) as f64
+                        * 1e3)
+                };
+                // the order alternates between repetitions
+                if rep % 2 == 0 {
+                    r.push(rnvp_ms()?);
+                    t.push(torch_ms()?);
+                } else {
+                    t.push(torch_ms()?);
+                    r.push(rnvp_ms()?);
+                }
+                eprintln!("speed {arch} L={l}: rnvp {:.2} ms, PyTorch {:.2} ms", r[rep], t[rep]);
+            }
+            row.push((r, t));
+        }
+        table.push(row);
+    }
+    let notebook = |j: usize| stats(&table[0][j].0).0;
+    writeln!(md, "## Training step of each architecture: rnvp against PyTorch\n")?;
+    writeln!(
+        md,
+        "d = 2 (two moons), hidden {hidden}, batch 512, {} thread(s), medians over {} repetitions \
+         (min–max in brackets). rnvp: `rnvp train --data two-moons --arch A --layers L --hidden {hidden} \
+         --init identity --clip-grad 1` (default engine: the fused kernels, libtorch for realnvp's batch \
+         norm); PyTorch: `scripts/reference.py train --arch A` (the same layers as `Flow(2, 1, {hidden}, \
+         L, **ARCHS[A])`, Adam, make_moons batches; no clipping, so PyTorch does slightly less work). \
+         Per-step time = (time of the long run − time of the short run) / their difference in steps, \
+         so start-up, the final validation and the checkpoint cancel: rnvp {} and {} steps, PyTorch {} \
+         and {} steps.\n",
+        o.threads, o.reps, rnvp_steps.0, rnvp_steps.1, torch_steps.0, torch_steps.1
+    )?;
+    writeln!(
+        md,
+        "| architecture | layers | rnvp ms/step | PyTorch ms/step | rnvp's speed-up over PyTorch | rnvp step / notebook's at this depth |\n|---|---|---|---|---|---|"
+    )?;
+    for (i, arch) in SPEED_ARCHS.iter().enumerate() {
+        for (j, &l) in depths.iter().enumerate() {
+            let (r, t) = &table[i][j];
+            writeln!(
+                md,
+                "| {arch} | {l} | {} | {} | {:.1}× | {:.2}× |",
+                fmt(r, 1.0, 2),
+                fmt(t, 1.0, 1),
+                stats(t).0 / stats(r).0,
+                stats(r).0 / notebook(j)
+            )?;
+        }
+    }
+    // the speed-up against depth, one line per architecture
+    let lines: Vec<Vec<(f64, f64)>> = (0..SPEED_ARCHS.len())
+        .map(|i| {
+            depths
+                .iter()
+                .enumerate()
+                .map(|(j, &l)| (l as f64, stats(&table[i][j].1).0 / stats(&table[i][j].0).0))
+                .collect()
+        })
+        .collect();
+    let series: Vec<(&str, &[(f64, f64)])> =
+        SPEED_ARCHS.iter().zip(&lines).map(|(a, v)| (*a, v.as_slice())).collect();
+    rnvp::plot::lines(
+        &o.out.join("bench_family_speed.png"),
+        &format!("rnvp's training step speed-up over PyTorch, hidden {hidden}, batch 512 (medians)"),
+        "coupling layers",
+        "PyTorch time / rnvp time",
+        &series,
+        true,
+    )?;
+    writeln!(md, "\n![training step per architecture](bench_family_speed.png)")?;
+    Ok(())
 }
 
 /// The toy sets of the family sections.
@@ -1215,15 +1349,16 @@ fn stability(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
 /// A model of the zoo: its column name, and either `rnvp train` flags or a `scripts/zoo.py` model
 /// with its number of transforms.
 enum ZooModel {
-    Rnvp(&'static str),
+    /// `rnvp train` flags: the architecture and its size.
+    Rnvp(&'static [&'static str]),
     Python(&'static str, usize),
 }
 
 const ZOO: [(&str, ZooModel); 8] = [
-    ("rnvp notebook", ZooModel::Rnvp("notebook")),
-    ("rnvp nice", ZooModel::Rnvp("nice")),
-    ("rnvp realnvp", ZooModel::Rnvp("realnvp")),
-    ("rnvp glow", ZooModel::Rnvp("glow")),
+    ("rnvp notebook 8×64", ZooModel::Rnvp(&["--arch", "notebook", "--layers", "8", "--hidden", "64"])),
+    ("rnvp nice 8×64", ZooModel::Rnvp(&["--arch", "nice", "--layers", "8", "--hidden", "64"])),
+    ("rnvp realnvp 8×64", ZooModel::Rnvp(&["--arch", "realnvp", "--layers", "8", "--hidden", "64"])),
+    ("rnvp glow 16×64 (`--preset glow`)", ZooModel::Rnvp(&["--preset", "glow"])),
     ("zuko RealNVP", ZooModel::Python("zuko-realnvp", 8)),
     ("zuko NSF", ZooModel::Python("zuko-nsf", 4)),
     ("normflows RealNVP", ZooModel::Python("normflows-realnvp", 8)),
@@ -1239,6 +1374,9 @@ struct ZooResult {
     params: u64,
     note: String,
 }
+
+/// rnvp's training time in the zoo, as a fraction of the Python flows' (rnvp must win in less).
+const RNVP_SHARE: f64 = 0.8;
 
 /// The recipe every zoo model trains with (rnvp's `--preset best` less its length).
 const ZOO_RECIPE: [&str; 12] = [
@@ -1279,20 +1417,20 @@ fn zoo_packages() -> Result<String> {
 
 /// Trains an rnvp architecture on `train` for about `budget` seconds of training (steps from a
 /// 150-step calibration run) and evaluates the final checkpoint on `test`.
-fn zoo_rnvp(o: &Opts, work: &Path, arch: &str, train: &Path, test: &Path, budget: f64) -> Result<ZooResult> {
+fn zoo_rnvp(
+    o: &Opts,
+    work: &Path,
+    model: &[&str],
+    train: &Path,
+    test: &Path,
+    budget: f64,
+) -> Result<ZooResult> {
     let (ck, log) = (work.join("z.safetensors"), work.join("z.csv"));
     let run = |steps: usize, val_every: usize| -> Result<Option<(usize, f64)>> {
         let (ss, ve) = (steps.to_string(), val_every.to_string());
-        let mut args = vec![
-            "train",
-            "--data",
-            train.to_str().unwrap(),
-            "--arch",
-            arch,
-            "--layers",
-            "8",
-            "--hidden",
-            "64",
+        let mut args = vec!["train", "--data", train.to_str().unwrap()];
+        args.extend(model);
+        args.extend([
             "--steps",
             &ss,
             "--val-every",
@@ -1304,7 +1442,7 @@ fn zoo_rnvp(o: &Opts, work: &Path, arch: &str, train: &Path, test: &Path, budget
             ck.to_str().unwrap(),
             "--log",
             log.to_str().unwrap(),
-        ];
+        ]);
         args.extend(ZOO_RECIPE);
         match timed(&mut rnvp(&args, o)) {
             Ok(_) => {}
@@ -1398,7 +1536,7 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
         for j in 0..ZOO.len() {
             let m = (i + j) % ZOO.len();
             let r = match &ZOO[m].1 {
-                ZooModel::Rnvp(arch) => zoo_rnvp(o, work, arch, &train, &test, budget)?,
+                ZooModel::Rnvp(model) => zoo_rnvp(o, work, model, &train, &test, RNVP_SHARE * budget)?,
                 ZooModel::Python(model, t) => zoo_python(o, model, *t, &train, &test, budget)?,
             };
             eprintln!(
@@ -1427,7 +1565,11 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
         results.push(row.into_iter().map(|r| r.expect("every model ran")).collect());
     }
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
-    writeln!(md, "## Zoo: test NLL after equal training time ({budget} s per model and set)\n")?;
+    let rnvp_budget = RNVP_SHARE * budget;
+    writeln!(
+        md,
+        "## Zoo: test NLL after a fixed training time ({rnvp_budget} s for rnvp's models, {budget} s for the Python flows)\n"
+    )?;
     writeln!(
         md,
         "{}For each toy set, {points} training points (`rnvp datasets SET -n {points} --seed 100+i`) and \
@@ -1440,9 +1582,10 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
          Every model trains with one recipe, rnvp's `--preset best` without its length: Adam, batch \
          1024, lr 3e-3, 100 warm-up steps then a cosine decay to 0, gradient norm clipped to 1 \
          (a step with a non-finite loss or gradient skipped), seed 0, {} thread(s). rnvp: \
-         `rnvp train --data FILE --arch A --layers 8 --hidden 64 {}` with `--steps` set from a \
-         150-step calibration run so that the training loop (validation excluded, as the log's \
-         seconds count it) lasts about {budget} s; the final checkpoint is scored by `rnvp eval \
+         `rnvp train --data FILE MODEL {}` (MODEL: the flags in the column's name, `--arch A --layers 8 \
+         --hidden 64`, or `--preset glow` = `--arch glow --layers 16 --hidden 64`) with `--steps` set \
+         from a 150-step calibration run so that the training loop (validation excluded, as the log's \
+         seconds count it) lasts about {rnvp_budget} s, {:.0}% of the Python flows' time; the final checkpoint is scored by `rnvp eval \
          --data test.npy`. Python (`scripts/zoo.py`, {versions} = zuko, normflows versions): the \
          cosine runs on the elapsed fraction of the {budget} s and training stops on time. \
          zuko RealNVP: `zuko.flows.RealNVP(2, transforms=8, hidden_features=(64, 64))`; zuko NSF: \
@@ -1459,6 +1602,7 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
         },
         o.threads,
         ZOO_RECIPE.join(" "),
+        RNVP_SHARE * 100.0,
         minutes
     )?;
     writeln!(
@@ -1488,6 +1632,31 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
             .collect();
         writeln!(md, "| {} | {} |", set.name(), cells.join(" | "))?;
     }
+    // the goal: rnvp's best at most zuko RealNVP's on every set
+    let zuko = ZOO.iter().position(|z| z.0 == "zuko RealNVP").context("zuko RealNVP is in the zoo")?;
+    let verdicts: Vec<(String, bool)> = sets
+        .iter()
+        .zip(&results)
+        .map(|(set, row)| {
+            let ours = (ZOO.iter().zip(row))
+                .filter(|(z, _)| matches!(z.1, ZooModel::Rnvp(_)))
+                .filter_map(|(_, r)| r.nll)
+                .fold(f64::INFINITY, f64::min);
+            let theirs = row[zuko].nll.unwrap_or(f64::INFINITY);
+            (format!("{} {ours:.3} vs {theirs:.3}", set.name()), ours <= theirs)
+        })
+        .collect();
+    writeln!(
+        md,
+        "\nrnvp's best against zuko RealNVP: at most as high on {} of {} sets ({}).",
+        verdicts.iter().filter(|v| v.1).count(),
+        verdicts.len(),
+        verdicts
+            .iter()
+            .map(|(t, ok)| format!("{t}{}", if *ok { "" } else { " — not" }))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )?;
     writeln!(
         md,
         "\n**Training actually done** (over the sets: median and min–max)\n\n| model | parameters | training \

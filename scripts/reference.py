@@ -1023,13 +1023,18 @@ def cmd_jit(a):
 def cmd_train(a):
     """The notebook's experiment: fresh make_moons(512) batches standardized with StandardScaler,
     Adam(1e-3), ExponentialLR(0.999). With --eval-every, prints 'step seconds nll' lines (training
-    seconds, evaluation excluded) for a fixed standardized test set of --eval-n points."""
+    seconds, evaluation excluded) for a fixed standardized test set of --eval-n points. --arch other
+    than notebook trains `Flow(2, 1, hidden, layers, **ARCHS[arch])` instead of stacked_NVP."""
     from sklearn.datasets import make_moons
     from sklearn.preprocessing import StandardScaler
     import time
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
-    model = to_device(stacked_NVP(2, 1, a.hidden, a.layers))
+    if a.arch == "notebook":
+        model = to_device(stacked_NVP(2, 1, a.hidden, a.layers))
+    else:
+        model = to_device(Flow(2, 1, a.hidden, a.layers, **ARCHS[a.arch]))
+    model.train()
     optim = torch.optim.Adam(model.parameters(), lr=a.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optim, a.gamma)
     if a.eval_every:
@@ -1049,9 +1054,11 @@ def cmd_train(a):
             if DEVICE.type == "cuda":
                 torch.cuda.synchronize()
             spent += time.perf_counter() - t0
+            model.eval()
             with torch.no_grad():
                 z, log_pz, log_jacob = model(test)
                 nll = -(log_pz + log_jacob).mean().item()
+            model.train()
             print(step, round(spent, 4), nll, flush=True)
             t0 = time.perf_counter()
 
@@ -1134,6 +1141,7 @@ def main(argv):
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--eval-every", type=int, default=0)
     q.add_argument("--eval-n", type=int, default=20000)
+    q.add_argument("--arch", choices=sorted(ARCHS), default="notebook")
     q = sub.add_parser("sample", help="x = F^-1(z) for N base samples, as .npy")
     q.add_argument("--weights", required=True)
     q.add_argument("--n", type=int, required=True)
