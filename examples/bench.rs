@@ -5,7 +5,7 @@
 //!
 //! `bench [--reps 5] [--quick] [--threads 2] [--device cpu|cuda] [--only SECTIONS] [--out docs]`
 //! (sections: train, inference, ideas, memory, quality, all five by default; and the family
-//! sections stability and zoo, run only when named in `--only`, whose results go to
+//! sections speed, stability and zoo, run only when named in `--only`, whose results go to
 //! docs/BENCHMARKS-family.md and docs/bench_family_*.png/csv instead, each section replacing its
 //! own part of that file). The family sections' sizes: `--steps N --seeds N --depths 32,64
 //! --seeds-for glow@64=2,nice=1 --sets two-moons,... [--keep-runs]` (stability; `--keep-runs`
@@ -66,7 +66,7 @@ struct FamilyOpts {
     sets: Option<Vec<ToySet>>,
     /// Reuse the runs of the grid that bench_family_stability.csv already holds (same steps).
     keep_runs: bool,
-    /// Training seconds of each zoo model on each set.
+    /// Training seconds of each Python zoo model on each set (rnvp's get `RNVP_SHARE` of it).
     zoo_seconds: Option<f64>,
     /// Training points of each zoo set (rnvp and Python hold out the same 10%).
     zoo_points: Option<usize>,
@@ -891,7 +891,9 @@ fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
                     "--out",
                     ck.to_str().unwrap(),
                 ];
-                Ok(timed(&mut rnvp(&args, o))?.0)
+                timed(&mut rnvp(&args, o))
+                    .map(|t| t.0)
+                    .with_context(|| format!("speed: rnvp {arch}, {l} layers"))
             };
             let time_torch = |steps: usize| -> Result<f64> {
                 let ss = steps.to_string();
@@ -1568,7 +1570,7 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
     let rnvp_budget = RNVP_SHARE * budget;
     writeln!(
         md,
-        "## Zoo: test NLL after a fixed training time ({rnvp_budget} s for rnvp's models, {budget} s for the Python flows)\n"
+        "## Zoo: test NLL after a fixed training time ({rnvp_budget:.1} s for rnvp's models, {budget:.1} s for the Python flows)\n"
     )?;
     writeln!(
         md,
@@ -1585,9 +1587,9 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
          `rnvp train --data FILE MODEL {}` (MODEL: the flags in the column's name, `--arch A --layers 8 \
          --hidden 64`, or `--preset glow` = `--arch glow --layers 16 --hidden 64`) with `--steps` set \
          from a 150-step calibration run so that the training loop (validation excluded, as the log's \
-         seconds count it) lasts about {rnvp_budget} s, {:.0}% of the Python flows' time; the final checkpoint is scored by `rnvp eval \
+         seconds count it) lasts about {rnvp_budget:.1} s, {:.0}% of the Python flows' time; the final checkpoint is scored by `rnvp eval \
          --data test.npy`. Python (`scripts/zoo.py`, {versions} = zuko, normflows versions): the \
-         cosine runs on the elapsed fraction of the {budget} s and training stops on time. \
+         cosine runs on the elapsed fraction of the {budget:.1} s and training stops on time. \
          zuko RealNVP: `zuko.flows.RealNVP(2, transforms=8, hidden_features=(64, 64))`; zuko NSF: \
          `zuko.flows.NSF(2, transforms=4, bins=8, hidden_features=(64, 64))`; normflows RealNVP: 8 × \
          (`AffineCouplingBlock(MLP([1, 64, 64, 2], init_zeros=True))`, swap); normflows Glow: 8 × \
@@ -1643,7 +1645,7 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
                 .filter_map(|(_, r)| r.nll)
                 .fold(f64::INFINITY, f64::min);
             let theirs = row[zuko].nll.unwrap_or(f64::INFINITY);
-            (format!("{} {ours:.3} vs {theirs:.3}", set.name()), ours <= theirs)
+            (format!("{} {ours:.3} vs {theirs:.3}", set.name()), ours.is_finite() && ours <= theirs)
         })
         .collect();
     writeln!(
@@ -1684,7 +1686,7 @@ fn zoo(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
         ZOO.iter().zip(&curves).map(|(z, c)| (z.0, c.as_slice())).collect();
     rnvp::plot::lines(
         &o.out.join("bench_family_zoo.png"),
-        &format!("Test NLL above the best model of each set ({budget} s of training each)"),
+        &format!("Test NLL above the best model of each set ({rnvp_budget:.1} s of training for rnvp, {budget:.1} s for Python)"),
         &format!(
             "toy set: {}",
             sets.iter()

@@ -54,7 +54,7 @@ pub const BEST: Preset = Preset {
 };
 
 /// `glow`: `best`'s schedule with Glow's layers (ActNorm → LU → sigmoid-scaled affine coupling),
-/// twice as many steps. In the zoo benchmark (docs/BENCHMARKS-family.md) it is rnvp's best flow on
+/// twice as many coupling layers (16) and 8,000 optimizer steps. In the zoo benchmark (docs/BENCHMARKS-family.md) it is rnvp's best flow on
 /// the sets where the notebook's layers fall short (rings, sharp modes) and trains deep stacks
 /// without divergence at any learning rate measured.
 pub const GLOW: Preset = Preset { name: "glow", arch: Arch::GLOW, layers: 16, steps: 8_000, ..BEST };

@@ -1,6 +1,7 @@
 //! How a flow is run: the engine that computes its passes is a property of the run, not of the
-//! model. `flow.run(Engine::Libtorch).log_prob(&xs)` evaluates with libtorch operations,
-//! `flow.log_prob(&xs)` with [`Engine::Auto`] (the fused kernels where they apply).
+//! model. With `model` a [`StackedNvp`] (`flow.stack()` of a [`crate::Flow`]),
+//! `model.run(Engine::Libtorch).log_prob(&xs)` evaluates with libtorch operations and
+//! `model.log_prob(&xs)` with [`Engine::Auto`] (the fused kernels where they apply).
 use crate::base;
 use crate::error::{Error, Result};
 use crate::flow::StackedNvp;

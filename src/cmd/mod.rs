@@ -17,7 +17,6 @@ use std::io::Write;
 use std::path::Path;
 use tch::{Device, Kind};
 
-/// Replaces the values of the flags the user did not give with the preset's.
 /// Device and dtype from the flags (and the thread count applied).
 pub(crate) fn compute(c: &Compute) -> Result<(Device, Kind)> {
     if let Some(t) = c.threads {

@@ -13,15 +13,31 @@ use serde_json::json;
 use std::path::Path;
 use tch::{Device, Kind};
 
+/// The flags that shape a new flow (a resumed run takes its shape from the checkpoint).
+const ARCHITECTURE_FLAGS: [&str; 11] = [
+    "arch",
+    "coupling",
+    "scale",
+    "actnorm",
+    "mixing",
+    "batch_norm",
+    "final_scale",
+    "layers",
+    "hidden",
+    "k",
+    "init",
+];
+
 pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let sub = matches.subcommand_matches("train").context("invariant: train matches")?;
     if let Some(name) = a.preset.clone() {
-        let sub = matches.subcommand_matches("train").context("invariant: train matches")?;
         let names: Vec<&str> = rnvp::presets::ALL.iter().map(|p| p.name).collect();
         let preset = rnvp::presets::named(&name)
             .with_context(|| format!("--preset {name}: unknown preset (expected {})", names.join(", ")))?;
         a.apply_preset(&preset, sub);
     }
     let (device, kind) = compute(&a.compute)?;
+    let cfg = a.train_config()?;
     let arch = a.architecture()?;
     let init = a.initialisation(arch)?;
     if a.reversible_backprop {
@@ -36,7 +52,6 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             a.out.display()
         );
     }
-    let cfg = a.train_config()?;
     let (train_data, scaler) = training_data(&spec, &a, &cfg)?;
     let d = train_data.dim() as i64;
     let resume = match &a.resume {
@@ -52,6 +67,16 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     .with_arch(arch)
     .with_init(init);
     tch::manual_seed(a.seed as i64);
+    if resume.is_some() {
+        let given: Vec<String> = ARCHITECTURE_FLAGS
+            .iter()
+            .filter(|id| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !given.is_empty() {
+            eprintln!("note: --resume continues the checkpoint's architecture; {} ignored", given.join(", "));
+        }
+    }
     let flow = model_to_train(fresh, resume.as_ref(), (device, kind), cfg.engine)?;
     let flow_cfg = *flow.stack().config();
     let optimizer = match &resume {
