@@ -853,22 +853,22 @@ fn family_header(o: &Opts) -> Result<String> {
 /// The architectures of the speed section.
 const SPEED_ARCHS: [&str; 4] = ["notebook", "nice", "realnvp", "glow"];
 
-/// Per-step time of each architecture's training in rnvp and in PyTorch (reference.py's `Flow`),
-/// from whole commands of two lengths, interleaved.
+/// Per-step time of each architecture's training in rnvp and in PyTorch (reference.py's `Flow`):
+/// each side's own clock around its training loop (start-up, validation and checkpoints excluded).
 fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
     let depths: Vec<i64> = if o.quick { vec![8] } else { vec![8, 32] };
-    // (short, long) steps: PyTorch's steps cost tens of milliseconds, rnvp's a few
-    let (rnvp_steps, torch_steps) = if o.quick { ((50, 250), (10, 30)) } else { ((100, 1100), (20, 120)) };
+    // PyTorch's steps cost tens of milliseconds, rnvp's a few
+    let (rnvp_steps, torch_steps) = if o.quick { (200, 20) } else { (1000, 100) };
     let hidden = "128";
-    // medians in ms per step: [arch][depth] → (rnvp, PyTorch)
+    // ms per step, [arch][depth] → (rnvp's runs, PyTorch's runs)
     let mut table: Vec<Vec<(Vec<f64>, Vec<f64>)>> = vec![];
     for arch in SPEED_ARCHS {
         let mut row = vec![];
         for &l in &depths {
             let ls = l.to_string();
-            let ck = work.join("speed.safetensors");
-            let time_rnvp = |steps: usize| -> Result<f64> {
-                let ss = steps.to_string();
+            let (ck, log) = (work.join("speed.safetensors"), work.join("speed.csv"));
+            let rnvp_ms = || -> Result<f64> {
+                let ss = rnvp_steps.to_string();
                 let args = [
                     "train",
                     "--data",
@@ -890,28 +890,41 @@ fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
                     "--quiet",
                     "--out",
                     ck.to_str().unwrap(),
+                    "--log",
+                    log.to_str().unwrap(),
                 ];
-                timed(&mut rnvp(&args, o))
-                    .map(|t| t.0)
-                    .with_context(|| format!("speed: rnvp {arch}, {l} layers"))
+                timed(&mut rnvp(&args, o)).with_context(|| format!("speed: rnvp {arch}, {l} layers"))?;
+                // the training seconds (validation excluded) of the log's last row
+                let csv = std::fs::read_to_string(&log)?;
+                let last = csv.lines().last().context("empty log")?;
+                let secs: f64 = last.split(',').nth(3).context("no seconds in the log")?.parse()?;
+                Ok(secs / rnvp_steps as f64 * 1e3)
             };
-            let time_torch = |steps: usize| -> Result<f64> {
-                let ss = steps.to_string();
-                let args = ["train", "--arch", arch, "--layers", &ls, "--hidden", hidden, "--steps", &ss];
-                Ok(timed(&mut torch(&args, o))?.0)
+            let torch_ms = || -> Result<f64> {
+                let ss = torch_steps.to_string();
+                let args = [
+                    "train",
+                    "--arch",
+                    arch,
+                    "--layers",
+                    &ls,
+                    "--hidden",
+                    hidden,
+                    "--steps",
+                    &ss,
+                    "--eval-every",
+                    &ss,
+                    "--eval-n",
+                    "1000",
+                ];
+                // prints `step seconds nll`, the seconds those of the training loop
+                let (_, out) = timed(&mut torch(&args, o))?;
+                let last = out.lines().last().context("reference.py train printed nothing")?;
+                let secs: f64 = last.split_whitespace().nth(1).context("no seconds")?.parse()?;
+                Ok(secs / torch_steps as f64 * 1e3)
             };
             let (mut r, mut t) = (vec![], vec![]);
             for rep in 0..o.reps {
-                let rnvp_ms = || -> Result<f64> {
-                    Ok((time_rnvp(rnvp_steps.1)? - time_rnvp(rnvp_steps.0)?)
-                        / (rnvp_steps.1 - rnvp_steps.0) as f64
-                        * 1e3)
-                };
-                let torch_ms = || -> Result<f64> {
-                    Ok((time_torch(torch_steps.1)? - time_torch(torch_steps.0)?)
-                        / (torch_steps.1 - torch_steps.0) as f64
-                        * 1e3)
-                };
                 // the order alternates between repetitions
                 if rep % 2 == 0 {
                     r.push(rnvp_ms()?);
@@ -935,10 +948,10 @@ fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
          --init identity --clip-grad 1` (default engine: the fused kernels, libtorch for realnvp's batch \
          norm); PyTorch: `scripts/reference.py train --arch A` (the same layers as `Flow(2, 1, {hidden}, \
          L, **ARCHS[A])`, Adam, make_moons batches; no clipping, so PyTorch does slightly less work). \
-         Per-step time = (time of the long run − time of the short run) / their difference in steps, \
-         so start-up, the final validation and the checkpoint cancel: rnvp {} and {} steps, PyTorch {} \
-         and {} steps.\n",
-        o.threads, o.reps, rnvp_steps.0, rnvp_steps.1, torch_steps.0, torch_steps.1
+         Per-step time = the training loop's seconds (each program's own clock: rnvp's `--log`, \
+         reference.py's `--eval-every` line; start-up, validation and checkpoints excluded) / steps: \
+         rnvp {rnvp_steps} steps, PyTorch {torch_steps}. The two sides alternate.\n",
+        o.threads, o.reps
     )?;
     writeln!(
         md,

@@ -204,6 +204,21 @@ const NETS: [&str; 8] = [
     "mu_net.2.bias",
 ];
 
+/// An affine coupling's keys with a scale map other than `exp`: the nets, then the map's constant
+/// (a buffer that marks the map in a file) or its parameter.
+const fn nets_and(marker: &'static str) -> [&'static str; 9] {
+    let mut keys = [marker; 9];
+    let mut i = 0;
+    while i < NETS.len() {
+        keys[i] = NETS[i];
+        i += 1;
+    }
+    keys
+}
+const SOFTCLAMP_KEYS: [&str; 9] = nets_and("softclamp_bound");
+const SIGMOID_KEYS: [&str; 9] = nets_and("sigmoid_shift");
+const TANH_KEYS: [&str; 9] = nets_and("scale_factor");
+
 impl LayerKind {
     /// The layer's state_dict keys (parameters and saved buffers), in the order they are built.
     pub fn keys(&self, arch: &Arch) -> &'static [&'static str] {
@@ -213,39 +228,9 @@ impl LayerKind {
             LayerKind::Lu => &["lower", "upper", "log_abs_s", "perm", "sign"],
             LayerKind::Affine { .. } => match arch.scale {
                 Scale::Exp => &NETS,
-                Scale::SoftClamp => &[
-                    "sig_net.0.weight",
-                    "sig_net.0.bias",
-                    "sig_net.2.weight",
-                    "sig_net.2.bias",
-                    "mu_net.0.weight",
-                    "mu_net.0.bias",
-                    "mu_net.2.weight",
-                    "mu_net.2.bias",
-                    "softclamp_bound",
-                ],
-                Scale::Sigmoid => &[
-                    "sig_net.0.weight",
-                    "sig_net.0.bias",
-                    "sig_net.2.weight",
-                    "sig_net.2.bias",
-                    "mu_net.0.weight",
-                    "mu_net.0.bias",
-                    "mu_net.2.weight",
-                    "mu_net.2.bias",
-                    "sigmoid_shift",
-                ],
-                Scale::Tanh => &[
-                    "sig_net.0.weight",
-                    "sig_net.0.bias",
-                    "sig_net.2.weight",
-                    "sig_net.2.bias",
-                    "mu_net.0.weight",
-                    "mu_net.0.bias",
-                    "mu_net.2.weight",
-                    "mu_net.2.bias",
-                    "scale_factor",
-                ],
+                Scale::SoftClamp => &SOFTCLAMP_KEYS,
+                Scale::Sigmoid => &SIGMOID_KEYS,
+                Scale::Tanh => &TANH_KEYS,
             },
             LayerKind::Additive { .. } => &NETS[4..],
             LayerKind::BatchNorm => &["log_gamma", "beta", "running_mean", "running_var"],

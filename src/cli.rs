@@ -270,7 +270,7 @@ pub struct TrainArgs {
     /// --warmup 100 --clip-grad 1 --init identity --val-every 500 --threads 1 (two moons: test NLL
     /// ≈ 1.132 nats, the floor being 1.131, after about 11 s of training on 2 cores); `glow` =
     /// the same with --arch glow --layers 16 --steps 8000 (better on rings and sharp modes:
-    /// circles, eight-gaussians; about 20 s on one core).
+    /// circles, eight-gaussians; about 30 s on one core).
     #[arg(long)]
     pub preset: Option<String>,
     /// Checkpoint to write (.safetensors); the best validation model goes beside it as

@@ -216,6 +216,17 @@ impl Packing {
         }
     }
 
+    /// Panics unless `grads` has one number per parameter (a caller's bug, not bad data).
+    fn check_grads(&self, grads: &[f32]) {
+        assert_eq!(
+            grads.len(),
+            self.len,
+            "kernel: gradient buffer of {} numbers, expected {}",
+            grads.len(),
+            self.len
+        );
+    }
+
     fn check_lengths(&self, params: &[f32], data: usize) {
         assert_eq!(
             params.len(),
@@ -287,13 +298,7 @@ impl Packing {
         scratch: &mut Scratch,
     ) -> f64 {
         self.check_lengths(params, xs.len());
-        assert_eq!(
-            grads.len(),
-            self.len,
-            "kernel: gradient buffer of {} numbers, expected {}",
-            grads.len(),
-            self.len
-        );
+        self.check_grads(grads);
         let d = self.d;
         let n = xs.len() / d;
         let layers = self.layers();
@@ -449,13 +454,7 @@ impl Packing {
         scratch: &mut Vec<(Scratch, Vec<f32>)>,
     ) -> f64 {
         self.check_lengths(params, xs.len());
-        assert_eq!(
-            grads.len(),
-            self.len,
-            "kernel: gradient buffer of {} numbers, expected {}",
-            grads.len(),
-            self.len
-        );
+        self.check_grads(grads);
         let d = self.d;
         let n = xs.len() / d;
         let scale = 1.0 / n.max(1) as f32;
