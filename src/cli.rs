@@ -269,8 +269,8 @@ pub struct TrainArgs {
     /// = --layers 8 --hidden 64 --batch-size 1024 --steps 20000 --lr 3e-3 --schedule cosine
     /// --warmup 100 --clip-grad 1 --init identity --val-every 500 --threads 1 (two moons: test NLL
     /// ≈ 1.132 nats, the floor being 1.131, after about 11 s of training on 2 cores); `glow` =
-    /// the same with --arch glow --layers 16 --steps 8000 (better on rings and sharp modes:
-    /// circles, eight-gaussians; about 30 s on one core).
+    /// the same with --arch glow --layers 16 --steps 8000 (steadier than the notebook's layers
+    /// off two moons, e.g. on eight-gaussians and two-spirals; about 30 s on one core).
     #[arg(long)]
     pub preset: Option<String>,
     /// Checkpoint to write (.safetensors); the best validation model goes beside it as
