@@ -943,7 +943,7 @@ fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
     writeln!(md, "## Training step of each architecture: rnvp against PyTorch\n")?;
     writeln!(
         md,
-        "d = 2 (two moons), hidden {hidden}, batch 512, {} thread(s), medians over {} repetitions \
+        "{}d = 2 (two moons), hidden {hidden}, batch 512, {} thread(s), medians over {} repetitions \
          (min–max in brackets). rnvp: `rnvp train --data two-moons --arch A --layers L --hidden {hidden} \
          --init identity --clip-grad 1` (default engine: the fused kernels, libtorch for realnvp's batch \
          norm); PyTorch: `scripts/reference.py train --arch A` (the same layers as `Flow(2, 1, {hidden}, \
@@ -951,7 +951,13 @@ fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
          Per-step time = the training loop's seconds (each program's own clock: rnvp's `--log`, \
          reference.py's `--eval-every` line; start-up, validation and checkpoints excluded) / steps: \
          rnvp {rnvp_steps} steps, PyTorch {torch_steps}. The two sides alternate.\n",
-        o.threads, o.reps
+        if o.quick {
+            "**Quick run (`--quick`): 8 layers and short runs only, not the measured comparison.** "
+        } else {
+            ""
+        },
+        o.threads,
+        o.reps
     )?;
     writeln!(
         md,
