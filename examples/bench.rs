@@ -850,6 +850,15 @@ fn family_header(o: &Opts) -> Result<String> {
     Ok(md)
 }
 
+/// The steps an `rnvp train --log` CSV holds and the training seconds (validation and checkpoints
+/// excluded) of its last row.
+fn log_seconds(log: &Path) -> Result<(usize, f64)> {
+    let csv = std::fs::read_to_string(log)?;
+    let last = csv.lines().last().context("empty log")?;
+    let secs: f64 = last.split(',').nth(3).context("no seconds in the log's last row")?.parse()?;
+    Ok((csv.lines().count() - 1, secs))
+}
+
 /// The architectures of the speed section.
 const SPEED_ARCHS: [&str; 4] = ["notebook", "nice", "realnvp", "glow"];
 
@@ -867,18 +876,13 @@ fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
         for &l in &depths {
             let ls = l.to_string();
             let (ck, log) = (work.join("speed.safetensors"), work.join("speed.csv"));
+            // the same flags on both sides
+            let model = ["--arch", arch, "--layers", &ls, "--hidden", hidden];
             let rnvp_ms = || -> Result<f64> {
                 let ss = rnvp_steps.to_string();
-                let args = [
-                    "train",
-                    "--data",
-                    "two-moons",
-                    "--arch",
-                    arch,
-                    "--layers",
-                    &ls,
-                    "--hidden",
-                    hidden,
+                let mut args = vec!["train", "--data", "two-moons"];
+                args.extend(model);
+                args.extend([
                     "--steps",
                     &ss,
                     "--val-every",
@@ -892,31 +896,15 @@ fn family_speed(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
                     ck.to_str().unwrap(),
                     "--log",
                     log.to_str().unwrap(),
-                ];
+                ]);
                 timed(&mut rnvp(&args, o)).with_context(|| format!("speed: rnvp {arch}, {l} layers"))?;
-                // the training seconds (validation excluded) of the log's last row
-                let csv = std::fs::read_to_string(&log)?;
-                let last = csv.lines().last().context("empty log")?;
-                let secs: f64 = last.split(',').nth(3).context("no seconds in the log")?.parse()?;
-                Ok(secs / rnvp_steps as f64 * 1e3)
+                Ok(log_seconds(&log)?.1 / rnvp_steps as f64 * 1e3)
             };
             let torch_ms = || -> Result<f64> {
                 let ss = torch_steps.to_string();
-                let args = [
-                    "train",
-                    "--arch",
-                    arch,
-                    "--layers",
-                    &ls,
-                    "--hidden",
-                    hidden,
-                    "--steps",
-                    &ss,
-                    "--eval-every",
-                    &ss,
-                    "--eval-n",
-                    "1000",
-                ];
+                let mut args = vec!["train"];
+                args.extend(model);
+                args.extend(["--steps", &ss, "--eval-every", &ss, "--eval-n", "1000"]);
                 // prints `step seconds nll`, the seconds those of the training loop
                 let (_, out) = timed(&mut torch(&args, o))?;
                 let last = out.lines().last().context("reference.py train printed nothing")?;
@@ -1470,11 +1458,7 @@ fn zoo_rnvp(
             Err(e) if e.to_string().contains("training stopped") => return Ok(None),
             Err(e) => return Err(e),
         }
-        // the training seconds (validation excluded) of the last row
-        let csv = std::fs::read_to_string(&log)?;
-        let last = csv.lines().last().context("empty log")?;
-        let secs: f64 = last.split(',').nth(3).context("no seconds in the log's last row")?.parse()?;
-        Ok(Some((csv.lines().count() - 1, secs)))
+        Ok(Some(log_seconds(&log)?))
     };
     let Some((cal_steps, cal_secs)) = run(150, 150)? else {
         return Ok(ZooResult { nll: None, seconds: 0.0, steps: 0, params: 0, note: "stopped".into() });
