@@ -80,8 +80,7 @@ pub(super) fn forward(kind: LayerKind, p: &[f32], d: usize, xs: &mut [f32], log_
     let ld = log_det_of(kind, p, d);
     match kind {
         LayerKind::ActNorm | LayerKind::DiagonalScale => {
-            let (loc, ls) =
-                if kind == LayerKind::ActNorm { (&p[..d], &p[d..2 * d]) } else { (&[][..], &p[..d]) };
+            let (loc, ls) = affine_parts(kind, p, d);
             let e: [f32; MAX_D] = std::array::from_fn(|i| if i < d { ls[i].exp() } else { 0.0 });
             for row in xs.chunks_exact_mut(d) {
                 for i in 0..d {
@@ -132,8 +131,7 @@ pub(super) fn forward(kind: LayerKind, p: &[f32], d: usize, xs: &mut [f32], log_
 pub(super) fn inverse(kind: LayerKind, p: &[f32], d: usize, zs: &mut [f32]) {
     match kind {
         LayerKind::ActNorm | LayerKind::DiagonalScale => {
-            let (loc, ls) =
-                if kind == LayerKind::ActNorm { (&p[..d], &p[d..2 * d]) } else { (&[][..], &p[..d]) };
+            let (loc, ls) = affine_parts(kind, p, d);
             let e: [f32; MAX_D] = std::array::from_fn(|i| if i < d { (-ls[i]).exp() } else { 0.0 });
             for row in zs.chunks_exact_mut(d) {
                 for i in 0..d {
@@ -142,13 +140,7 @@ pub(super) fn inverse(kind: LayerKind, p: &[f32], d: usize, zs: &mut [f32]) {
             }
         }
         LayerKind::Permutation => {
-            let perm = indices(p, d);
-            for row in zs.chunks_exact_mut(d) {
-                let z: [f32; MAX_D] = std::array::from_fn(|i| if i < d { row[i] } else { 0.0 });
-                for i in 0..d {
-                    row[perm[i]] = z[i];
-                }
-            }
+            scatter(&indices(p, d), d, zs);
         }
         LayerKind::Lu => {
             let lu = Lu::new(p, d);
@@ -195,7 +187,7 @@ pub(super) fn backward(
     match kind {
         LayerKind::ActNorm | LayerKind::DiagonalScale => {
             let actnorm = kind == LayerKind::ActNorm;
-            let (loc, ls) = if actnorm { (&p[..d], &p[d..2 * d]) } else { (&[][..], &p[..d]) };
+            let (loc, ls) = affine_parts(kind, p, d);
             let e: [f32; MAX_D] = std::array::from_fn(|i| if i < d { ls[i].exp() } else { 0.0 });
             let mut gloc = [0.0f32; MAX_D];
             let mut gls = [0.0f32; MAX_D];
@@ -216,13 +208,8 @@ pub(super) fn backward(
             }
         }
         LayerKind::Permutation => {
-            let perm = indices(p, d);
-            for gz in grad.chunks_exact_mut(d) {
-                let z: [f32; MAX_D] = std::array::from_fn(|i| if i < d { gz[i] } else { 0.0 });
-                for i in 0..d {
-                    gz[perm[i]] = z[i];
-                }
-            }
+            // the gradient of a gather is the scatter
+            scatter(&indices(p, d), d, grad);
         }
         LayerKind::Lu => {
             let lu = Lu::new(p, d);
@@ -262,5 +249,24 @@ pub(super) fn backward(
             }
         }
         _ => {}
+    }
+}
+
+/// An ActNorm's `(loc, log_scale)` or a diagonal scaling's `(empty, log_scale)` in its parameters.
+fn affine_parts(kind: LayerKind, p: &[f32], d: usize) -> (&[f32], &[f32]) {
+    if kind == LayerKind::ActNorm {
+        (&p[..d], &p[d..2 * d])
+    } else {
+        (&[], &p[..d])
+    }
+}
+
+/// `row[perm[i]] = old row[i]` for every row: the inverse of a permutation's `z_i = x_{perm[i]}`.
+fn scatter(perm: &[usize; MAX_D], d: usize, rows: &mut [f32]) {
+    for row in rows.chunks_exact_mut(d) {
+        let z: [f32; MAX_D] = std::array::from_fn(|i| if i < d { row[i] } else { 0.0 });
+        for i in 0..d {
+            row[perm[i]] = z[i];
+        }
     }
 }

@@ -216,6 +216,17 @@ impl Packing {
         }
     }
 
+    /// Panics unless `log_det` has one number per row of `data` numbers (a caller's bug).
+    fn check_log_dets(&self, data: usize, log_det: &[f32]) {
+        assert_eq!(
+            data,
+            log_det.len() * self.d,
+            "kernel: {} rows but {} log-dets",
+            data / self.d,
+            log_det.len()
+        );
+    }
+
     /// Panics unless `grads` has one number per parameter (a caller's bug, not bad data).
     fn check_grads(&self, grads: &[f32]) {
         assert_eq!(
@@ -249,13 +260,7 @@ impl Packing {
     /// Panics if `params` is not a buffer of this packing or the lengths disagree.
     pub fn forward(&self, params: &[f32], xs: &mut [f32], log_det: &mut [f32]) {
         self.check_lengths(params, xs.len());
-        assert_eq!(
-            xs.len(),
-            log_det.len() * self.d,
-            "kernel: {} rows but {} log-dets",
-            xs.len() / self.d,
-            log_det.len()
-        );
+        self.check_log_dets(xs.len(), log_det);
         for (l, op) in self.ops.iter().enumerate() {
             let p = &params[op.range()];
             match *op {
@@ -406,13 +411,7 @@ impl Packing {
     /// [`Packing::forward`] on `threads` threads (same panics).
     pub fn forward_par(&self, params: &[f32], xs: &mut [f32], log_det: &mut [f32], threads: usize) {
         self.check_lengths(params, xs.len());
-        assert_eq!(
-            xs.len(),
-            log_det.len() * self.d,
-            "kernel: {} rows but {} log-dets",
-            xs.len() / self.d,
-            log_det.len()
-        );
+        self.check_log_dets(xs.len(), log_det);
         let d = self.d;
         let blocks = Self::row_blocks(log_det.len(), threads, 1024);
         if blocks.len() <= 1 {
