@@ -175,18 +175,7 @@ impl StackedNvp {
         let n = xs.size()[0].max(1) as f64;
         // the forward pass without autograd, keeping the statistics batch norm normalised with
         let mut stats: Vec<Option<BatchStats>> = Vec::with_capacity(self.layers.len());
-        let (zs, log_det) = tch::no_grad(|| {
-            let mut zs = xs.shallow_clone();
-            let mut log_det: Option<Tensor> = None;
-            for layer in &self.layers {
-                stats.push(matches!(layer, Layer::BatchNorm(_)).then(|| BatchNorm::batch_stats(&zs)));
-                let (next, ld) = layer.forward(&zs, Mode::Train);
-                zs = next;
-                log_det = add(log_det, ld);
-            }
-            let log_det = log_det.unwrap_or_else(|| zs.zeros_like().sum_dim_intlist(-1, false, None));
-            (zs, log_det)
-        });
+        let (zs, log_det) = tch::no_grad(|| self.pass(xs, Mode::Train, Some(&mut stats)));
         let value = -(base::log_prob(&zs) + log_det).mean(Kind::Double).double_value(&[]);
         if !value.is_finite() {
             return Ok(value);
@@ -217,9 +206,23 @@ impl StackedNvp {
 
     /// `(z, Σ log|det|)` through all layers in `mode`, without input checks.
     pub(crate) fn transform_mode(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
+        self.pass(xs, mode, None)
+    }
+
+    /// `(z, Σ log|det|)` through all layers in `mode`; with `stats`, each layer's batch statistics
+    /// (`Some` for batch norm, computed from its input) are recorded in order.
+    fn pass(
+        &self,
+        xs: &Tensor,
+        mode: Mode,
+        mut stats: Option<&mut Vec<Option<BatchStats>>>,
+    ) -> (Tensor, Tensor) {
         let mut zs = xs.shallow_clone();
         let mut log_det: Option<Tensor> = None;
         for layer in &self.layers {
+            if let Some(stats) = stats.as_deref_mut() {
+                stats.push(matches!(layer, Layer::BatchNorm(_)).then(|| BatchNorm::batch_stats(&zs)));
+            }
             let (next, ld) = layer.forward(&zs, mode);
             zs = next;
             log_det = add(log_det, ld);

@@ -67,6 +67,13 @@ impl Packing {
         }
     }
 
+    /// [`Packing::place`] of a variable a layer holds: an error when this packing has no such
+    /// variable (the layers are not those it was made for).
+    fn layer_place(&self, layer: usize, key: &str) -> Result<Place> {
+        self.place(layer, key)
+            .ok_or_else(|| Error::InvalidConfig(format!("kernel: layer {layer} has no '{key}'")))
+    }
+
     /// The variables of the stack: (layer, key within the layer).
     fn keys(&self) -> Vec<(usize, &'static str)> {
         (0..self.layers())
@@ -109,9 +116,7 @@ impl Packing {
         }
         for (j, layer) in layers.iter().enumerate() {
             for (key, t) in layer.variables() {
-                let place = self
-                    .place(j, key)
-                    .ok_or_else(|| Error::InvalidConfig(format!("kernel: layer {j} has no '{key}'")))?;
+                let place = self.layer_place(j, key)?;
                 let v = flat(&t)?;
                 self.put(&mut buf, j, place, &v);
             }
@@ -124,9 +129,7 @@ impl Packing {
         tch::no_grad(|| -> Result<()> {
             for (j, layer) in layers.iter().enumerate() {
                 for (key, t) in layer.variables() {
-                    let place = self
-                        .place(j, key)
-                        .ok_or_else(|| Error::InvalidConfig(format!("kernel: layer {j} has no '{key}'")))?;
+                    let place = self.layer_place(j, key)?;
                     let v = Tensor::from_slice(&self.get(buf, j, place)).view(&t.size()[..]);
                     t.shallow_clone().f_copy_(&v)?;
                 }
