@@ -41,6 +41,10 @@ pub struct FlowConfig {
     pub init: Init,
     /// The layers of each step (the notebook's: one affine coupling with `exp`, flips alternating).
     pub arch: Arch,
+    /// Width `m` of the context `c` of a conditional flow `p(x | c)`, which enters every
+    /// conditioner beside the conditioning columns (`[x₁, c]`); 0 for the notebook's unconditional
+    /// flow.
+    pub context: i64,
 }
 
 impl FlowConfig {
@@ -54,6 +58,7 @@ impl FlowConfig {
             layout: Layout::Stacked,
             init: Init::Pytorch,
             arch: Arch::NOTEBOOK,
+            context: 0,
         }
     }
 
@@ -67,6 +72,7 @@ impl FlowConfig {
             layout: Layout::Single,
             init: Init::Pytorch,
             arch: Arch::NOTEBOOK,
+            context: 0,
         }
     }
 
@@ -87,6 +93,12 @@ impl FlowConfig {
         self
     }
 
+    /// The same configuration conditioned on a context of width `m`.
+    pub fn with_context(mut self, m: i64) -> Self {
+        self.context = m;
+        self
+    }
+
     /// Checks that the flow can be built: `d ≥ 2`, `1 ≤ k < d`, `hidden ≥ 1`, `layers ≥ 1`
     /// (exactly 1 for a single layer).
     pub fn validate(&self) -> Result<()> {
@@ -102,6 +114,9 @@ impl FlowConfig {
         }
         if self.layers < 1 {
             return bad(format!("layers = {} (needs at least 1 coupling layer)", self.layers));
+        }
+        if self.context < 0 {
+            return bad(format!("context = {} (a context has 0 or more columns)", self.context));
         }
         if self.layout == Layout::Single && self.layers != 1 {
             return bad(format!("a single R_NVP has 1 layer, not {}", self.layers));
@@ -135,6 +150,11 @@ impl FlowConfig {
             return Some(LayerKind::DiagonalScale);
         }
         Some(self.arch.step_layer(j % step, self.flip((j / step) as i64)))
+    }
+
+    /// Width of a coupling's conditioner input: its conditioning columns and the context.
+    pub fn net_input(&self, flip: bool) -> i64 {
+        self.cond_dim(flip) + self.context
     }
 
     /// Columns that condition a layer: `k` unflipped, the last `d - k` flipped.
@@ -183,8 +203,9 @@ impl FlowConfig {
     }
 
     /// The shape of the variable `name` (a state_dict key), or `None` when the model has no such
-    /// variable: `N.0.weight` is `[hidden, c]`, `N.0.bias` `[hidden]`, `N.2.weight` `[o, hidden]`,
-    /// `N.2.bias` `[o]`, with `c` the layer's conditioning columns and `o = d − c`.
+    /// variable: `N.0.weight` is `[hidden, c + m]`, `N.0.bias` `[hidden]`, `N.2.weight`
+    /// `[o, hidden]`, `N.2.bias` `[o]`, with `c` the layer's conditioning columns, `m` the context's
+    /// width and `o = d − c`.
     pub fn variable_shape(&self, name: &str) -> Option<Vec<i64>> {
         let (kind, key) = match self.layout {
             Layout::Single => (LayerKind::Affine { flip: false }, name),
@@ -204,7 +225,7 @@ impl FlowConfig {
         let (d, h) = (self.d, self.hidden);
         let (c, o) = match kind {
             LayerKind::Affine { flip } | LayerKind::Additive { flip } => {
-                (self.cond_dim(flip), self.d - self.cond_dim(flip))
+                (self.net_input(flip), self.d - self.cond_dim(flip))
             }
             _ => (0, 0),
         };

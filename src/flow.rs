@@ -2,6 +2,10 @@
 //!
 //! Direction, as in the notebook: `forward` maps data `x` to latent `z`, `inverse` maps `z` to `x`,
 //! and `log p(x) = log N(f(x); 0, I) + Σᵢ log|det ∂zᵢ/∂zᵢ₋₁|`. Sampling is `inverse(N(0, I))`.
+//!
+//! A conditional flow (`FlowConfig::context` = m > 0) is a density `p(x | c)`: the same maps with
+//! the context `c ∈ Rᵐ` fed to every coupling's networks, one context row per data row; the base
+//! stays N(0, I). `flow.given(&c).log_prob(&x)`, `flow.given(&c).sample(n)`.
 use crate::base;
 use crate::config::LayerKind;
 use crate::config::{FlowConfig, Layout};
@@ -101,12 +105,44 @@ impl StackedNvp {
         check_input(xs, what, self.cfg.d, &self.probe)
     }
 
+    /// Checks that a context is given exactly when the flow is conditional, as `[rows, m]` with the
+    /// model's dtype and device.
+    pub fn check_context(&self, context: Option<&Tensor>, rows: i64) -> Result<()> {
+        let m = self.cfg.context;
+        match context {
+            None if m > 0 => Err(Error::InvalidConfig(format!(
+                "this flow is conditional on a context of {m} columns: give one (flow.given(&c))"
+            ))),
+            None => Ok(()),
+            Some(_) if m == 0 => {
+                Err(Error::InvalidConfig("this flow is unconditional: it takes no context".into()))
+            }
+            Some(c) => {
+                check_input(c, "context", m, &self.probe)?;
+                if c.size()[0] != rows {
+                    return Err(Error::Shape {
+                        what: "context".into(),
+                        expected: format!("[{rows}, {m}] (one row per data row)"),
+                        found: c.size(),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks the rows `xs` and their context.
+    fn check_with(&self, xs: &Tensor, context: Option<&Tensor>, what: &str) -> Result<()> {
+        self.check(xs, what)?;
+        self.check_context(context, xs.size()[0])
+    }
+
     /// The notebook's `forward(x)`: `(z, log_pz, log_jacob)` with `log_pz = log N(z; 0, I)` of the
     /// final `z` (computed once) and `log_jacob` the sum of the layers' log-determinants.
     /// Keeps the autograd graph: `loss = −(log_pz + log_jacob).mean()` trains the flow.
     pub fn forward(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        self.check(xs, "input")?;
-        let (zs, log_jacob) = self.transform(xs);
+        self.check_with(xs, None, "input")?;
+        let (zs, log_jacob) = self.transform(xs, None);
         let log_pz = base::log_prob(&zs);
         Ok((zs, log_pz, log_jacob))
     }
@@ -114,21 +150,28 @@ impl StackedNvp {
     /// `(z, Σ log|det|)` in `mode`, keeping the autograd graph: [`Mode::Train`] as a training
     /// step runs (ActNorm initialises itself on its first batch, batch norm normalises with the
     /// batch's statistics and moves its running averages), [`Mode::Replay`] the same maths without
-    /// changing any state, [`Mode::Eval`] as [`StackedNvp::forward`].
-    pub fn forward_in(&self, xs: &Tensor, mode: Mode) -> Result<(Tensor, Tensor)> {
-        self.check(xs, "input")?;
-        Ok(self.transform_mode(xs, mode))
+    /// changing any state, [`Mode::Eval`] as [`StackedNvp::forward`]. `context`: the rows'
+    /// context in a conditional flow, `None` otherwise.
+    pub fn forward_in(&self, xs: &Tensor, context: Option<&Tensor>, mode: Mode) -> Result<(Tensor, Tensor)> {
+        self.check_with(xs, context, "input")?;
+        Ok(self.transform_mode(xs, context, mode))
     }
 
     /// The notebook's `inverse(z)`: the layers in reverse order, each inverted with its flip.
     pub fn inverse(&self, zs: &Tensor) -> Result<Tensor> {
-        self.check(zs, "latent")?;
-        Ok(self.untransform(zs))
+        self.check_with(zs, None, "latent")?;
+        Ok(self.untransform(zs, None))
     }
 
     /// This flow run by `engine` (see [`Run`]).
     pub fn run(&self, engine: Engine) -> Run<'_> {
         Run::new(self, engine)
+    }
+
+    /// This conditional flow at the context `c`, run by [`Engine::Auto`]: `c` is one row `[m]` or
+    /// `[1, m]` (the same context for every row) or one row per data row.
+    pub fn given<'a>(&'a self, c: &'a Tensor) -> Run<'a> {
+        self.run(Engine::Auto).given(c)
     }
 
     /// `log p(x)`, one value per row, without autograd, run by [`Engine::Auto`].
@@ -161,10 +204,10 @@ impl StackedNvp {
     /// inverse, the layer is re-run with autograd and the incoming gradient is passed through it.
     /// Memory then stays that of one layer whatever the depth (Gomez et al. 2017, Glow 2018);
     /// gradients equal ordinary backpropagation's up to rounding.
-    pub fn loss_backward(&self, xs: &Tensor, reversible: bool) -> Result<f64> {
-        self.check(xs, "input")?;
+    pub fn loss_backward(&self, xs: &Tensor, context: Option<&Tensor>, reversible: bool) -> Result<f64> {
+        self.check_with(xs, context, "input")?;
         if !reversible {
-            let (zs, log_det) = self.transform_mode(xs, Mode::Train);
+            let (zs, log_det) = self.transform_mode(xs, context, Mode::Train);
             let loss = -(base::log_prob(&zs) + log_det).mean(self.kind());
             let value = loss.double_value(&[]);
             if value.is_finite() {
@@ -175,7 +218,7 @@ impl StackedNvp {
         let n = xs.size()[0].max(1) as f64;
         // the forward pass without autograd, keeping the statistics batch norm normalised with
         let mut stats: Vec<Option<BatchStats>> = Vec::with_capacity(self.layers.len());
-        let (zs, log_det) = tch::no_grad(|| self.pass(xs, Mode::Train, Some(&mut stats)));
+        let (zs, log_det) = tch::no_grad(|| self.pass(xs, context, Mode::Train, Some(&mut stats)));
         let value = -(base::log_prob(&zs) + log_det).mean(Kind::Double).double_value(&[]);
         if !value.is_finite() {
             return Ok(value);
@@ -184,8 +227,8 @@ impl StackedNvp {
         let mut grad_z = &zs / n;
         let mut out = zs;
         for (layer, stats) in self.layers.iter().zip(&stats).rev() {
-            let input = tch::no_grad(|| layer.inverse(&out, stats.as_ref())).set_requires_grad(true);
-            let (z, ld) = layer.forward(&input, Mode::Replay);
+            let input = tch::no_grad(|| layer.inverse(&out, context, stats.as_ref())).set_requires_grad(true);
+            let (z, ld) = layer.forward(&input, context, Mode::Replay);
             let surrogate = match ld {
                 Some(ld) => (z * &grad_z).sum(self.kind()) - ld.sum(self.kind()) / n,
                 None => (z * &grad_z).sum(self.kind()),
@@ -200,13 +243,18 @@ impl StackedNvp {
     }
 
     /// `(z, Σ log|det|)` through all layers in evaluation mode, without input checks.
-    pub(crate) fn transform(&self, xs: &Tensor) -> (Tensor, Tensor) {
-        self.transform_mode(xs, Mode::Eval)
+    pub(crate) fn transform(&self, xs: &Tensor, context: Option<&Tensor>) -> (Tensor, Tensor) {
+        self.transform_mode(xs, context, Mode::Eval)
     }
 
     /// `(z, Σ log|det|)` through all layers in `mode`, without input checks.
-    pub(crate) fn transform_mode(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
-        self.pass(xs, mode, None)
+    pub(crate) fn transform_mode(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        mode: Mode,
+    ) -> (Tensor, Tensor) {
+        self.pass(xs, context, mode, None)
     }
 
     /// `(z, Σ log|det|)` through all layers in `mode`; with `stats`, each layer's batch statistics
@@ -214,6 +262,7 @@ impl StackedNvp {
     fn pass(
         &self,
         xs: &Tensor,
+        context: Option<&Tensor>,
         mode: Mode,
         mut stats: Option<&mut Vec<Option<BatchStats>>>,
     ) -> (Tensor, Tensor) {
@@ -223,7 +272,7 @@ impl StackedNvp {
             if let Some(stats) = stats.as_deref_mut() {
                 stats.push(matches!(layer, Layer::BatchNorm(_)).then(|| BatchNorm::batch_stats(&zs)));
             }
-            let (next, ld) = layer.forward(&zs, mode);
+            let (next, ld) = layer.forward(&zs, context, mode);
             zs = next;
             log_det = add(log_det, ld);
         }
@@ -232,11 +281,11 @@ impl StackedNvp {
         (zs, log_det)
     }
 
-    /// The inverse through all layers (evaluation mode), without input checks.
-    pub(crate) fn untransform(&self, zs: &Tensor) -> Tensor {
+    /// The inverse through all layers (evaluation mode) given the context, without input checks.
+    pub(crate) fn untransform(&self, zs: &Tensor, context: Option<&Tensor>) -> Tensor {
         let mut xs = zs.shallow_clone();
         for layer in self.layers.iter().rev() {
-            xs = layer.inverse(&xs, None);
+            xs = layer.inverse(&xs, context, None);
         }
         xs
     }

@@ -1,7 +1,8 @@
 //! How a flow is run: the engine that computes its passes is a property of the run, not of the
 //! model. With `model` a [`StackedNvp`] (`flow.stack()` of a [`crate::Flow`]),
 //! `model.run(Engine::Libtorch).log_prob(&xs)` evaluates with libtorch operations and
-//! `model.log_prob(&xs)` with [`Engine::Auto`] (the fused kernels where they apply).
+//! `model.log_prob(&xs)` with [`Engine::Auto`] (the fused kernels where they apply). A
+//! conditional flow runs at a context: `model.run(engine).given(&c).sample(n)`.
 use crate::base;
 use crate::error::{Error, Result};
 use crate::flow::StackedNvp;
@@ -11,8 +12,8 @@ use tch::Tensor;
 /// What computes a flow's passes on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
-    /// The fused kernels where they apply (float32 on the CPU, `k` and `d − k` at most 4, no
-    /// batch norm), libtorch elsewhere.
+    /// The fused kernels where they apply (float32 on the CPU, conditioner inputs `k + m`,
+    /// `d − k + m` and outputs at most 4, no batch norm), libtorch elsewhere.
     #[default]
     Auto,
     /// The fused kernels ([`crate::kernel`]); an error where they do not apply.
@@ -33,17 +34,46 @@ impl std::str::FromStr for Engine {
     }
 }
 
-/// A flow run by an engine: `log_prob`, `encode`, `decode` and `sample` without autograd.
+/// A flow run by an engine (at a context, for a conditional flow): `log_prob`, `encode`,
+/// `decode` and `sample` without autograd.
 #[derive(Debug, Clone, Copy)]
 pub struct Run<'a> {
     flow: &'a StackedNvp,
     engine: Engine,
+    context: Option<&'a Tensor>,
 }
 
 impl<'a> Run<'a> {
     /// `flow` run by `engine`.
     pub fn new(flow: &'a StackedNvp, engine: Engine) -> Self {
-        Run { flow, engine }
+        Run { flow, engine, context: None }
+    }
+
+    /// The same run at the context `c` of a conditional flow: one row (`[m]` or `[1, m]`, the
+    /// same context for every row) or one row per data row (`[n, m]`).
+    pub fn given(self, c: &'a Tensor) -> Self {
+        Run { context: Some(c), ..self }
+    }
+
+    /// The same run at an optional context.
+    pub fn given_opt(self, c: Option<&'a Tensor>) -> Self {
+        Run { context: c, ..self }
+    }
+
+    /// The context for `rows` rows (a single row repeated), checked against the flow.
+    fn context_for(&self, rows: i64) -> Result<Option<Tensor>> {
+        let c = self.context.map(|c| match c.dim() {
+            1 => c.unsqueeze(0),
+            _ => c.shallow_clone(),
+        });
+        let c = match c {
+            Some(c) if c.dim() == 2 && c.size()[0] == 1 && rows != 1 => {
+                Some(c.expand([rows, c.size()[1]], false))
+            }
+            c => c,
+        };
+        self.flow.check_context(c.as_ref(), rows)?;
+        Ok(c)
     }
 
     /// The flow.
@@ -66,13 +96,15 @@ impl<'a> Run<'a> {
             Engine::Fused => flow.packing().map(Some).ok_or_else(|| {
                 let cfg = flow.config();
                 Error::InvalidConfig(format!(
-                    "the fused engine runs float32 flows on the CPU with k and d − k at most {} and \
-                     no batch norm (this flow: {:?} on {:?}, d = {}, k = {}, {})",
+                    "the fused engine runs float32 flows on the CPU whose conditioners take and give at \
+                     most {} columns (k + m and d − k + m with a context of m) and no batch norm (this flow: \
+                     {:?} on {:?}, d = {}, k = {}, m = {}, {})",
                     kernel::MAX_WIDTH,
                     flow.kind(),
                     flow.device(),
                     cfg.d,
                     cfg.k,
+                    cfg.context,
                     cfg.arch.describe()
                 ))
             }),
@@ -82,13 +114,14 @@ impl<'a> Run<'a> {
     /// `log p(x)`, one value per row.
     pub fn log_prob(&self, xs: &Tensor) -> Result<Tensor> {
         self.flow.check(xs, "input")?;
+        let c = self.context_for(xs.size()[0])?;
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(xs, |xs| {
-                let (zs, log_jacob) = self.flow.transform(xs);
+            return Ok(chunked(xs, c.as_ref(), |xs, c| {
+                let (zs, log_jacob) = self.flow.transform(xs, c);
                 base::log_prob(&zs) + log_jacob
             }));
         };
-        let (zs, log_det) = self.fused_forward(&pk, xs)?;
+        let (zs, log_det) = self.fused_forward(&pk, xs, c.as_ref())?;
         let lp: Vec<f32> = zs
             .chunks_exact(self.flow.config().d as usize)
             .zip(log_det)
@@ -100,10 +133,11 @@ impl<'a> Run<'a> {
     /// `z = f(x)`.
     pub fn encode(&self, xs: &Tensor) -> Result<Tensor> {
         self.flow.check(xs, "input")?;
+        let c = self.context_for(xs.size()[0])?;
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(xs, |xs| self.flow.transform(xs).0));
+            return Ok(chunked(xs, c.as_ref(), |xs, c| self.flow.transform(xs, c).0));
         };
-        let (zs, _) = self.fused_forward(&pk, xs)?;
+        let (zs, _) = self.fused_forward(&pk, xs, c.as_ref())?;
         Ok(Tensor::from_slice(&zs).view([-1, self.flow.config().d]))
     }
 
@@ -124,21 +158,25 @@ impl<'a> Run<'a> {
     }
 
     fn decode_unchecked(&self, zs: &Tensor) -> Result<Tensor> {
+        let c = self.context_for(zs.size()[0])?;
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(zs, |zs| self.flow.untransform(zs)));
+            return Ok(chunked(zs, c.as_ref(), |zs, c| self.flow.untransform(zs, c)));
         };
         let params = pk.pack(self.flow.layers())?;
         let mut xs = kernel::flat(zs)?;
-        pk.inverse_par(&params, &mut xs, threads());
+        let ctx = c.as_ref().map(kernel::flat).transpose()?.unwrap_or_default();
+        pk.inverse_given_par(&params, &mut xs, &ctx, threads());
         Ok(Tensor::from_slice(&xs).view([-1, self.flow.config().d]))
     }
 
-    /// The fused forward pass on `xs`: `(z, Σ log|det|)` as flat row-major vectors.
-    fn fused_forward(&self, pk: &Packing, xs: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// The fused forward pass on `xs` given the context `c`: `(z, Σ log|det|)` as flat row-major
+    /// vectors.
+    fn fused_forward(&self, pk: &Packing, xs: &Tensor, c: Option<&Tensor>) -> Result<(Vec<f32>, Vec<f32>)> {
         let params = pk.pack(self.flow.layers())?;
         let mut zs = kernel::flat(xs)?;
+        let ctx = c.map(kernel::flat).transpose()?.unwrap_or_default();
         let mut log_det = vec![0.0f32; xs.size()[0] as usize];
-        pk.forward_par(&params, &mut zs, &mut log_det, threads());
+        pk.forward_given_par(&params, &mut zs, &ctx, &mut log_det, threads());
         Ok((zs, log_det))
     }
 }
@@ -147,14 +185,18 @@ impl<'a> Run<'a> {
 /// stay in cache instead of making one pass over memory per operation for the whole input.
 const CHUNK: i64 = 2048;
 
-/// `f` applied to row blocks of `xs` without autograd, the results concatenated.
-fn chunked(xs: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
+/// `f` applied to row blocks of `xs` (and of their context) without autograd, the results
+/// concatenated.
+fn chunked(xs: &Tensor, context: Option<&Tensor>, f: impl Fn(&Tensor, Option<&Tensor>) -> Tensor) -> Tensor {
     tch::no_grad(|| {
         let n = xs.size()[0];
         if n <= CHUNK {
-            return f(xs);
+            return f(xs, context);
         }
-        let parts: Vec<Tensor> = xs.split(CHUNK, 0).iter().map(&f).collect();
+        let cs = context.map(|c| c.split(CHUNK, 0));
+        let parts: Vec<Tensor> = (xs.split(CHUNK, 0).iter().enumerate())
+            .map(|(i, x)| f(x, cs.as_ref().map(|cs| &cs[i])))
+            .collect();
         Tensor::cat(&parts, 0)
     })
 }

@@ -22,7 +22,7 @@ fn grads(flow: &Flow, xs: &Tensor, reversible: bool) -> (f64, Vec<(String, Tenso
     for (_, v) in vars.iter_mut() {
         v.zero_grad();
     }
-    let loss = flow.stack().loss_backward(xs, reversible).unwrap();
+    let loss = flow.stack().loss_backward(xs, None, reversible).unwrap();
     (loss, vars.iter().map(|(n, v)| (n.clone(), v.grad().copy())).collect())
 }
 

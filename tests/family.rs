@@ -52,7 +52,7 @@ fn pytorch_models_of_every_architecture_load_and_match() {
                 let flow = ck.to_flow(Device::Cpu, kind).unwrap();
                 let what = format!("{name} {dtype} d = {d}");
                 let x = npy(dir.join("x.npy"));
-                let (z, log_det) = flow.stack().forward_in(&x, Mode::Eval).unwrap();
+                let (z, log_det) = flow.stack().forward_in(&x, None, Mode::Eval).unwrap();
                 assert_close(&z, &npy(dir.join("z.npy")), atol, atol, &format!("{what}: z"));
                 assert_close(
                     &log_det,
@@ -65,7 +65,7 @@ fn pytorch_models_of_every_architecture_load_and_match() {
                 assert_close(&lp, &npy(dir.join("log_prob.npy")), atol, atol, &format!("{what}: log_prob"));
                 let x_inv = flow.stack().decode(&npy(dir.join("z_in.npy"))).unwrap();
                 assert_close(&x_inv, &npy(dir.join("x_inv.npy")), atol, atol, &format!("{what}: inverse"));
-                let (zt, ldt) = flow.stack().forward_in(&x, Mode::Replay).unwrap();
+                let (zt, ldt) = flow.stack().forward_in(&x, None, Mode::Replay).unwrap();
                 assert_close(
                     &zt,
                     &npy(dir.join("z_train.npy")),
@@ -96,7 +96,7 @@ fn rnvp_pt_files_of_every_architecture_load_strictly_in_pytorch() {
             // training passes make ActNorm and batch norm's state non-trivial
             let batch = Tensor::randn([256, 4], (kind, Device::Cpu)) * 2.0 + 0.5;
             for _ in 0..3 {
-                flow.stack().loss_backward(&batch, false).unwrap();
+                flow.stack().loss_backward(&batch, None, false).unwrap();
             }
             let x = Tensor::randn([64, 4], (kind, Device::Cpu));
             let z_in = Tensor::randn([64, 4], (kind, Device::Cpu));

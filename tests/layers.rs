@@ -151,7 +151,7 @@ fn reversible_backprop_gives_ordinary_gradients_for_every_layer() {
                     }
                 }
             }
-            let loss = flow.stack().loss_backward(&xs, reversible).unwrap();
+            let loss = flow.stack().loss_backward(&xs, None, reversible).unwrap();
             let mut g: Vec<(String, Tensor)> = vars
                 .into_iter()
                 .filter(|(_, v)| v.requires_grad())
@@ -176,7 +176,7 @@ fn batch_norm_trains_on_batch_statistics_and_evaluates_on_running_ones() {
     let flow = perturbed(Arch::REALNVP, 2, 1, 1, 0.0, 4);
     let xs = randn(4096, 2, 13) * 3.0 + 5.0;
     let mean_before = flow.var_store().variables()["bijectors.1.running_mean"].copy();
-    flow.stack().loss_backward(&xs, false).unwrap();
+    flow.stack().loss_backward(&xs, None, false).unwrap();
     let vars = flow.var_store().variables();
     // one training pass moves the running mean 10% of the way to the batch's (through the coupling)
     let moved = (&vars["bijectors.1.running_mean"] - &mean_before).abs().sum(Kind::Double).double_value(&[]);
@@ -195,7 +195,7 @@ fn actnorm_initialises_once_from_data_and_the_flag_survives_every_format() {
     assert_eq!(vars["bijectors.0.initialized"].double_value(&[]), 0.0);
     let xs =
         randn(2048, 3, 15) * Tensor::from_slice(&[2.0, 0.5, 3.0]) + Tensor::from_slice(&[1.0, -2.0, 4.0]);
-    flow.stack().loss_backward(&xs, false).unwrap();
+    flow.stack().loss_backward(&xs, None, false).unwrap();
     assert_eq!(vars["bijectors.0.initialized"].double_value(&[]), 1.0);
     // the first ActNorm's output has zero mean and unit variance on the batch
     let loc = &vars["bijectors.0.loc"];
@@ -205,7 +205,7 @@ fn actnorm_initialises_once_from_data_and_the_flag_survives_every_format() {
     assert!((out.std_dim(0, false, false) - 1.0).abs().max().double_value(&[]) < 1e-5);
     // a second batch does not re-initialise
     let before = loc.copy();
-    flow.stack().loss_backward(&(xs.shallow_clone() * 10.0), false).unwrap();
+    flow.stack().loss_backward(&(xs.shallow_clone() * 10.0), None, false).unwrap();
     assert_eq!(max_abs(&before, loc), 0.0);
     let dir = std::env::temp_dir().join(format!("rnvp-actnorm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -218,7 +218,7 @@ fn actnorm_initialises_once_from_data_and_the_flag_survives_every_format() {
         let bv = back.var_store().variables();
         assert_eq!(bv["bijectors.0.initialized"].double_value(&[]), 1.0, "{file}");
         // training the reloaded model does not re-initialise it
-        back.stack().loss_backward(&(xs.shallow_clone() * 10.0), false).unwrap();
+        back.stack().loss_backward(&(xs.shallow_clone() * 10.0), None, false).unwrap();
         assert_eq!(max_abs(&before, &bv["bijectors.0.loc"]), 0.0, "{file}");
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -1,16 +1,17 @@
 //! TorchScript export: `encode.pt` (x → z), `log_prob.pt` (x → log p(x)) and `decode.pt`
 //! (z → x), traced from a frozen flow, loadable by `torch.jit.load` in Python, LibTorch C++ and
-//! `tch::CModule`. A scaler stored with the model is part of each function, so they work in the
-//! data's own units.
+//! `tch::CModule`. A scaler and bounds stored with the model are part of each function, so they
+//! work in the data's own units.
 use super::Checkpoint;
 use crate::error::{io_err, Error, Result};
 use std::path::{Path, PathBuf};
 use tch::{CModule, Device, Kind, Tensor};
 
-/// Traces `f` on an example batch and saves it atomically as a TorchScript file at `path`.
-fn trace_and_save(path: &Path, example: &Tensor, f: &mut dyn FnMut(&Tensor) -> Tensor) -> Result<()> {
-    let mut closure = |inputs: &[Tensor]| vec![f(&inputs[0])];
-    let module = CModule::create_by_tracing("rnvp", "forward", &[example.shallow_clone()], &mut closure)?;
+/// Traces `f` on example inputs and saves it atomically as a TorchScript file at `path`.
+fn trace_and_save(path: &Path, examples: &[Tensor], f: &mut dyn FnMut(&[Tensor]) -> Tensor) -> Result<()> {
+    let mut closure = |inputs: &[Tensor]| vec![f(inputs)];
+    let examples: Vec<Tensor> = examples.iter().map(Tensor::shallow_clone).collect();
+    let module = CModule::create_by_tracing("rnvp", "forward", &examples, &mut closure)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     if let Err(e) = module.save(&tmp) {
@@ -24,35 +25,81 @@ fn trace_and_save(path: &Path, example: &Tensor, f: &mut dyn FnMut(&Tensor) -> T
 }
 
 /// Writes `dir/encode.pt`, `dir/log_prob.pt` and `dir/decode.pt` for the checkpoint's flow in
-/// `kind`; returns the paths.
+/// `kind`; returns the paths. For a conditional flow each function takes the context as its
+/// second argument: `log_prob(x, c)`, `encode(x, c)`, `decode(z, c)` (one context row per row).
 pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let mut flow = ck.to_flow(Device::Cpu, kind)?;
     flow.var_store_mut().freeze();
-    let d = ck.config.d;
-    let (mean, std, log_det) = match &ck.scaler {
-        Some(s) => (
-            Tensor::from_slice(&s.mean).to_kind(kind).view([1, d]),
-            Tensor::from_slice(&s.std).to_kind(kind).view([1, d]),
-            s.log_det(),
-        ),
-        None => (Tensor::zeros([1, d], (kind, Device::Cpu)), Tensor::ones([1, d], (kind, Device::Cpu)), 0.0),
+    let (d, m) = (ck.config.d, ck.config.context);
+    if let Some(s) =
+        ck.scaler.as_ref().filter(|s| s.mean.len() as i64 != d + m || s.std.len() as i64 != d + m)
+    {
+        return Err(Error::Data(format!(
+            "the scaler has {} columns, the model {} and its context {m}",
+            s.mean.len(),
+            d
+        )));
+    }
+    let columns = |v: &[f64], start: i64, len: i64| {
+        Tensor::from_slice(&v[start as usize..(start + len) as usize]).to_kind(kind).view([1, len])
     };
-    let example = Tensor::randn([4, d], (kind, Device::Cpu));
+    let (zeros, ones) =
+        (|n| Tensor::zeros([1, n], (kind, Device::Cpu)), |n| Tensor::ones([1, n], (kind, Device::Cpu)));
+    // (mean, std) of the modelled columns and of the context columns
+    let ((mean, std), (c_mean, c_std), log_det) = match &ck.scaler {
+        Some(s) => (
+            (columns(&s.mean, 0, d), columns(&s.std, 0, d)),
+            (columns(&s.mean, d, m), columns(&s.std, d, m)),
+            s.log_det_of(d as usize),
+        ),
+        None => ((zeros(d), ones(d)), (zeros(m), ones(m)), 0.0),
+    };
+    let mut examples = vec![Tensor::randn([4, d], (kind, Device::Cpu))];
+    if m > 0 {
+        examples.push(Tensor::randn([4, m], (kind, Device::Cpu)));
+    }
     let flow = &flow;
+    // bounded columns: y = logit((x − lo) / (hi − lo)), log|dy/dx| summed per row
+    let bounds = ck.bounds.as_ref().map(|b| {
+        let row = |v: &[f64]| Tensor::from_slice(v).to_kind(kind).view([1, d]);
+        (row(&b.lo), row(&b.hi))
+    });
+    let to_logit = |xs: &Tensor| match &bounds {
+        Some((lo, hi)) => {
+            let u = (xs - lo) / (hi - lo);
+            let log_det = -((hi - lo).log() + u.log() + (-&u).log1p()).sum_dim_intlist(-1, false, None);
+            (u.log() - (-&u).log1p(), Some(log_det))
+        }
+        None => (xs.shallow_clone(), None),
+    };
+    let from_logit = |ys: Tensor| match &bounds {
+        Some((lo, hi)) => lo + (hi - lo) * ys.sigmoid(),
+        None => ys,
+    };
     let standardize = |xs: &Tensor| (xs - &mean) / &std;
+    let context = |inputs: &[Tensor]| inputs.get(1).map(|c| (c - &c_mean) / &c_std);
     let mut written = vec![];
     let path = dir.join("encode.pt");
-    trace_and_save(&path, &example, &mut |xs| flow.stack().transform(&standardize(xs)).0)?;
+    trace_and_save(&path, &examples, &mut |inp| {
+        flow.stack().transform(&standardize(&to_logit(&inp[0]).0), context(inp).as_ref()).0
+    })?;
     written.push(path);
     let path = dir.join("log_prob.pt");
-    trace_and_save(&path, &example, &mut |xs| {
-        let (zs, log_jacob) = flow.stack().transform(&standardize(xs));
-        crate::base::log_prob(&zs) + log_jacob + log_det
+    trace_and_save(&path, &examples, &mut |inp| {
+        let (ys, bounds_log_det) = to_logit(&inp[0]);
+        let (zs, log_jacob) = flow.stack().transform(&standardize(&ys), context(inp).as_ref());
+        let lp = crate::base::log_prob(&zs) + log_jacob + log_det;
+        match bounds_log_det {
+            Some(b) => lp + b,
+            None => lp,
+        }
     })?;
     written.push(path);
     let path = dir.join("decode.pt");
-    trace_and_save(&path, &example, &mut |zs| flow.stack().untransform(zs) * &std + &mean)?;
+    trace_and_save(&path, &examples, &mut |inp| {
+        from_logit(flow.stack().untransform(&inp[0], context(inp).as_ref()) * &std + &mean)
+    })?;
     written.push(path);
     Ok(written)
 }

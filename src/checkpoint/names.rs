@@ -325,11 +325,38 @@ fn infer_at<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str, layout: Layo
     if w0.len() != 2 || w2.len() != 2 {
         return Err(Error::Data(format!("{first}{net} weights are not matrices: {w0:?}, {w2:?}")));
     }
-    let d = w0[1]
+    // the first coupling takes [x₁, c] (k + m columns) and outputs d − k. d is the length of a
+    // layer that spans every column (ActNorm, LU, permutation, batch norm, diagonal scaling), or
+    // with alternating flips k is what the second coupling outputs; else there is no context
+    let mut k = w0[1];
+    let span = (layout == Layout::Stacked)
+        .then(|| {
+            let last = arch.final_scale.then(|| (layers.max(0) as u64).saturating_mul(arch.step_len()));
+            (0..arch.step_len()).chain(last).find_map(|j| {
+                ["loc", "lower", "perm", "running_mean", "log_scale"]
+                    .iter()
+                    .find_map(|key| tensors.get(&format!("{prefix}bijectors.{j}.{key}")).map(Shaped::dims))
+            })
+        })
+        .flatten();
+    if let Some(&d) = span.as_ref().and_then(|s| s.first()) {
+        if d > w2[0] && d - w2[0] <= w0[1] {
+            k = d - w2[0];
+        }
+    } else if layout == Layout::Stacked && arch.mixing == Mixing::Flip && layers >= 2 {
+        let second = first.trim_end_matches('.').rsplit('.').next().and_then(|j| j.parse::<u64>().ok());
+        if let Some(j) = second.map(|j| j + arch.step_len()) {
+            let w = shape(&format!("bijectors.{j}.{net}.2.weight"))?;
+            if w.len() == 2 && (1..=w0[1]).contains(&w[0]) {
+                k = w[0];
+            }
+        }
+    }
+    let d = k
         .checked_add(w2[0])
         .ok_or_else(|| Error::Data(format!("{first}{net} shapes {w0:?}, {w2:?} overflow")))?;
-    let (hidden, k) = (w0[0], w0[1]);
-    let cfg = FlowConfig { d, k, hidden, layers, layout, init: Init::Pytorch, arch };
+    let (hidden, context) = (w0[0], w0[1] - k);
+    let cfg = FlowConfig { d, k, hidden, layers, layout, init: Init::Pytorch, arch, context };
     cfg.validate()?;
     Ok(cfg)
 }

@@ -1,6 +1,7 @@
 //! NICE's additive coupling: `z₁ = x₁`, `z₂ = x₂ + μ(x₁)`, `log|det| = 0` (volume-preserving);
-//! the inverse is `x₂ = z₂ − μ(z₁)`. The halves are split as in the notebook's `R_NVP`.
-use super::conditioner::conditioner;
+//! the inverse is `x₂ = z₂ − μ(z₁)`. The halves are split as in the notebook's `R_NVP`; in a
+//! conditional flow `μ` also takes the context `c`: `μ([x₁, c])`.
+use super::conditioner::{conditioner, net_input};
 use super::Halves;
 use crate::config::Init;
 use tch::nn::{self, Module};
@@ -18,10 +19,12 @@ pub struct Additive {
 }
 
 impl Additive {
-    /// A layer of `d` columns conditioned on the first `k` (flipped: on the last `d − k`).
-    pub fn build(p: &nn::Path, d: i64, k: i64, hidden: i64, flip: bool, init: Init) -> Self {
+    /// A layer of `d` columns conditioned on the first `k` (flipped: on the last `d − k`) and a
+    /// context of `context` columns.
+    pub fn build(p: &nn::Path, d: i64, k: i64, hidden: i64, flip: bool, init: Init, context: i64) -> Self {
         let halves = Halves { d, k, flip };
-        let (mu_net, w) = conditioner(p / "mu_net", halves.cond(), hidden, d - halves.cond(), init);
+        let c = halves.cond();
+        let (mu_net, w) = conditioner(p / "mu_net", c + context, hidden, d - c, init);
         let probe = w[0].shallow_clone();
         Additive { mu_net, halves, probe, weights: w }
     }
@@ -42,17 +45,17 @@ impl Additive {
         self.halves.flip
     }
 
-    /// `z` (the log-determinant is 0).
-    pub fn forward(&self, xs: &Tensor) -> Tensor {
+    /// `z` given the context (the log-determinant is 0).
+    pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Tensor {
         let (x1, x2) = self.halves.split(xs);
-        let z2 = x2 + self.mu_net.forward(&x1);
+        let z2 = x2 + self.mu_net.forward(&net_input(&x1, context));
         self.halves.merge(&x1, &z2)
     }
 
-    /// `x = f⁻¹(z)`.
-    pub fn inverse(&self, zs: &Tensor) -> Tensor {
+    /// `x = f⁻¹(z)` given the context.
+    pub fn inverse(&self, zs: &Tensor, context: Option<&Tensor>) -> Tensor {
         let (z1, z2) = self.halves.split(zs);
-        let x2 = z2 - self.mu_net.forward(&z1);
+        let x2 = z2 - self.mu_net.forward(&net_input(&z1, context));
         self.halves.merge(&z1, &x2)
     }
 }

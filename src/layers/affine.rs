@@ -8,8 +8,10 @@
 //! With another scale map the log-scale is `g(h)` of `sig_net`'s output `h` instead of `h`
 //! itself: `softclamp` `h / (1 + |h| / B)` (buffer `softclamp_bound` = B = ln 1000), `sigmoid`
 //! `log σ(h + 2)` (buffer `sigmoid_shift` = 2), `tanh` `γ ⊙ tanh(h)` (parameter `scale_factor` = γ).
+//!
+//! In a conditional flow both networks also take the context `c`: `σ([x₁, c])`, `μ([x₁, c])`.
 use super::check_input;
-use super::conditioner::conditioner;
+use super::conditioner::{conditioner, net_input};
 use crate::base;
 use crate::config::{Init, Scale};
 use crate::error::{Error, Result};
@@ -27,8 +29,10 @@ pub struct RNvp {
     mu_net: nn::Sequential,
     d: i64,
     k: i64,
-    /// Width of the conditioner's input: `k` for a layer built unflipped, `d − k` flipped.
+    /// Conditioning columns: `k` for a layer built unflipped, `d − k` flipped.
     cond: i64,
+    /// Width of the context the networks take beside the conditioning columns.
+    context: i64,
     /// `sig_net.0.weight`, to read the layer's dtype and device.
     probe: Tensor,
     /// `[0.weight, 0.bias, 2.weight, 2.bias]` of `sig_net` then of `mu_net` (shared with the nets).
@@ -62,11 +66,27 @@ impl RNvp {
         init: Init,
         scale: Scale,
     ) -> Result<Self> {
-        let cfg = crate::config::FlowConfig::single(d, k, hidden);
+        Self::build_conditional(p, d, k, hidden, flip, init, scale, 0)
+    }
+
+    /// [`RNvp::build_with`] for a conditional flow: the networks take `context` more columns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_conditional(
+        p: &nn::Path,
+        d: i64,
+        k: i64,
+        hidden: i64,
+        flip: bool,
+        init: Init,
+        scale: Scale,
+        context: i64,
+    ) -> Result<Self> {
+        let cfg = crate::config::FlowConfig::single(d, k, hidden).with_context(context);
         cfg.validate()?;
         let cond = cfg.cond_dim(flip);
-        let (sig_net, sig_w) = conditioner(p / "sig_net", cond, hidden, d - cond, init);
-        let (mu_net, mu_w) = conditioner(p / "mu_net", cond, hidden, d - cond, init);
+        let input = cfg.net_input(flip);
+        let (sig_net, sig_w) = conditioner(p / "sig_net", input, hidden, d - cond, init);
+        let (mu_net, mu_w) = conditioner(p / "mu_net", input, hidden, d - cond, init);
         let probe = sig_w[0].shallow_clone();
         let constant = |name: &str, v: f64| {
             let t = p.zeros_no_train(name, &[]);
@@ -78,7 +98,7 @@ impl RNvp {
             Scale::Sigmoid => Some(constant("sigmoid_shift", 2.0)),
             Scale::Tanh => Some(p.ones("scale_factor", &[d - cond])),
         };
-        Ok(RNvp { sig_net, mu_net, d, k, cond, probe, weights: [sig_w, mu_w], scale, map_var })
+        Ok(RNvp { sig_net, mu_net, d, k, cond, context, probe, weights: [sig_w, mu_w], scale, map_var })
     }
 
     /// The layer's variables by state_dict key (within the layer), in the order of
@@ -149,7 +169,7 @@ impl RNvp {
     /// and `log_jacob = Σ σ`, one value per row. Keeps the autograd graph (used for training).
     pub fn forward(&self, xs: &Tensor, flip: bool) -> Result<(Tensor, Tensor, Tensor)> {
         self.check(xs, "input", flip)?;
-        let (zs, log_jacob) = self.transform(xs, flip);
+        let (zs, log_jacob) = self.transform(xs, None, flip);
         let log_pz = base::log_prob(&zs);
         Ok((zs, log_pz, log_jacob))
     }
@@ -157,7 +177,7 @@ impl RNvp {
     /// The notebook's `inverse(z, flip)`.
     pub fn inverse(&self, zs: &Tensor, flip: bool) -> Result<Tensor> {
         self.check(zs, "latent", flip)?;
-        Ok(self.untransform(zs, flip))
+        Ok(self.untransform(zs, None, flip))
     }
 
     /// Checks shape, dtype, device and that this layer can run with `flip`.
@@ -168,6 +188,12 @@ impl RNvp {
                 !flip,
                 self.k,
                 self.d - self.k
+            )));
+        }
+        if self.context != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "this layer takes a context of {} columns: run it inside a conditional flow",
+                self.context
             )));
         }
         check_input(xs, what, self.d, &self.probe)
@@ -191,26 +217,28 @@ impl RNvp {
         }
     }
 
-    /// `(z, log|det J|)` without input checks.
-    pub(crate) fn transform(&self, xs: &Tensor, flip: bool) -> (Tensor, Tensor) {
+    /// `(z, log|det J|)` given the context, without input checks.
+    pub(crate) fn transform(&self, xs: &Tensor, context: Option<&Tensor>, flip: bool) -> (Tensor, Tensor) {
         let (x1, x2) = self.split(xs, flip);
-        let mut sig = self.sig_net.forward(&x1);
+        let input = net_input(&x1, context);
+        let mut sig = self.sig_net.forward(&input);
         if self.scale != Scale::Exp {
             sig = self.log_scale(&sig);
         }
-        let z2 = x2 * sig.exp() + self.mu_net.forward(&x1);
+        let z2 = x2 * sig.exp() + self.mu_net.forward(&input);
         let log_det = sig.sum_dim_intlist(-1, false, None);
         (self.merge(&x1, &z2, flip), log_det)
     }
 
-    /// The inverse map without input checks.
-    pub(crate) fn untransform(&self, zs: &Tensor, flip: bool) -> Tensor {
+    /// The inverse map given the context, without input checks.
+    pub(crate) fn untransform(&self, zs: &Tensor, context: Option<&Tensor>, flip: bool) -> Tensor {
         let (z1, z2) = self.split(zs, flip);
-        let mut sig = self.sig_net.forward(&z1);
+        let input = net_input(&z1, context);
+        let mut sig = self.sig_net.forward(&input);
         if self.scale != Scale::Exp {
             sig = self.log_scale(&sig);
         }
-        let x2 = (z2 - self.mu_net.forward(&z1)) * sig.neg().exp();
+        let x2 = (z2 - self.mu_net.forward(&input)) * sig.neg().exp();
         self.merge(&z1, &x2, flip)
     }
 }

@@ -1,5 +1,6 @@
 //! The coupling layers' conditioner networks: the notebook's
-//! `nn.Sequential(nn.Linear(c, hidden), nn.LeakyReLU(), nn.Linear(hidden, out))`.
+//! `nn.Sequential(nn.Linear(c, hidden), nn.LeakyReLU(), nn.Linear(hidden, out))`, whose input in a
+//! conditional flow is `[x₁, c]`: the conditioning columns, then the context.
 use crate::config::Init;
 use tch::nn;
 use tch::Tensor;
@@ -32,4 +33,12 @@ pub(crate) fn conditioner(
     let weights = [first.ws.shallow_clone(), bias(&first), second.ws.shallow_clone(), bias(&second)];
     let net = nn::seq().add(first).add_fn(|xs| xs.shallow_clone().leaky_relu_()).add(second);
     (net, weights)
+}
+
+/// A conditioner's input: the conditioning columns `x1`, followed by the context when there is one.
+pub(crate) fn net_input(x1: &Tensor, context: Option<&Tensor>) -> Tensor {
+    match context {
+        None => x1.shallow_clone(),
+        Some(c) => Tensor::cat(&[x1, c], 1),
+    }
 }

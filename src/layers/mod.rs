@@ -64,12 +64,12 @@ impl Layer {
     /// Builds layer `kind` of a flow with configuration `cfg` under `p`; with `loading`, weights
     /// are about to be copied in, and the costly random initialisation of LU maps is skipped.
     pub fn build(p: &nn::Path, kind: LayerKind, cfg: &FlowConfig, loading: bool) -> Result<Layer> {
-        let (d, k, hidden, init) = (cfg.d, cfg.k, cfg.hidden, cfg.init);
+        let (d, k, hidden, init, m) = (cfg.d, cfg.k, cfg.hidden, cfg.init, cfg.context);
         Ok(match kind {
             LayerKind::Affine { flip } => {
-                Layer::Affine(RNvp::build_with(p, d, k, hidden, flip, init, cfg.arch.scale)?, flip)
+                Layer::Affine(RNvp::build_conditional(p, d, k, hidden, flip, init, cfg.arch.scale, m)?, flip)
             }
-            LayerKind::Additive { flip } => Layer::Additive(Additive::build(p, d, k, hidden, flip, init)),
+            LayerKind::Additive { flip } => Layer::Additive(Additive::build(p, d, k, hidden, flip, init, m)),
             LayerKind::ActNorm => Layer::ActNorm(ActNorm::build(p, d)),
             LayerKind::Permutation => {
                 Layer::Permutation(Permutation::build(p, d, cfg.arch.mixing == Mixing::Random))
@@ -81,14 +81,15 @@ impl Layer {
     }
 
     /// `(z, log|det|)` with `None` for a log-determinant that is 0 (volume-preserving layers).
-    /// In [`Mode::Train`], first updates the layer's state from the batch.
-    pub fn forward(&self, xs: &Tensor, mode: Mode) -> (Tensor, Option<Tensor>) {
+    /// In [`Mode::Train`], first updates the layer's state from the batch. The context (one row
+    /// per row of `xs`, `None` in an unconditional flow) enters the couplings only.
+    pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>, mode: Mode) -> (Tensor, Option<Tensor>) {
         match self {
             Layer::Affine(l, flip) => {
-                let (z, ld) = l.transform(xs, *flip);
+                let (z, ld) = l.transform(xs, context, *flip);
                 (z, Some(ld))
             }
-            Layer::Additive(l) => (l.forward(xs), None),
+            Layer::Additive(l) => (l.forward(xs, context), None),
             Layer::ActNorm(l) => {
                 if mode == Mode::Train {
                     l.initialize(xs);
@@ -119,12 +120,12 @@ impl Layer {
         }
     }
 
-    /// `x = f⁻¹(z)`; batch norm inverts with `stats` when given (the statistics a training pass
-    /// used), with its running averages otherwise.
-    pub fn inverse(&self, zs: &Tensor, stats: Option<&BatchStats>) -> Tensor {
+    /// `x = f⁻¹(z)` given the context; batch norm inverts with `stats` when given (the
+    /// statistics a training pass used), with its running averages otherwise.
+    pub fn inverse(&self, zs: &Tensor, context: Option<&Tensor>, stats: Option<&BatchStats>) -> Tensor {
         match self {
-            Layer::Affine(l, flip) => l.untransform(zs, *flip),
-            Layer::Additive(l) => l.inverse(zs),
+            Layer::Affine(l, flip) => l.untransform(zs, context, *flip),
+            Layer::Additive(l) => l.inverse(zs, context),
             Layer::ActNorm(l) => l.inverse(zs),
             Layer::Permutation(l) => l.inverse(zs),
             Layer::Lu(l) => l.inverse(zs),
