@@ -159,7 +159,7 @@ fn mem_child(layers: i64, mode: &str) -> Result<()> {
         let mut opt = rnvp::train::FusedAdam::new(pk, &flow, &cfg, None)?;
         let before = peak_rss()?;
         for _ in 0..2 {
-            opt.loss_grad(&rows)?;
+            opt.loss_grad(&rows, &[])?;
             opt.step();
         }
         println!("{before} {}", peak_rss()?);
@@ -169,7 +169,7 @@ fn mem_child(layers: i64, mode: &str) -> Result<()> {
     let before = peak_rss()?;
     for _ in 0..2 {
         adam.zero_grad();
-        flow.stack().loss_backward(&xs, reversible)?;
+        flow.stack().loss_backward(&xs, None, reversible)?;
         adam.step();
     }
     println!("{before} {}", peak_rss()?);
@@ -585,15 +585,15 @@ fn ideas(md: &mut String, o: &Opts) -> Result<()> {
                 match who {
                     0 => {
                         adam.zero_grad();
-                        flow.stack().loss_backward(&xs, false)?;
+                        flow.stack().loss_backward(&xs, None, false)?;
                         adam.step();
                     }
                     1 => {
-                        avx.loss_grad(&rows)?;
+                        avx.loss_grad(&rows, &[])?;
                         avx.step();
                     }
                     _ => {
-                        base.loss_grad(&rows)?;
+                        base.loss_grad(&rows, &[])?;
                         base.step();
                     }
                 }

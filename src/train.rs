@@ -2,9 +2,9 @@
 //! `−mean(log p(x))`), seeded batches, validation, checkpoints and resuming.
 use crate::checkpoint::{Checkpoint, OptimizerState};
 use crate::config::Layout;
-use crate::data::{self, Matrix, Rng, Scaler, ToySet};
+use crate::data::{self, Bounds, Matrix, Rng, Scaler, ToySet, Whitening};
 use crate::error::{Error, Result};
-use crate::flow::Flow;
+use crate::flow::{Flow, StackedNvp};
 use crate::kernel::{Packing, Scratch};
 use crate::layers::{Layer, Mode};
 use crate::run::{Engine, Run};
@@ -43,6 +43,10 @@ pub struct TrainConfig {
     pub reversible: bool,
     /// What computes the training steps and the validation passes.
     pub engine: Engine,
+    /// Early stopping: end the run after this many validations in a row without a better
+    /// validation NLL (0: never). With it, the initial model is validated too, and the checkpoint
+    /// `out` holds the best validation model (the latest state goes beside it, see [`last_path`]).
+    pub patience: usize,
 }
 
 impl Default for TrainConfig {
@@ -61,6 +65,7 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             reversible: false,
             engine: Engine::Auto,
+            patience: 0,
         }
     }
 }
@@ -141,26 +146,65 @@ pub enum TrainData {
         train: Matrix,
         /// Held-out rows.
         val: Matrix,
+        /// The box the modelled columns were declared to lie in (they are in logit space here).
+        bounds: Option<Bounds>,
+        /// The decorrelation of the standardized modelled columns, if any.
+        whiten: Option<Whitening>,
+        /// The mean over the held-out rows of `log|dy/dx|` of the logit map and the whitening (0
+        /// without them; the scaler's is [`mean_nll`]'s), which brings validation NLLs back to
+        /// the data's units.
+        val_log_det: f64,
     },
 }
 
 impl TrainData {
-    /// Splits a data file's rows into training and validation (seeded shuffle), fits the scaler on
-    /// the training rows and standardizes both.
+    /// Splits a data file's rows into training and validation (seeded shuffle), fits the scaler to
+    /// all the rows (the preprocessing is then the same whatever the split) and standardizes both.
     pub fn from_table(m: &Matrix, val_fraction: f64, seed: u64) -> Result<(TrainData, Scaler)> {
+        Self::from_table_in(m, val_fraction, seed, None, None)
+    }
+
+    /// [`TrainData::from_table`] for rows whose first columns lie in the box `bounds` (they are
+    /// taken to logit space, see [`Bounds`], before the scaler is fitted), and with `whiten =
+    /// Some(d)`, the first `d` standardized columns decorrelated ([`Whitening`], fitted to all the
+    /// rows): a flow that starts as the identity is then the full-covariance Gaussian fitted to
+    /// the file.
+    pub fn from_table_in(
+        m: &Matrix,
+        val_fraction: f64,
+        seed: u64,
+        bounds: Option<&Bounds>,
+        whiten: Option<usize>,
+    ) -> Result<(TrainData, Scaler)> {
         let n_val = ((m.rows as f64) * val_fraction).round().max(1.0) as usize;
         if m.rows < n_val + 2 {
             return Err(Error::Data(format!("{} rows are too few to train and validate on", m.rows)));
         }
         let perm = Rng::new(mix(seed, u64::MAX - 1)).permutation(m.rows);
-        let pick = |idx: &[usize]| {
-            let data = idx.iter().flat_map(|&i| m.row(i).iter().copied()).collect();
-            Matrix::new(idx.len(), m.cols, data)
-        };
         let (val_idx, train_idx) = perm.split_at(n_val);
-        let (train, val) = (pick(train_idx)?, pick(val_idx)?);
-        let scaler = Scaler::fit(&train)?;
-        Ok((TrainData::Table { train: scaler.transform(&train)?, val: scaler.transform(&val)? }, scaler))
+        // bounded columns go to logit space first (errors name the file's row, not the split's)
+        let (logit, val_log_det) = match bounds {
+            Some(b) => {
+                let (y, log_det) = b.to_logit(m)?;
+                (Some(y), val_idx.iter().map(|&i| log_det[i]).sum::<f64>() / val_idx.len() as f64)
+            }
+            None => (None, 0.0),
+        };
+        let source = logit.as_ref().unwrap_or(m);
+        let scaler = Scaler::fit(source)?;
+        let mut all = scaler.transform(source)?;
+        let mut val_log_det = val_log_det;
+        let whiten = match whiten {
+            Some(d) => {
+                let w = Whitening::fit(&all, d)?;
+                all = w.whiten(&all)?;
+                val_log_det += w.log_det();
+                Some(w)
+            }
+            None => None,
+        };
+        let (train, val) = (pick_from(&all, train_idx)?, pick_from(&all, val_idx)?);
+        Ok((TrainData::Table { train, val, bounds: bounds.cloned(), whiten, val_log_det }, scaler))
     }
 
     /// Dimension of the data.
@@ -198,6 +242,30 @@ impl TrainData {
         }
     }
 
+    /// The box of a table's modelled columns, if declared.
+    pub fn bounds(&self) -> Option<&Bounds> {
+        match self {
+            TrainData::Table { bounds, .. } => bounds.as_ref(),
+            TrainData::Toy { .. } => None,
+        }
+    }
+
+    /// The whitening of a table's modelled columns, if any.
+    pub fn whitening(&self) -> Option<&Whitening> {
+        match self {
+            TrainData::Table { whiten, .. } => whiten.as_ref(),
+            TrainData::Toy { .. } => None,
+        }
+    }
+
+    /// The mean `log|dy/dx|` of the logit map and the whitening over the held-out rows.
+    pub fn val_log_det(&self) -> f64 {
+        match self {
+            TrainData::Table { val_log_det, .. } => *val_log_det,
+            TrainData::Toy { .. } => 0.0,
+        }
+    }
+
     /// The validation set (standardized).
     pub fn validation(&self, cfg: &TrainConfig) -> Result<Matrix> {
         match self {
@@ -208,6 +276,12 @@ impl TrainData {
             TrainData::Table { val, .. } => Ok(val.clone()),
         }
     }
+}
+
+/// The rows `idx` of `m`.
+fn pick_from(m: &Matrix, idx: &[usize]) -> Result<Matrix> {
+    let data = idx.iter().flat_map(|&i| m.row(i).iter().copied()).collect();
+    Matrix::new(idx.len(), m.cols, data)
 }
 
 /// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8) and an ExponentialLR schedule.
@@ -383,28 +457,42 @@ impl FusedAdam {
         })
     }
 
-    /// Runs the data-dependent initialisation of the flow's ActNorm layers on `batch` if they
-    /// still need it (a training-mode pass through libtorch), and packs the weights again.
-    pub fn initialize(&mut self, flow: &Flow, batch: &Tensor) -> Result<()> {
+    /// Runs the data-dependent initialisation of the flow's ActNorm layers on `batch` (with its
+    /// context, for a conditional flow) if they still need it (a training-mode pass through
+    /// libtorch), and packs the weights again.
+    pub fn initialize(&mut self, flow: &Flow, batch: &Tensor, context: Option<&Tensor>) -> Result<()> {
         if !self.needs_data_init {
             return Ok(());
         }
-        let _ = tch::no_grad(|| flow.stack().forward_in(batch, Mode::Train))?;
+        let _ = tch::no_grad(|| flow.stack().forward_in(batch, context, Mode::Train))?;
         self.params = self.pk.pack(flow.stack().layers())?;
         self.needs_data_init = false;
         Ok(())
     }
 
-    /// The mean loss of the rows `xs` (row-major, `d` numbers per row); its gradient replaces the
+    /// The mean loss of the rows `xs` (row-major, `d` numbers per row) given their context `ctx`
+    /// (`m` numbers per row; empty for an unconditional flow); its gradient replaces the
     /// previous one.
-    pub fn loss_grad(&mut self, xs: &[f32]) -> Result<f64> {
-        let d = self.pk.d();
-        if !xs.len().is_multiple_of(d) {
-            return Err(Error::Data(format!("a batch of {} numbers is not rows of d = {d}", xs.len())));
+    pub fn loss_grad(&mut self, xs: &[f32], ctx: &[f32]) -> Result<f64> {
+        let (d, m) = (self.pk.d(), self.pk.context());
+        if !xs.len().is_multiple_of(d) || ctx.len() != xs.len() / d * m {
+            return Err(Error::Data(format!(
+                "a batch of {} numbers with {} of context is not rows of d = {d} with m = {m}",
+                xs.len(),
+                ctx.len()
+            )));
         }
         let threads = crate::run::threads();
         let (pk, cfg) = (&self.pk, &self.cfg);
-        Ok(pk.mean_loss_grad(&self.params, &mut self.grads, xs, cfg.reversible, threads, &mut self.scratch))
+        let batch = (xs, ctx);
+        Ok(pk.mean_loss_grad(
+            &self.params,
+            &mut self.grads,
+            batch,
+            cfg.reversible,
+            threads,
+            &mut self.scratch,
+        ))
     }
 
     /// Counts a step without updating (a skipped step): the schedule and resuming stay aligned
@@ -518,24 +606,31 @@ impl Optimizer {
     fn train_step(&mut self, flow: &Flow, batch: &Matrix, cfg: &TrainConfig) -> Result<(f64, bool)> {
         let loss = match self {
             Optimizer::Libtorch(adam) => {
-                let xs = data::to_tensor(batch, flow.stack().kind(), flow.stack().device())?;
+                let (xs, c) = rows_and_context(flow.stack(), batch)?;
                 adam.zero_grad();
-                flow.stack().loss_backward(&xs, cfg.reversible)?
+                flow.stack().loss_backward(&xs, c.as_ref(), cfg.reversible)?
             }
             Optimizer::Fused(f) => {
-                let d = flow.stack().config().d;
-                if batch.cols as i64 != d {
+                if f.needs_data_init {
+                    let (xs, c) = rows_and_context(flow.stack(), batch)?;
+                    f.initialize(flow, &xs, c.as_ref())?;
+                }
+                let d = flow.stack().config().d as usize;
+                if batch.cols < d {
                     return Err(Error::Shape {
                         what: "batch".into(),
-                        expected: format!("[n, {d}]"),
+                        expected: format!("[n, {d}] and the context"),
                         found: vec![batch.rows as i64, batch.cols as i64],
                     });
                 }
-                if f.needs_data_init {
-                    f.initialize(flow, &data::to_tensor(batch, flow.stack().kind(), flow.stack().device())?)?;
+                // the rows' modelled columns and their context columns, apart
+                let (mut xs, mut ctx) = (Vec::with_capacity(batch.rows * d), vec![]);
+                for i in 0..batch.rows {
+                    let (x, c) = batch.row(i).split_at(d);
+                    xs.extend(x.iter().map(|&v| v as f32));
+                    ctx.extend(c.iter().map(|&v| v as f32));
                 }
-                let xs: Vec<f32> = batch.data.iter().map(|&v| v as f32).collect();
-                f.loss_grad(&xs)?
+                f.loss_grad(&xs, &ctx)?
             }
         };
         if !loss.is_finite() {
@@ -573,6 +668,9 @@ impl Optimizer {
         }
     }
 }
+
+/// With early stopping, the least time between two writes of the improving best model.
+const SAVE_SECONDS: f64 = 10.0;
 
 /// Consecutive skipped steps (non-finite loss or gradient, with clipping) that end a run.
 const MAX_SKIPPED: usize = 10;
@@ -653,8 +751,10 @@ pub struct TrainReport {
     pub best: Option<(usize, f64)>,
     /// Why the run stopped before its last step, if it did.
     pub diverged: Option<Stop>,
+    /// The step after which early stopping ended the run (validations without improvement).
+    pub stopped_early: Option<usize>,
     /// The step whose state the checkpoint file (`out`) holds: the start, or the last validation
-    /// with a finite NLL (`None` without `out`).
+    /// with a finite NLL, or with early stopping the best validation (`None` without `out`).
     pub saved: Option<usize>,
     /// Steps skipped because their loss or gradient was not finite (only with `clip_grad`).
     pub skipped: Vec<usize>,
@@ -685,19 +785,39 @@ impl TrainReport {
     }
 }
 
-/// Mean negative log-likelihood of `xs` (standardized rows) under the flow, in the data's units:
-/// `−mean(log p_model(xs)) − scaler.log_det()`.
+/// The rows of `m` as the flow's input and, for a conditional flow, their context: the first `d`
+/// columns, then the last `m` (`d + m` columns in all).
+pub fn rows_and_context(flow: &StackedNvp, m: &Matrix) -> Result<(Tensor, Option<Tensor>)> {
+    let (d, ctx) = (flow.config().d, flow.config().context);
+    if m.cols as i64 != d + ctx {
+        return Err(Error::Shape {
+            what: "rows".into(),
+            expected: format!("[n, {}] ({d} modelled columns and {ctx} context columns)", d + ctx),
+            found: vec![m.rows as i64, m.cols as i64],
+        });
+    }
+    let t = data::to_tensor(m, flow.kind(), flow.device())?;
+    if ctx == 0 {
+        return Ok((t, None));
+    }
+    Ok((t.narrow(1, 0, d), Some(t.narrow(1, d, ctx))))
+}
+
+/// Mean negative log-likelihood of `xs` (standardized rows, with their context columns last for a
+/// conditional flow) under the flow, in the data's units: `−mean(log p_model(xs)) −
+/// scaler.log_det_of(d)`.
 pub fn mean_nll(flow: Run<'_>, xs: &Matrix, scaler: Option<&Scaler>) -> Result<f64> {
     Ok(nll_and_non_finite(flow, xs, scaler)?.0)
 }
 
 /// [`mean_nll`] and the number of rows whose log-density is not finite (which make it so).
 pub fn nll_and_non_finite(flow: Run<'_>, xs: &Matrix, scaler: Option<&Scaler>) -> Result<(f64, usize)> {
-    let t = data::to_tensor(xs, flow.flow().kind(), flow.flow().device())?;
-    let lp = flow.log_prob(&t)?;
+    let (t, c) = rows_and_context(flow.flow(), xs)?;
+    let lp = flow.given_opt(c.as_ref()).log_prob(&t)?;
     let nll = -lp.f_mean(Kind::Double)?.double_value(&[]);
     let non_finite = lp.f_isfinite()?.logical_not().f_sum(Kind::Int64)?.int64_value(&[]) as usize;
-    Ok((nll - scaler.map_or(0.0, Scaler::log_det), non_finite))
+    let d = flow.flow().config().d as usize;
+    Ok((nll - scaler.map_or(0.0, |s| s.log_det_of(d)), non_finite))
 }
 
 /// A training run: the flow, the data, the recipe, and where checkpoints go.
@@ -719,15 +839,26 @@ pub struct Trainer<'a> {
 
 /// `model.safetensors` → `model.best.safetensors`.
 pub fn best_path(out: &Path) -> PathBuf {
+    beside(out, "best")
+}
+
+/// `model.safetensors` → `model.last.safetensors`: the latest state of a run with early stopping.
+pub fn last_path(out: &Path) -> PathBuf {
+    beside(out, "last")
+}
+
+fn beside(out: &Path, tag: &str) -> PathBuf {
     let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext =
         out.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "safetensors".into());
-    out.with_file_name(format!("{stem}.best.{ext}"))
+    out.with_file_name(format!("{stem}.{tag}.{ext}"))
 }
 
 impl Trainer<'_> {
     fn save(&self, path: &Path, opt: Option<&Optimizer>, step: usize, val: Option<f64>) -> Result<()> {
         let mut ck = Checkpoint::from_flow(self.flow, self.scaler.clone());
+        ck.bounds = self.data.bounds().cloned();
+        ck.whiten = self.data.whitening().cloned();
         ck.optimizer = opt.map(Optimizer::state);
         ck.info = self.info.clone();
         ck.info.insert("step".into(), json!(step));
@@ -760,11 +891,34 @@ impl Trainer<'_> {
         let mut report = TrainReport { start_step: start, ..Default::default() };
         let mut best = f64::INFINITY;
         let mut perm = None;
+        let patience = self.cfg.patience;
+        let validate = || -> Result<f64> {
+            Ok(mean_nll(self.flow.stack().run(self.cfg.engine), &val_set, self.scaler.as_ref())?
+                - self.data.val_log_det())
+        };
         if let Some(out) = &self.out {
             // fails early on an unwritable path, and is the last good state until the first validation
-            self.save(out, Some(&opt), start, None)?;
+            // (with early stopping, the best model: weights only, the state to resume goes beside it)
+            self.save(out, (patience == 0).then_some(&opt), start, None)?;
             report.saved = Some(start);
         }
+        // with early stopping, the best model's variables (restored into the flow at the end)
+        let snapshot = || -> BTreeMap<String, Tensor> {
+            self.flow.var_store().variables().into_iter().map(|(k, t)| (k, t.detach().copy())).collect()
+        };
+        let mut best_vars = None;
+        if patience > 0 {
+            // the initial model is a candidate (and `out` holds it): training must beat it on the
+            // held-out rows
+            let nll = validate()?;
+            if nll.is_finite() {
+                best = nll;
+                best_vars = Some(snapshot());
+                report.best = Some((start, nll));
+            }
+        }
+        let mut last_write = Instant::now();
+        let mut since_best = 0;
         let t0 = Instant::now();
         let mut paused = 0.0; // seconds spent validating and saving
         for step in start + 1..=self.cfg.steps {
@@ -792,7 +946,7 @@ impl Trainer<'_> {
                 let v0 = Instant::now();
                 report.val_seconds.push(t0.elapsed().as_secs_f64() - paused);
                 opt.sync(self.flow)?;
-                let nll = mean_nll(self.flow.stack().run(self.cfg.engine), &val_set, self.scaler.as_ref())?;
+                let nll = validate()?;
                 report.val.push((step, nll));
                 if !nll.is_finite() {
                     // a broken model is never saved over the last good one, nor called the best
@@ -801,23 +955,64 @@ impl Trainer<'_> {
                     break;
                 }
                 let is_best = nll < best;
-                if let Some(out) = &self.out {
-                    self.save(out, Some(&opt), step, Some(nll))?;
-                    report.saved = Some(step);
-                    if is_best {
-                        self.save(&best_path(out), None, step, Some(nll))?;
+                match &self.out {
+                    Some(out) if patience == 0 => {
+                        self.save(out, Some(&opt), step, Some(nll))?;
+                        report.saved = Some(step);
+                        if is_best {
+                            self.save(&best_path(out), None, step, Some(nll))?;
+                        }
                     }
+                    // with early stopping `out` is the best model, written while training improves
+                    // at most every SAVE_SECONDS (validations may come every step) and at the end
+                    Some(out) if is_best && last_write.elapsed().as_secs_f64() >= SAVE_SECONDS => {
+                        self.save(out, None, step, Some(nll))?;
+                        report.saved = Some(step);
+                        last_write = Instant::now();
+                    }
+                    _ => {}
                 }
                 if is_best {
                     best = nll;
                     report.best = Some((step, nll));
+                    since_best = 0;
+                    if patience > 0 {
+                        best_vars = Some(snapshot());
+                    }
+                } else {
+                    since_best += 1;
                 }
                 paused += v0.elapsed().as_secs_f64();
                 on_event(Event::Validation { step, nll, best: is_best });
+                if patience > 0 && since_best >= patience {
+                    report.stopped_early = Some(step);
+                    break;
+                }
             }
         }
         report.seconds = t0.elapsed().as_secs_f64();
         opt.sync(self.flow)?;
+        if let (Some(out), true, None) = (&self.out, patience > 0, report.diverged) {
+            // the latest state, to resume from (a diverged one is not worth resuming)
+            let step = start + report.losses.len();
+            self.save(&last_path(out), Some(&opt), step, report.val.last().map(|v| v.1))?;
+        }
+        if let Some(vars) = best_vars {
+            // the flow ends as the model the checkpoint `out` holds: the best validation one
+            tch::no_grad(|| {
+                for (name, mut var) in self.flow.var_store().variables() {
+                    if let Some(saved) = vars.get(&name) {
+                        var.copy_(saved);
+                    }
+                }
+            });
+            if let (Some(out), Some((step, nll))) = (&self.out, report.best) {
+                if report.saved != Some(step) {
+                    self.save(out, None, step, Some(nll))?;
+                    report.saved = Some(step);
+                }
+            }
+        }
         Ok(report)
     }
 }

@@ -51,7 +51,7 @@ fn autograd(flow: &Flow, xs: &Tensor, pk: &Packing) -> (f64, Vec<f32>) {
     for (_, mut v) in flow.var_store().variables() {
         v.zero_grad();
     }
-    let loss = flow.stack().loss_backward(xs, false).unwrap();
+    let loss = flow.stack().loss_backward(xs, None, false).unwrap();
     assert!(loss.is_finite(), "autograd loss {loss}");
     let grads: BTreeMap<String, Tensor> =
         flow.var_store().variables().into_iter().map(|(n, v)| (n, v.grad())).collect();
@@ -125,8 +125,14 @@ fn gradients_equal_autograd() {
                         // the result overwrites the buffer: a NaN left anywhere fails the comparison
                         let mut grads = vec![f32::NAN; pk.len()];
                         let mut scratch: Vec<(Scratch, Vec<f32>)> = vec![];
-                        let loss =
-                            pk.mean_loss_grad(&params, &mut grads, &x, reversible, threads, &mut scratch);
+                        let loss = pk.mean_loss_grad(
+                            &params,
+                            &mut grads,
+                            (&x, &[]),
+                            reversible,
+                            threads,
+                            &mut scratch,
+                        );
                         assert_eq!(scratch.len(), threads, "{what}: rows were not split over the threads");
                         assert!(
                             (loss - want_loss).abs() <= 1e-5 * (1.0 + want_loss.abs()),
@@ -194,7 +200,7 @@ fn reversible_gradients_hold_in_a_deep_identity_initialised_stack() {
     let params = pk.pack(flow.stack().layers()).unwrap();
     let (_, want) = autograd(&flow, &xs, &pk);
     let mut grads = vec![0.0; pk.len()];
-    pk.mean_loss_grad(&params, &mut grads, &flat(&xs), true, 2, &mut vec![]);
+    pk.mean_loss_grad(&params, &mut grads, (&flat(&xs), &[]), true, 2, &mut vec![]);
     let err = worst_relative_error(&pk, &grads, &want, Layout::Stacked);
     assert!(err <= 1e-4, "32 layers, reversible: gradient relative error {err:e}");
 }
@@ -300,7 +306,7 @@ fn one_training_step_equals_libtorchs() {
         let pk = flow.stack().packing().unwrap();
         let start = pk.pack(flow.stack().layers()).unwrap();
         let mut fused = FusedAdam::new(pk.clone(), &flow, &tc, None).unwrap();
-        let loss = fused.loss_grad(&flat(&xs)).unwrap();
+        let loss = fused.loss_grad(&flat(&xs), &[]).unwrap();
         let (want_loss, want_grads) = autograd(&flow, &xs, &pk);
         assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "{cfg:?}: loss {loss} vs {want_loss}");
         let err = worst_relative_error(&pk, fused.grads_mut(), &want_grads, cfg.layout);
@@ -340,7 +346,7 @@ fn adam_states_evolve_identically_from_the_same_gradients() {
         let pk = flow.stack().packing().unwrap();
         let mut fused = FusedAdam::new(pk.clone(), &flow, &tc, None).unwrap();
         let mut adam = Adam::new(&flow, &tc, None).unwrap();
-        flow.stack().loss_backward(&xs, false).unwrap(); // defines the gradient tensors
+        flow.stack().loss_backward(&xs, None, false).unwrap(); // defines the gradient tensors
         let mut rng = Rng::new(71);
         for t in 0..40 {
             // gradients of every size, some exactly zero
@@ -456,18 +462,69 @@ fn fused_training_initialises_actnorm_from_the_first_batch_as_libtorch_does() {
     });
     let pk = fused.stack().packing().unwrap();
     let mut adam = FusedAdam::new(pk.clone(), &fused, &TrainConfig::default(), None).unwrap();
-    adam.initialize(&fused, &xs).unwrap();
-    let loss = adam.loss_grad(&flat(&xs)).unwrap();
+    adam.initialize(&fused, &xs, None).unwrap();
+    let loss = adam.loss_grad(&flat(&xs), &[]).unwrap();
     assert_eq!(fused.var_store().variables()["bijectors.0.initialized"].double_value(&[]), 1.0);
     assert_eq!(
         adam.params(),
         &pk.pack(fused.stack().layers()).unwrap()[..],
         "the packed weights are the initialised ones"
     );
-    let want = reference.stack().loss_backward(&xs, false).unwrap(); // initialises in libtorch
+    let want = reference.stack().loss_backward(&xs, None, false).unwrap(); // initialises in libtorch
     assert!((loss - want).abs() < 1e-5 * (1.0 + want.abs()), "fused {loss} vs libtorch {want}");
     // the first ActNorm's output is standardised on the batch
     let vars = fused.var_store().variables();
     let out = (&xs - &vars["bijectors.0.loc"]) * vars["bijectors.0.log_scale"].exp();
     assert!(out.mean_dim(0, false, Kind::Float).abs().max().double_value(&[]) < 1e-4);
+}
+
+#[test]
+fn conditional_flows_run_fused_as_in_libtorch() {
+    // the context enters the conditioners as their last inputs (k + m and d − k + m up to 4):
+    // log p(x | c), the inverse and the training gradient agree with libtorch's, for every
+    // architecture the kernels run, in both builds
+    for arch in [Arch::NOTEBOOK, Arch::NICE, Arch::GLOW] {
+        for (d, k, m) in [(2, 1, 2), (2, 1, 3), (3, 1, 1)] {
+            let cfg = FlowConfig::stacked(d, k, 12, 3).with_arch(arch).with_context(m);
+            let (flow, xs) = flow_and_data(&cfg, 300, 70 + m);
+            let c = common::seeded(71, || Tensor::randn([300, m], (Kind::Float, Device::Cpu)));
+            let what = format!("{} d = {d}, m = {m}", arch.name());
+            let pk = flow.stack().packing().unwrap_or_else(|| panic!("{what}: the kernels run it"));
+            assert_eq!(pk.context(), m as usize);
+            let lib = flow.stack().run(Engine::Libtorch).given(&c);
+            let fused = flow.stack().run(Engine::Fused).given(&c);
+            common::assert_close(
+                &fused.log_prob(&xs).unwrap(),
+                &lib.log_prob(&xs).unwrap(),
+                1e-4,
+                1e-5,
+                &what,
+            );
+            let z = Tensor::randn([300, d], (Kind::Float, Device::Cpu));
+            common::assert_close(&fused.decode(&z).unwrap(), &lib.decode(&z).unwrap(), 1e-4, 1e-5, &what);
+            // gradient of the mean loss against autograd's, both builds, with and without reversal
+            for (_, mut v) in flow.var_store().variables() {
+                v.zero_grad();
+            }
+            let want_loss = flow.stack().loss_backward(&xs, Some(&c), false).unwrap();
+            let grads: BTreeMap<String, Tensor> =
+                flow.var_store().variables().into_iter().map(|(n, v)| (n, v.grad())).collect();
+            let want = pk.from_named(&grads, cfg.layout).unwrap();
+            let params = pk.pack(flow.stack().layers()).unwrap();
+            for (build, reversible) in [(pk.clone(), false), (pk.clone().baseline(), true)] {
+                let mut got = vec![0.0; pk.len()];
+                let (x, cf) = (flat(&xs), flat(&c));
+                let loss = build.mean_loss_grad(&params, &mut got, (&x, &cf), reversible, 2, &mut vec![]);
+                assert!(
+                    (loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0),
+                    "{what}: loss {loss} vs {want_loss}"
+                );
+                let err = worst_relative_error(&pk, &got, &want, cfg.layout);
+                assert!(err <= 1e-4, "{what} ({}): gradient relative error {err:e}", build.instruction_set());
+            }
+        }
+    }
+    // too wide for the compiled kernels: libtorch runs it
+    let wide = FlowConfig::stacked(2, 1, 8, 2).with_context(4);
+    assert!(Flow::new(&wide, Device::Cpu, Kind::Float).unwrap().stack().packing().is_none());
 }

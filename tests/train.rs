@@ -61,7 +61,7 @@ fn adam_and_exponential_lr_follow_pytorchs_run() {
             let mut opt = FusedAdam::new(pk, &flow, &cfg, None).unwrap();
             for b in &batches {
                 let rows: Vec<f32> = b.data.iter().map(|&v| v as f32).collect();
-                losses.push(opt.loss_grad(&rows).unwrap());
+                losses.push(opt.loss_grad(&rows, &[]).unwrap());
                 opt.step();
             }
             opt.write_back(&flow).unwrap();
@@ -247,7 +247,7 @@ fn with_clipping_a_step_with_an_infinite_gradient_is_skipped_not_applied() {
     data.extend([3e20, 0.0]);
     let train = Matrix::new(256, 2, data).unwrap();
     let val = standardize(&ToySet::TwoMoons.sample(200, 0.05, &mut Rng::new(2))).unwrap();
-    let table = TrainData::Table { train, val };
+    let table = TrainData::Table { train, val, bounds: None, whiten: None, val_log_det: 0.0 };
     let cfg = FlowConfig::stacked(2, 1, 16, 3).with_init(rnvp::Init::Identity);
     for engine in [rnvp::Engine::Fused, rnvp::Engine::Libtorch] {
         let dir = tmp_dir(&format!("skip-resume-{engine:?}"));

@@ -46,6 +46,8 @@ pub struct Packing {
     cfg: FlowConfig,
     d: usize,
     k: usize,
+    /// Context columns (the networks' last inputs).
+    m: usize,
     hidden: usize,
     hp: usize,
     ops: Vec<Op>,
@@ -87,10 +89,18 @@ pub enum Part {
 
 impl Packing {
     /// The packing of a stack, or `None` when the kernels do not run it: couplings with `k` or
-    /// `d − k` above [`MAX_WIDTH`], or a batch-norm layer (its statistics span the whole batch).
+    /// `d − k` above [`MAX_WIDTH`], a conditional flow, or a batch-norm layer (its statistics span
+    /// the whole batch).
     pub fn new(cfg: &FlowConfig) -> Option<Packing> {
         let (d, k, hidden) = (cfg.d as usize, cfg.k as usize, cfg.hidden as usize);
-        if cfg.arch.batch_norm || k == 0 || k >= d || k > MAX_WIDTH || d - k > MAX_WIDTH || hidden == 0 {
+        let m = usize::try_from(cfg.context).ok()?;
+        if cfg.arch.batch_norm
+            || k == 0
+            || k >= d
+            || k + m > MAX_WIDTH
+            || d - k + m > MAX_WIDTH
+            || hidden == 0
+        {
             return None;
         }
         let hp = hidden.div_ceil(LANES) * LANES;
@@ -99,7 +109,7 @@ impl Packing {
         for j in 0..cfg.layer_count() {
             let op = match cfg.layer(j)? {
                 LayerKind::Affine { flip } | LayerKind::Additive { flip } => {
-                    let (c, o) = if flip { (d - k, k) } else { (k, d - k) };
+                    let (c, o) = if flip { (d - k + m, k) } else { (k + m, d - k) };
                     let affine = cfg.arch.coupling == Coupling::Affine;
                     let extra = match cfg.arch.scale {
                         _ if !affine => 0,
@@ -116,7 +126,7 @@ impl Packing {
             offset += op.range().len();
             ops.push(op);
         }
-        Some(Packing { cfg: *cfg, d, k, hidden, hp, ops, len: offset, avx2: has_avx2_fma() })
+        Some(Packing { cfg: *cfg, d, k, m, hidden, hp, ops, len: offset, avx2: has_avx2_fma() })
     }
 
     /// The same packing with the kernels built for the baseline instruction set even where the CPU
@@ -165,12 +175,19 @@ impl Packing {
         }
     }
 
+    /// The coupling `layer`'s network widths: inputs (conditioning columns and context) and
+    /// outputs.
     fn widths(&self, layer: usize) -> (usize, usize) {
         if self.coupling(layer).0 {
-            (self.d - self.k, self.k)
+            (self.d - self.k + self.m, self.k)
         } else {
-            (self.k, self.d - self.k)
+            (self.k + self.m, self.d - self.k)
         }
+    }
+
+    /// Context columns.
+    pub fn context(&self) -> usize {
+        self.m
     }
 
     /// Maps a dense tensor of the flow to positions in the flat buffer: calls `f(dense_index,
@@ -238,6 +255,18 @@ impl Packing {
         );
     }
 
+    /// Panics unless `ctx` has `m` numbers per row of `data` numbers (a caller's bug).
+    fn check_context(&self, data: usize, ctx: &[f32]) {
+        let rows = data / self.d;
+        assert_eq!(
+            ctx.len(),
+            rows * self.m,
+            "kernel: context of {} numbers for {rows} rows of m = {}",
+            ctx.len(),
+            self.m
+        );
+    }
+
     fn check_lengths(&self, params: &[f32], data: usize) {
         assert_eq!(
             params.len(),
@@ -252,21 +281,29 @@ impl Packing {
     fn geometry(&self, layer: usize) -> Geometry {
         let (flip, affine, _) = self.coupling(layer);
         let (cc, tc) = if flip { (self.k, 0) } else { (0, self.k) };
-        Geometry { d: self.d, cc, tc, hp: self.hp, hidden: self.hidden, affine, scale: self.cfg.arch.scale }
+        let cond = if flip { self.d - self.k } else { self.k };
+        let scale = self.cfg.arch.scale;
+        Geometry { d: self.d, cc, tc, hp: self.hp, hidden: self.hidden, affine, scale, cond, m: self.m }
     }
 
     /// `x → z` in place for rows of `xs` (`n × d`), adding each row's `Σ log|det|` to `log_det`.
     ///
     /// Panics if `params` is not a buffer of this packing or the lengths disagree.
     pub fn forward(&self, params: &[f32], xs: &mut [f32], log_det: &mut [f32]) {
+        self.forward_given(params, xs, &[], log_det)
+    }
+
+    /// [`Packing::forward`] of a conditional flow, with each row's context in `ctx` (`n × m`).
+    pub fn forward_given(&self, params: &[f32], xs: &mut [f32], ctx: &[f32], log_det: &mut [f32]) {
         self.check_lengths(params, xs.len());
         self.check_log_dets(xs.len(), log_det);
+        self.check_context(xs.len(), ctx);
         for (l, op) in self.ops.iter().enumerate() {
             let p = &params[op.range()];
             match *op {
                 Op::Coupling { .. } => {
                     let (c, o) = self.widths(l);
-                    fwd::run(self.avx2, c, o, p, self.geometry(l), xs, log_det, None);
+                    fwd::run(self.avx2, c, o, p, self.geometry(l), xs, ctx, log_det, None);
                 }
                 Op::Linear { kind, .. } => linear::forward(kind, p, self.d, xs, log_det),
             }
@@ -277,13 +314,19 @@ impl Packing {
     ///
     /// Panics if `params` is not a buffer of this packing or `zs` is not whole rows.
     pub fn inverse(&self, params: &[f32], zs: &mut [f32]) {
+        self.inverse_given(params, zs, &[])
+    }
+
+    /// [`Packing::inverse`] of a conditional flow, with each row's context in `ctx` (`n × m`).
+    pub fn inverse_given(&self, params: &[f32], zs: &mut [f32], ctx: &[f32]) {
         self.check_lengths(params, zs.len());
+        self.check_context(zs.len(), ctx);
         for (l, op) in self.ops.iter().enumerate().rev() {
             let p = &params[op.range()];
             match *op {
                 Op::Coupling { .. } => {
                     let (c, o) = self.widths(l);
-                    inv::run(self.avx2, c, o, p, self.geometry(l), zs, None);
+                    inv::run(self.avx2, c, o, p, self.geometry(l), zs, ctx, None);
                 }
                 Op::Linear { kind, .. } => linear::inverse(kind, p, self.d, zs),
             }
@@ -302,8 +345,23 @@ impl Packing {
         reversible: bool,
         scratch: &mut Scratch,
     ) -> f64 {
+        self.loss_grad_given(params, grads, (xs, &[]), scale, reversible, scratch)
+    }
+
+    /// [`Packing::loss_grad`] of a conditional flow: `(xs, ctx)` are the rows and their context
+    /// (`n × m`).
+    pub fn loss_grad_given(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        (xs, ctx): (&[f32], &[f32]),
+        scale: f32,
+        reversible: bool,
+        scratch: &mut Scratch,
+    ) -> f64 {
         self.check_lengths(params, xs.len());
         self.check_grads(grads);
+        self.check_context(xs.len(), ctx);
         let d = self.d;
         let n = xs.len() / d;
         let layers = self.layers();
@@ -333,6 +391,7 @@ impl Packing {
                         p,
                         self.geometry(l),
                         &mut scratch.z,
+                        ctx,
                         &mut scratch.log_det,
                         keep,
                     );
@@ -360,13 +419,13 @@ impl Packing {
                     if reversible {
                         // the input is recomputed from the output; σ and μ come with it
                         let keep = &mut scratch.sm[..n * 2 * o];
-                        inv::run(self.avx2, c, o, p, geo, &mut scratch.z, Some(keep));
+                        inv::run(self.avx2, c, o, p, geo, &mut scratch.z, ctx, Some(keep));
                         let sm = &scratch.sm[..n * 2 * o];
-                        bwd::run(self.avx2, c, o, p, g, geo, &scratch.z, sm, &mut scratch.grad, -scale);
+                        bwd::run(self.avx2, c, o, p, g, geo, &scratch.z, ctx, sm, &mut scratch.grad, -scale);
                     } else {
                         let input = &scratch.inputs[l * n * d..(l + 1) * n * d];
                         let sm = &scratch.sm[l * n * 2 * o_max..][..n * 2 * o];
-                        bwd::run(self.avx2, c, o, p, g, geo, input, sm, &mut scratch.grad, -scale);
+                        bwd::run(self.avx2, c, o, p, g, geo, input, ctx, sm, &mut scratch.grad, -scale);
                     }
                 }
                 Op::Linear { kind, .. } => {
@@ -394,6 +453,11 @@ pub struct Scratch {
     grad: Vec<f32>,
 }
 
+/// The context of rows `start..start + rows` (`m` numbers per row; empty without a context).
+fn context_block(ctx: &[f32], start: usize, rows: usize, m: usize) -> &[f32] {
+    &ctx[start * m..(start + rows) * m]
+}
+
 /// A tensor's values as float32, in row-major order.
 pub(crate) fn flat(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(&t.detach().to_kind(Kind::Float).contiguous().view([-1]))?)
@@ -410,33 +474,54 @@ impl Packing {
 
     /// [`Packing::forward`] on `threads` threads (same panics).
     pub fn forward_par(&self, params: &[f32], xs: &mut [f32], log_det: &mut [f32], threads: usize) {
+        self.forward_given_par(params, xs, &[], log_det, threads)
+    }
+
+    /// [`Packing::forward_given`] on `threads` threads (same panics).
+    pub fn forward_given_par(
+        &self,
+        params: &[f32],
+        xs: &mut [f32],
+        ctx: &[f32],
+        log_det: &mut [f32],
+        threads: usize,
+    ) {
         self.check_lengths(params, xs.len());
         self.check_log_dets(xs.len(), log_det);
-        let d = self.d;
+        self.check_context(xs.len(), ctx);
+        let (d, m) = (self.d, self.m);
         let blocks = Self::row_blocks(log_det.len(), threads, 1024);
         if blocks.len() <= 1 {
-            return self.forward(params, xs, log_det);
+            return self.forward_given(params, xs, ctx, log_det);
         }
         let per = blocks[0].len();
         std::thread::scope(|s| {
-            for (x, ld) in xs.chunks_mut(per * d).zip(log_det.chunks_mut(per)) {
-                s.spawn(move || self.forward(params, x, ld));
+            for (i, (x, ld)) in xs.chunks_mut(per * d).zip(log_det.chunks_mut(per)).enumerate() {
+                let c = context_block(ctx, i * per, ld.len(), m);
+                s.spawn(move || self.forward_given(params, x, c, ld));
             }
         });
     }
 
     /// [`Packing::inverse`] on `threads` threads (same panics).
     pub fn inverse_par(&self, params: &[f32], zs: &mut [f32], threads: usize) {
+        self.inverse_given_par(params, zs, &[], threads)
+    }
+
+    /// [`Packing::inverse_given`] on `threads` threads (same panics).
+    pub fn inverse_given_par(&self, params: &[f32], zs: &mut [f32], ctx: &[f32], threads: usize) {
         self.check_lengths(params, zs.len());
-        let d = self.d;
+        self.check_context(zs.len(), ctx);
+        let (d, m) = (self.d, self.m);
         let blocks = Self::row_blocks(zs.len() / d, threads, 1024);
         if blocks.len() <= 1 {
-            return self.inverse(params, zs);
+            return self.inverse_given(params, zs, ctx);
         }
         let per = blocks[0].len();
         std::thread::scope(|s| {
-            for z in zs.chunks_mut(per * d) {
-                s.spawn(move || self.inverse(params, z));
+            for (i, z) in zs.chunks_mut(per * d).enumerate() {
+                let c = context_block(ctx, i * per, z.len() / d, m);
+                s.spawn(move || self.inverse_given(params, z, c));
             }
         });
     }
@@ -447,14 +532,15 @@ impl Packing {
         &self,
         params: &[f32],
         grads: &mut [f32],
-        xs: &[f32],
+        (xs, ctx): (&[f32], &[f32]),
         reversible: bool,
         threads: usize,
         scratch: &mut Vec<(Scratch, Vec<f32>)>,
     ) -> f64 {
         self.check_lengths(params, xs.len());
         self.check_grads(grads);
-        let d = self.d;
+        self.check_context(xs.len(), ctx);
+        let (d, m) = (self.d, self.m);
         let n = xs.len() / d;
         let scale = 1.0 / n.max(1) as f32;
         let blocks = Self::row_blocks(n, threads, 128);
@@ -462,18 +548,20 @@ impl Packing {
         grads.fill(0.0);
         if blocks.len() <= 1 {
             let (s, _) = &mut scratch[0];
-            return self.loss_grad(params, grads, xs, scale, reversible, s) / n.max(1) as f64;
+            return self.loss_grad_given(params, grads, (xs, ctx), scale, reversible, s) / n.max(1) as f64;
         }
         let per = blocks[0].len();
         let losses: Vec<f64> = std::thread::scope(|s| {
             let handles: Vec<_> = xs
                 .chunks(per * d)
                 .zip(scratch.iter_mut())
-                .map(|(x, (sc, g))| {
+                .enumerate()
+                .map(|(i, (x, (sc, g)))| {
+                    let c = context_block(ctx, i * per, x.len() / d, m);
                     s.spawn(move || {
                         g.clear();
                         g.resize(self.len, 0.0);
-                        self.loss_grad(params, g, x, scale, reversible, sc)
+                        self.loss_grad_given(params, g, (x, c), scale, reversible, sc)
                     })
                 })
                 .collect();

@@ -287,12 +287,25 @@ pub(super) struct Geometry {
     pub affine: bool,
     /// The scale map of an affine coupling.
     pub scale: Scale,
+    /// Conditioning columns of the data (the networks' first inputs).
+    pub cond: usize,
+    /// Context columns (the networks' last inputs; 0 for an unconditional flow).
+    pub m: usize,
 }
 
-/// Gathers the conditioning columns of rows `i..i + R`.
+/// Gathers the networks' inputs for rows `i..i + R`: the conditioning columns of `xs`, then the
+/// rows' context from `ctx` (`m` numbers per row).
 #[inline(always)]
-fn gather<const R: usize, const C: usize>(xs: &[f32], geo: Geometry, i: usize) -> [[f32; C]; R] {
-    std::array::from_fn(|r| std::array::from_fn(|c| xs[(i + r) * geo.d + geo.cc + c]))
+fn gather<const R: usize, const C: usize>(xs: &[f32], ctx: &[f32], geo: Geometry, i: usize) -> [[f32; C]; R] {
+    std::array::from_fn(|r| {
+        std::array::from_fn(|c| {
+            if c < geo.cond {
+                xs[(i + r) * geo.d + geo.cc + c]
+            } else {
+                ctx[(i + r) * geo.m + c - geo.cond]
+            }
+        })
+    })
 }
 
 /// A coupling's scale map `log s = g(h)` with its variable: the bound of `softclamp`, the shift
@@ -385,10 +398,11 @@ fn layer_forward<const C: usize, const O: usize, const F: bool>(
     params: &[f32],
     geo: Geometry,
     xs: &mut [f32],
+    ctx: &[f32],
     log_det: &mut [f32],
     keep: Option<&mut [f32]>,
 ) {
-    layer_pass::<C, O, F, false>(params, geo, xs, log_det, keep)
+    layer_pass::<C, O, F, false>(params, geo, xs, ctx, log_det, keep)
 }
 
 /// Inverse through one layer, in place (rows of `z` become rows of `x`); with `keep`, stores
@@ -398,9 +412,10 @@ fn layer_inverse<const C: usize, const O: usize, const F: bool>(
     params: &[f32],
     geo: Geometry,
     zs: &mut [f32],
+    ctx: &[f32],
     keep: Option<&mut [f32]>,
 ) {
-    layer_pass::<C, O, F, true>(params, geo, zs, &mut [], keep)
+    layer_pass::<C, O, F, true>(params, geo, zs, ctx, &mut [], keep)
 }
 
 /// The forward (`INVERSE = false`, adding `Σ σ` to `log_det`) or inverse pass of one layer over
@@ -410,6 +425,7 @@ fn layer_pass<const C: usize, const O: usize, const F: bool, const INVERSE: bool
     params: &[f32],
     geo: Geometry,
     data: &mut [f32],
+    ctx: &[f32],
     log_det: &mut [f32],
     mut keep: Option<&mut [f32]>,
 ) {
@@ -419,10 +435,20 @@ fn layer_pass<const C: usize, const O: usize, const F: bool, const INVERSE: bool
     let mut i = 0;
     while i < n {
         if i + ROWS <= n {
-            pass_rows::<ROWS, C, O, F, INVERSE>(sig, &mu, &map, geo, data, log_det, keep.as_deref_mut(), i);
+            pass_rows::<ROWS, C, O, F, INVERSE>(
+                sig,
+                &mu,
+                &map,
+                geo,
+                data,
+                ctx,
+                log_det,
+                keep.as_deref_mut(),
+                i,
+            );
             i += ROWS;
         } else {
-            pass_rows::<1, C, O, F, INVERSE>(sig, &mu, &map, geo, data, log_det, keep.as_deref_mut(), i);
+            pass_rows::<1, C, O, F, INVERSE>(sig, &mu, &map, geo, data, ctx, log_det, keep.as_deref_mut(), i);
             i += 1;
         }
     }
@@ -436,11 +462,12 @@ fn pass_rows<const R: usize, const C: usize, const O: usize, const F: bool, cons
     map: &ScaleMap<O>,
     geo: Geometry,
     data: &mut [f32],
+    ctx: &[f32],
     log_det: &mut [f32],
     keep: Option<&mut [f32]>,
     i: usize,
 ) {
-    let x1 = gather::<R, C>(data, geo, i);
+    let x1 = gather::<R, C>(data, ctx, geo, i);
     let m = net_forward::<R, C, O, F>(mu, &x1);
     let Some(sig) = sig else {
         // additive: z₂ = x₂ + μ(x₁), log|det| = 0
@@ -489,11 +516,13 @@ fn pass_rows<const R: usize, const C: usize, const O: usize, const F: bool, cons
 /// `μ`, and `grad` ∂loss/∂output on entry and ∂loss/∂input on return. `dlogdet` is
 /// ∂loss/∂(Σ σ) of every row. Adds the parameter gradients to `grads`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn layer_backward<const C: usize, const O: usize, const F: bool>(
     params: &[f32],
     grads: &mut [f32],
     geo: Geometry,
     input: &[f32],
+    ctx: &[f32],
     sm: &[f32],
     grad: &mut [f32],
     dlogdet: f32,
@@ -517,10 +546,10 @@ fn layer_backward<const C: usize, const O: usize, const F: bool>(
     while i < n {
         let args = (&mut sig, &mu, &mut gmu, &map, &mut ggamma);
         if i + ROWS <= n {
-            backward_rows::<ROWS, C, O, F>(args, geo, input, sm, grad, dlogdet, i);
+            backward_rows::<ROWS, C, O, F>(args, geo, (input, ctx), sm, grad, dlogdet, i);
             i += ROWS;
         } else {
-            backward_rows::<1, C, O, F>(args, geo, input, sm, grad, dlogdet, i);
+            backward_rows::<1, C, O, F>(args, geo, (input, ctx), sm, grad, dlogdet, i);
             i += 1;
         }
     }
@@ -545,13 +574,13 @@ type BackwardNets<'s, 'a, 'g, const C: usize, const O: usize> = (
 fn backward_rows<const R: usize, const C: usize, const O: usize, const F: bool>(
     (sig, mu, gmu, map, ggamma): BackwardNets<'_, '_, '_, C, O>,
     geo: Geometry,
-    input: &[f32],
+    (input, ctx): (&[f32], &[f32]),
     sm: &[f32],
     grad: &mut [f32],
     dlogdet: f32,
     i: usize,
 ) {
-    let x1 = gather::<R, C>(input, geo, i);
+    let x1 = gather::<R, C>(input, ctx, geo, i);
     let mut gs = [[0.0f32; O]; R];
     let mut gm = [[0.0f32; O]; R];
     for r in 0..R {
@@ -578,9 +607,10 @@ fn backward_rows<const R: usize, const C: usize, const O: usize, const F: bool>(
         Some((net, g)) => net_backward::<R, C, O, F>(net, g, &x1, &gs),
         None => [[0.0f32; C]; R],
     };
+    // the context's gradient is not needed: only the data columns' are passed on
     for r in 0..R {
         let row = (i + r) * geo.d + geo.cc;
-        for c in 0..C {
+        for c in 0..geo.cond {
             grad[row + c] += ds[r][c] + dm[r][c];
         }
     }
@@ -646,9 +676,9 @@ macro_rules! entry_points {
 }
 
 entry_points! {
-    fwd, layer_forward, (params: &[f32], geo: Geometry, xs: &mut [f32], log_det: &mut [f32], keep: Option<&mut [f32]>);
-    inv, layer_inverse, (params: &[f32], geo: Geometry, zs: &mut [f32], keep: Option<&mut [f32]>);
-    bwd, layer_backward, (params: &[f32], grads: &mut [f32], geo: Geometry, input: &[f32], sm: &[f32], grad: &mut [f32], dlogdet: f32);
+    fwd, layer_forward, (params: &[f32], geo: Geometry, xs: &mut [f32], ctx: &[f32], log_det: &mut [f32], keep: Option<&mut [f32]>);
+    inv, layer_inverse, (params: &[f32], geo: Geometry, zs: &mut [f32], ctx: &[f32], keep: Option<&mut [f32]>);
+    bwd, layer_backward, (params: &[f32], grads: &mut [f32], geo: Geometry, input: &[f32], ctx: &[f32], sm: &[f32], grad: &mut [f32], dlogdet: f32);
 }
 
 /// Whether the AVX2 + FMA build of the kernels runs: the CPU has both, and the environment
