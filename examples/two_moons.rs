@@ -86,7 +86,7 @@ fn main() -> Result<()> {
         let nll = mean_nll(flow.stack().run(cfg.engine), &test, None)?;
         Figures {
             flow: flow.stack().run(cfg.engine),
-            scaler: None,
+            space: None,
             data: Some(&shown),
             report: Some(&report),
             floor: Some((ENTROPY, "data entropy 1.131")),

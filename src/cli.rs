@@ -197,18 +197,28 @@ impl TrainArgs {
             val_fraction: self.val_fraction,
             reversible: self.reversible_backprop,
             engine: self.compute.engine()?,
+            patience: 0, // set with the data (see `patience`)
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// The initialisation: `--init`, or by default the notebook's for its architecture and the
-    /// identity (zero last layers, which keeps deeper stacks stable) for the others.
-    pub fn initialisation(&self, arch: rnvp::Arch) -> Result<Init> {
+    /// `--patience`, or its default for the data: 20 validations for a file, none for a toy set.
+    pub fn patience(&self, file: bool) -> Result<usize> {
+        match self.patience {
+            Some(p) => non_negative("--patience", p),
+            None => Ok(if file { 20 } else { 0 }),
+        }
+    }
+
+    /// The initialisation: `--init`, or by default the notebook's for its architecture on a toy
+    /// set and the identity (zero last layers: the untrained flow is the scaler's Gaussian, and
+    /// deeper stacks start stable) for the others and for data files.
+    pub fn initialisation(&self, arch: rnvp::Arch, file: bool) -> Result<Init> {
         match self.init.as_deref() {
             Some("pytorch") => Ok(Init::Pytorch),
             Some("identity") => Ok(Init::Identity),
-            None if arch == rnvp::Arch::NOTEBOOK => Ok(Init::Pytorch),
+            None if arch == rnvp::Arch::NOTEBOOK && !file => Ok(Init::Pytorch),
             None => Ok(Init::Identity),
             Some(o) => Err(Error::InvalidConfig(format!("--init {o}: expected pytorch or identity"))),
         }
@@ -249,8 +259,9 @@ pub struct Compute {
     /// libtorch intra-op threads (default: libtorch's choice); the fused kernels use as many.
     #[arg(long)]
     pub threads: Option<i32>,
-    /// What computes the passes: auto (the fused CPU kernels for float32 flows with k and d − k
-    /// at most 4, libtorch otherwise), fused, or libtorch (autograd, as the notebook).
+    /// What computes the passes: auto (the fused CPU kernels for float32 flows whose conditioners
+    /// take and give at most 4 columns, context included; libtorch otherwise), fused, or libtorch
+    /// (autograd, as the notebook).
     #[arg(long, default_value = "auto")]
     pub engine: String,
     /// The model's prefix in a checkpoint whose names carry one (`module.`, `model.`, ...): found
@@ -270,7 +281,9 @@ pub struct TrainArgs {
     /// --warmup 100 --clip-grad 1 --init identity --val-every 500 --threads 1 (two moons: test NLL
     /// ≈ 1.132 nats, the floor being 1.131, after about 11 s of training on 2 cores); `glow` =
     /// the same with --arch glow --layers 16 --steps 8000 (steadier than the notebook's layers
-    /// off two moons, e.g. on eight-gaussians and two-spirals; about 30 s on one core).
+    /// off two moons, e.g. on eight-gaussians and two-spirals; about 30 s on one core); `sbi` =
+    /// --arch glow --layers 8 --hidden 64 --batch-size 256 --lr 1e-3 --steps 6000 with best's
+    /// schedule, for posterior estimation on simulations (--context M), stopping early.
     #[arg(long)]
     pub preset: Option<String>,
     /// Checkpoint to write (.safetensors); the best validation model goes beside it as
@@ -302,6 +315,28 @@ pub struct TrainArgs {
     /// NICE's diagonal scaling layer after the last step (--final-scale false removes it).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub final_scale: Option<bool>,
+    /// Train a conditional flow p(x | c): the last M columns of the data file are the context c,
+    /// the others are modelled.
+    #[arg(long, value_name = "M", default_value_t = 0, allow_negative_numbers = true)]
+    pub context: i64,
+    /// The box every modelled column lies in, LO,HI (e.g. a uniform prior's): the flow trains in
+    /// logit space (its Jacobian is part of every density) and every sample lies inside the box.
+    #[arg(long, value_name = "LO,HI", allow_hyphen_values = true, conflicts_with = "bounds_file")]
+    pub bounds: Option<String>,
+    /// Decorrelate a data file's standardized modelled columns (whitening), so that the untrained
+    /// flow (with --init identity, the default for files) is the full-covariance Gaussian of the
+    /// training rows; --whiten false standardizes each column only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub whiten: Option<bool>,
+    /// Per-column bounds: a .csv / .npy file with one row LO,HI per modelled column.
+    #[arg(long, value_name = "FILE")]
+    pub bounds_file: Option<PathBuf>,
+    /// Early stopping: stop after this many validations in a row without a better validation NLL
+    /// (0: train all --steps); --out then holds the best validation model (the initial one
+    /// included) and <name>.last.safetensors the latest state [default: 20 for a data file, 0 for
+    /// a toy set].
+    #[arg(long, allow_negative_numbers = true)]
+    pub patience: Option<i64>,
     /// Steps (coupling layers).
     #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     pub layers: i64,
@@ -351,7 +386,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub val_fraction: f64,
     /// Initialisation: pytorch (the notebook's) or identity (zero last layers) [default: pytorch
-    /// for --arch notebook, identity for the others].
+    /// for --arch notebook on a toy set, identity for the others and for data files].
     #[arg(long)]
     pub init: Option<String>,
     /// Backpropagate without keeping activations: each layer's input is recomputed from its output
@@ -415,6 +450,13 @@ pub struct SampleArgs {
     /// Also draw the samples into this PNG.
     #[arg(long)]
     pub png: Option<PathBuf>,
+    /// A conditional flow's context, comma-separated (e.g. --context -0.6,0.2): draws x ~ p(x | c).
+    #[arg(long, value_name = "C1,C2,..", allow_hyphen_values = true, conflicts_with = "context_file")]
+    pub context: Option<String>,
+    /// Contexts, one per row (.csv / .npy): draws -n samples for each row, in row order, with the
+    /// context columns appended to each output row.
+    #[arg(long, value_name = "FILE")]
+    pub context_file: Option<PathBuf>,
     #[command(flatten)]
     pub compute: Compute,
 }
@@ -424,7 +466,7 @@ pub struct MapArgs {
     /// The trained flow.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Input rows (.csv or .npy).
+    /// Input rows (.csv or .npy); for a conditional flow, the context columns come last.
     #[arg(long)]
     pub input: PathBuf,
     /// Output file (.csv or .npy) [default: CSV on stdout].

@@ -1,7 +1,7 @@
 //! The figures of a trained flow (the notebook's `view`), shared by the `two_moons` example and
 //! `rnvp train --plot-dir` / `rnvp plot`: loss curve, samples `F⁻¹(Z)`, latents `F(X)` and a
 //! density heat map with the data over it.
-use crate::data::{self, Matrix, Scaler};
+use crate::data::{self, DataSpace, Matrix};
 use crate::error::Result;
 use crate::plot::{self, Grid};
 use crate::run::Run;
@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 pub struct Figures<'a> {
     /// The flow and the engine that runs it.
     pub flow: Run<'a>,
-    /// The scaler of file data (samples and densities are then in the data's units).
-    pub scaler: Option<&'a Scaler>,
+    /// How file data reaches the flow (scaler, whitening; samples and densities are then in the
+    /// data's units); `None` for data in the flow's own coordinates.
+    pub space: Option<DataSpace<'a>>,
     /// Data points in the data's units (for toy sets: a standardized batch).
     pub data: Option<&'a Matrix>,
     /// The training run, for the loss curve.
@@ -67,8 +68,8 @@ impl Figures<'_> {
         }
         let samples = self.flow.sample(self.n_samples)?;
         let mut samples = data::from_tensor(&samples)?;
-        if let Some(s) = self.scaler {
-            samples = s.inverse(&samples)?;
+        if let Some(s) = &self.space {
+            samples = s.from_flow(&samples)?;
         }
         let sample_xy = pairs(&samples);
         let data_xy = self.data.map(pairs);
@@ -83,8 +84,8 @@ impl Figures<'_> {
 
         if let Some(d) = self.data {
             let mut xs = d.clone();
-            if let Some(s) = self.scaler {
-                xs = s.transform(&xs)?;
+            if let Some(s) = &self.space {
+                xs = s.to_flow(&xs)?.0;
             }
             let zs = self.flow.encode(&data::to_tensor(
                 &xs,
@@ -116,10 +117,9 @@ impl Figures<'_> {
             let (nx, ny) = (200, 200);
             let pts = Grid::points(x, y, nx, ny);
             let mut m = Matrix::new(pts.len(), 2, pts.iter().flat_map(|p| [p[0], p[1]]).collect())?;
-            let mut shift = 0.0;
-            if let Some(s) = self.scaler {
-                m = s.transform(&m)?;
-                shift = s.log_det();
+            let mut shift = vec![0.0; m.rows];
+            if let Some(s) = &self.space {
+                (m, shift) = s.to_flow(&m)?;
             }
             let lp = self.flow.log_prob(&data::to_tensor(
                 &m,
@@ -127,7 +127,7 @@ impl Figures<'_> {
                 self.flow.flow().device(),
             )?)?;
             let values: Vec<f64> =
-                data::from_tensor(&lp.unsqueeze(1))?.data.iter().map(|v| v + shift).collect();
+                data::from_tensor(&lp.unsqueeze(1))?.data.iter().zip(&shift).map(|(v, s)| v + s).collect();
             let path = dir.join("density.png");
             plot::density(&path, &self.titled("Density p(x)"), &Grid { x, y, nx, ny, values }, overlay)?;
             written.push(path);

@@ -701,3 +701,182 @@ fn sizes_and_buffers_from_the_user_are_checked() {
     train_small(&ck, &["--arch", "glow"]);
     fails(&["sample", "--checkpoint", s(&ck), "-n", "10000000000000"], &["-n 10000000000000", "GB"]);
 }
+
+/// Rows `[θ₀, θ₁, x₀, x₁]` with `θ ~ U(−1, 1)²` and `x = θ + N(0, 0.1²)`: the posterior of θ given
+/// x is narrow around x (inside the box).
+fn simulations(path: &Path, n: usize) {
+    let mut rng = rnvp::data::Rng::new(9);
+    let mut csv = String::new();
+    for _ in 0..n {
+        let t = [rng.uniform() * 2.0 - 1.0, rng.uniform() * 2.0 - 1.0];
+        let x = [t[0] + 0.1 * rng.normal(), t[1] + 0.1 * rng.normal()];
+        csv.push_str(&format!("{},{},{},{}\n", t[0], t[1], x[0], x[1]));
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+#[test]
+fn conditional_flows_train_sample_and_score_from_the_cli() {
+    let dir = tmp_dir("cli-conditional");
+    let sims = dir.join("sims.csv");
+    simulations(&sims, 3000);
+    let q = dir.join("q.safetensors");
+    let out = ok(&[
+        "train",
+        "--data",
+        s(&sims),
+        "--context",
+        "2",
+        "--bounds",
+        "-1,1",
+        "--out",
+        s(&q),
+        "--layers",
+        "4",
+        "--hidden",
+        "32",
+        "--steps",
+        "600",
+        "--batch-size",
+        "256",
+        "--lr",
+        "3e-3",
+        "--quiet",
+    ]);
+    assert!(out.contains("kept step"), "{out}");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&q), "--json"])).unwrap();
+    assert_eq!((info["d"].as_i64(), info["context"].as_i64()), (Some(2), Some(2)), "{info}");
+    assert_eq!(info["bounds"]["lo"][1].as_f64(), Some(-1.0), "{info}");
+    // one context, given after a space although it starts with a minus sign
+    let post = dir.join("post.csv");
+    ok(&["sample", "--checkpoint", s(&q), "-n", "2000", "--context", "-0.3,0.4", "--out", s(&post)]);
+    let m = rnvp::data::io::read_matrix(&post).unwrap();
+    assert_eq!((m.rows, m.cols), (2000, 2));
+    assert!(m.data.iter().all(|v| (-1.0..=1.0).contains(v)), "a sample leaks out of the box");
+    let mean = |j: usize| (0..m.rows).map(|i| m.row(i)[j]).sum::<f64>() / m.rows as f64;
+    assert!(
+        (mean(0) + 0.3).abs() < 0.1 && (mean(1) - 0.4).abs() < 0.1,
+        "posterior mean ({}, {})",
+        mean(0),
+        mean(1)
+    );
+    // a file of contexts: -n rows per context, in order, with the context appended
+    let obs = dir.join("obs.csv");
+    std::fs::write(&obs, "0.5,0.5\n-0.6,0.2\n").unwrap();
+    let both = dir.join("both.csv");
+    ok(&["sample", "--checkpoint", s(&q), "-n", "300", "--context-file", s(&obs), "--out", s(&both)]);
+    let b = rnvp::data::io::read_matrix(&both).unwrap();
+    assert_eq!((b.rows, b.cols), (600, 4));
+    assert!(
+        (0..300).all(|i| b.row(i)[2..] == [0.5, 0.5]) && (300..600).all(|i| b.row(i)[2..] == [-0.6, 0.2])
+    );
+    let block_mean = |from: usize| (from..from + 300).map(|i| b.row(i)[0]).sum::<f64>() / 300.0;
+    assert!(block_mean(0) > 0.3 && block_mean(300) < -0.4, "each block follows its context");
+    // log-prob, encode, decode and eval read the context from the last columns
+    let lp = rnvp::data::io::read_matrix(&write_and(&dir, "lp.csv", || {
+        ok(&["log-prob", "--checkpoint", s(&q), "--input", s(&both), "--out", s(&dir.join("lp.csv"))]);
+    }))
+    .unwrap();
+    assert_eq!((lp.rows, lp.cols), (600, 1));
+    assert!(lp.data.iter().all(|v| v.is_finite()));
+    let z = dir.join("z.csv");
+    ok(&["encode", "--checkpoint", s(&q), "--input", s(&both), "--out", s(&z)]);
+    let zm = rnvp::data::io::read_matrix(&z).unwrap();
+    assert_eq!(zm.cols, 2);
+    let zc: Vec<f64> =
+        (0..zm.rows).flat_map(|i| [zm.row(i)[0], zm.row(i)[1], b.row(i)[2], b.row(i)[3]]).collect();
+    let zc_path = dir.join("zc.csv");
+    rnvp::data::io::write_matrix(&zc_path, &rnvp::data::Matrix::new(zm.rows, 4, zc).unwrap(), &[]).unwrap();
+    let back = dir.join("back.csv");
+    ok(&["decode", "--checkpoint", s(&q), "--input", s(&zc_path), "--out", s(&back)]);
+    let x = rnvp::data::io::read_matrix(&back).unwrap();
+    let err =
+        (0..x.rows).flat_map(|i| (0..2).map(move |j| (i, j))).map(|(i, j)| (x.row(i)[j] - b.row(i)[j]).abs());
+    assert!(err.fold(0.0, f64::max) < 1e-3, "decode(encode(θ, x), x) ≠ θ");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["eval", "--checkpoint", s(&q), "--data", s(&sims), "--json"])).unwrap();
+    let nll = v["nll"].as_f64().unwrap();
+    // the prior's entropy is ln 4 = 1.39 nats; the posterior (σ ≈ 0.1 per coordinate) is far tighter
+    assert!(nll < 0.0, "{v}");
+    // bad input: one line each, naming both widths or the problem
+    fails(&["sample", "--checkpoint", s(&q), "-n", "5"], &["conditional on 2 context", "--context"]);
+    fails(&["sample", "--checkpoint", s(&q), "-n", "5", "--context", "1,2,3"], &["3 context", "takes 2"]);
+    fails(&["sample", "--checkpoint", s(&q), "-n", "5", "--context", "1,x"], &["'x' is not a finite number"]);
+    fails(
+        &["log-prob", "--checkpoint", s(&q), "--input", s(&post)],
+        &["2 columns", "expects 4", "2 context"],
+    );
+    fails(
+        &["train", "--data", s(&sims), "--context", "2", "--bounds", "1,1", "--out", s(&q)],
+        &["LO 1", "HI 1"],
+    );
+    fails(
+        &["train", "--data", s(&sims), "--context", "2", "--bounds", "0,1", "--out", s(&q)],
+        &["row", "column", "outside the bounds"],
+    );
+    fails(&["train", "--data", "two-moons", "--context", "1", "--out", s(&q)], &["data file"]);
+    let plain = trained(&dir);
+    fails(&["sample", "--checkpoint", s(&plain), "-n", "5", "--context", "0.1,0.2"], &["unconditional"]);
+}
+
+/// Runs `f`, which writes `dir/name`, and returns that path.
+fn write_and(dir: &Path, name: &str, f: impl FnOnce()) -> PathBuf {
+    f();
+    dir.join(name)
+}
+
+#[test]
+fn small_tables_stop_early_and_keep_the_best_model_under_the_given_name() {
+    let dir = tmp_dir("cli-early");
+    // 150 rows of 4 correlated columns: a small table a default run would overfit
+    let mut rng = rnvp::data::Rng::new(4);
+    let mut csv = String::new();
+    for _ in 0..150 {
+        let (a, b) = (rng.normal(), rng.normal());
+        csv.push_str(&format!(
+            "{},{},{},{}\n",
+            5.0 + a,
+            3.0 + 0.9 * a + 0.3 * b,
+            a - b,
+            0.2 * b + rng.normal()
+        ));
+    }
+    let data = dir.join("t.csv");
+    std::fs::write(&data, csv).unwrap();
+    let ck = dir.join("t.safetensors");
+    let out = ok(&["train", "--data", s(&data), "--out", s(&ck), "--quiet"]);
+    assert!(out.contains("stopped early") && out.contains("kept step"), "{out}");
+    assert!(dir.join("t.last.safetensors").exists(), "the latest state beside it");
+    // the kept model is the best validation model: its step and NLL are the summary's
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&ck), "--json"])).unwrap();
+    let kept = out.split("kept step ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    assert_eq!(info["info"]["step"].as_i64().map(|s| s.to_string()).as_deref(), Some(kept), "{out} / {info}");
+    assert!(info["whiten"]["chol"].is_array(), "whitening is on for files by default");
+    // finite on every row, and resumable from the latest state
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["eval", "--checkpoint", s(&ck), "--data", s(&data), "--json"])).unwrap();
+    assert!(v["finite"].as_bool().unwrap(), "{v}");
+    let last = dir.join("t.last.safetensors");
+    fails(
+        &["train", "--data", s(&data), "--out", s(&dir.join("r.safetensors")), "--resume", s(&ck)],
+        &["last.safetensors"],
+    );
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&dir.join("r.safetensors")),
+        "--resume",
+        s(&last),
+        "--steps",
+        "3000",
+        "--quiet",
+    ]);
+    // --patience 0 trains every step and keeps the latest state in --out, the best beside it
+    let all = dir.join("all.safetensors");
+    let out =
+        ok(&["train", "--data", s(&data), "--out", s(&all), "--patience", "0", "--steps", "50", "--quiet"]);
+    assert!(out.contains("trained 50 steps"), "{out}");
+    assert!(dir.join("all.best.safetensors").exists());
+}

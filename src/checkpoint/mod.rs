@@ -17,7 +17,7 @@ pub mod torch;
 pub use names::{check_tensors, infer_config};
 
 use crate::config::{Arch, FlowConfig, Init, Layout};
-use crate::data::Scaler;
+use crate::data::{Bounds, DataSpace, Scaler, Whitening};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use serde_json::{json, Map, Value};
@@ -41,8 +41,13 @@ pub struct OptimizerState {
 pub struct Checkpoint {
     /// The architecture.
     pub config: FlowConfig,
-    /// Standardization of file data (`None`: the model works in the data's own coordinates).
+    /// Standardization of file data (`None`: the model works in the data's own coordinates); a
+    /// conditional flow's covers its context columns too (`d + m` columns).
     pub scaler: Option<Scaler>,
+    /// The box the modelled columns lie in, for a flow trained in logit space (`--bounds`).
+    pub bounds: Option<Bounds>,
+    /// The decorrelation of the standardized modelled columns (data files, by default).
+    pub whiten: Option<Whitening>,
     /// The model's variables by state_dict key (on the CPU).
     pub tensors: BTreeMap<String, Tensor>,
     /// Optimizer state, for `--resume`.
@@ -128,6 +133,8 @@ impl Checkpoint {
         Checkpoint {
             config: *flow.stack().config(),
             scaler,
+            bounds: None,
+            whiten: None,
             tensors,
             optimizer: None,
             info: Map::new(),
@@ -218,6 +225,8 @@ impl Checkpoint {
                 Ok(Checkpoint {
                     config,
                     scaler: None,
+                    bounds: None,
+                    whiten: None,
                     tensors,
                     optimizer: None,
                     info: Map::new(),
@@ -290,6 +299,17 @@ impl Checkpoint {
         Ok(flow)
     }
 
+    /// How the user's columns reach this checkpoint's flow (bounds, scaler, context).
+    pub fn space(&self) -> DataSpace<'_> {
+        DataSpace {
+            d: self.config.d as usize,
+            m: self.config.context as usize,
+            bounds: self.bounds.as_ref(),
+            scaler: self.scaler.as_ref(),
+            whiten: self.whiten.as_ref(),
+        }
+    }
+
     /// The metadata object rnvp stores with the tensors.
     pub(crate) fn metadata(&self) -> Map<String, Value> {
         let mut m = Map::new();
@@ -297,6 +317,12 @@ impl Checkpoint {
         m.insert("config".into(), config_json(&self.config));
         if let Some(s) = &self.scaler {
             m.insert("scaler".into(), json!({ "mean": s.mean, "std": s.std }));
+        }
+        if let Some(b) = &self.bounds {
+            m.insert("bounds".into(), json!({ "lo": b.lo, "hi": b.hi }));
+        }
+        if let Some(w) = &self.whiten {
+            m.insert("whiten".into(), json!({ "chol": w.chol }));
         }
         if let Some(o) = &self.optimizer {
             m.insert("optimizer_step".into(), json!(o.step));
@@ -317,6 +343,9 @@ pub fn config_json(c: &FlowConfig) -> Value {
         "layout": match c.layout { Layout::Stacked => "stacked", Layout::Single => "single" },
         "init": match c.init { Init::Pytorch => "pytorch", Init::Identity => "identity" },
     });
+    if c.context != 0 {
+        v["context"] = json!(c.context);
+    }
     let a = c.arch;
     if a != Arch::NOTEBOOK {
         v["arch"] = json!({
@@ -375,6 +404,10 @@ pub fn config_from_json(v: &Value) -> Result<FlowConfig> {
         layout,
         init,
         arch: arch_from_json(v.get("arch"))?,
+        context: match v.get("context") {
+            None => 0,
+            Some(c) => c.as_i64().ok_or_else(|| Error::Data("config: 'context' is not an integer".into()))?,
+        },
     };
     cfg.validate()?;
     Ok(cfg)

@@ -1,7 +1,7 @@
 //! `rnvp eval`: the mean negative log-likelihood of points, in the data's units.
 use super::{load_flow, read_rows, toy_points};
 use crate::cli::{self, non_negative};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rnvp::data::DataSpec;
 use serde_json::json;
 
@@ -9,46 +9,53 @@ pub(crate) fn eval(a: cli::EvalArgs) -> Result<()> {
     let (flow, ck, engine) = load_flow(&a.checkpoint, &a.compute)?;
     let n = non_negative("-n", a.n)?;
     let spec = DataSpec::parse(&a.data)?;
-    let (points, scaler) = match &spec {
+    let run = flow.stack().run(engine);
+    let (nll, non_finite, rows) = match &spec {
         DataSpec::Toy(set) => {
             if n == 0 {
                 bail!("-n 0: nothing to evaluate");
             }
-            (toy_points(*set, a.noise, n, a.seed)?, None)
+            if ck.config.context > 0 || ck.bounds.is_some() {
+                bail!(
+                    "{}: a conditional or bounded flow is evaluated on a data file, not a toy set",
+                    spec.name()
+                );
+            }
+            let points = toy_points(*set, a.noise, n, a.seed)?;
+            if ck.config.d != points.cols as i64 {
+                bail!(
+                    "{}: the data has {} columns, the model expects {}",
+                    spec.name(),
+                    points.cols,
+                    ck.config.d
+                );
+            }
+            let (nll, bad) = rnvp::train::nll_and_non_finite(run, &points, None)?;
+            (nll, bad, points.rows)
         }
         DataSpec::File(p) => {
-            let m = read_rows(p, flow.stack().config().d)?;
-            match &ck.scaler {
-                Some(s) => (s.transform(&m)?, Some(s)),
-                None => (m, None),
-            }
+            let rows = read_rows(p, ck.config.d, ck.config.context)?;
+            let (ys, log_det) = ck.space().to_flow(&rows).with_context(|| p.display().to_string())?;
+            let (nll, bad) = rnvp::train::nll_and_non_finite(run, &ys, None)?;
+            (nll - log_det.iter().sum::<f64>() / log_det.len().max(1) as f64, bad, rows.rows)
         }
     };
-    if flow.stack().config().d != points.cols as i64 {
-        bail!(
-            "{}: the data has {} columns, the model expects {}",
-            spec.name(),
-            points.cols,
-            flow.stack().config().d
-        );
-    }
-    let (nll, non_finite) = rnvp::train::nll_and_non_finite(flow.stack().run(engine), &points, scaler)?;
     let finite = nll.is_finite();
     if a.json {
-        let mut v = json!({ "nll": nll, "n": points.rows, "data": spec.name(), "finite": finite });
+        let mut v = json!({ "nll": nll, "n": rows, "data": spec.name(), "finite": finite });
         if !finite {
             v["non_finite_rows"] = json!(non_finite);
         }
         println!("{v}");
     } else if finite {
-        println!("NLL {nll:.6} nats ({} points of {})", points.rows, spec.name());
+        println!("NLL {nll:.6} nats ({} points of {})", rows, spec.name());
     }
     if !finite {
         bail!(
             "{}: the NLL is {nll}: the model's log-density is not finite on {non_finite} of {} points of {} \
              (a broken model, or points where its density overflows)",
             a.checkpoint.display(),
-            points.rows,
+            rows,
             spec.name()
         );
     }

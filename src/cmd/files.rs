@@ -20,7 +20,7 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
     if a.json {
         let mut v = json!({
             "format": ck.format, "arch": c.arch.name(), "architecture": c.arch.describe(),
-            "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers,
+            "d": c.d, "k": c.k, "hidden": c.hidden, "layers": c.layers, "context": c.context,
             "layout": rnvp::checkpoint::config_json(&c)["layout"],
             "parameters": parameter_count(&ck),
             "optimizer_state": ck.optimizer.is_some(), "info": ck.info,
@@ -29,6 +29,12 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
         });
         if let Some(s) = &ck.scaler {
             v["scaler"] = json!({ "mean": s.mean, "std": s.std });
+        }
+        if let Some(b) = &ck.bounds {
+            v["bounds"] = json!({ "lo": b.lo, "hi": b.hi });
+        }
+        if let Some(w) = &ck.whiten {
+            v["whiten"] = json!({ "chol": w.chol });
         }
         // the tensor list is written one entry at a time (a file may list very many)
         let text = serde_json::to_string_pretty(&v)?;
@@ -55,13 +61,18 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
         println!("ignored: {} tensor(s) beside the model: {}{more}", ck.ignored.len(), shown.join(", "));
     }
     println!(
-        "architecture: {} ({}), d = {}, k = {}, hidden = {}, layers = {}",
+        "architecture: {} ({}), d = {}, k = {}, hidden = {}, layers = {}{}",
         c.arch.describe(),
         if c.layout == rnvp::Layout::Single { "R_NVP" } else { "stacked_NVP" },
         c.d,
         c.k,
         c.hidden,
-        c.layers
+        c.layers,
+        if c.context > 0 {
+            format!(", conditional on {} context column(s) (last)", c.context)
+        } else {
+            String::new()
+        }
     );
     println!("parameters: {}", parameter_count(&ck));
     match &check {
@@ -70,6 +81,12 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
     }
     if let Some(s) = &ck.scaler {
         println!("scaler: mean {:?}, std {:?}", s.mean, s.std);
+    }
+    if let Some(b) = &ck.bounds {
+        println!("bounds: lo {:?}, hi {:?} (trained in logit space)", b.lo, b.hi);
+    }
+    if ck.whiten.is_some() {
+        println!("whitening: the standardized modelled columns are decorrelated (Cholesky factor stored)");
     }
     if let Some(o) = &ck.optimizer {
         println!("optimizer state: Adam, step {}", o.step);

@@ -37,13 +37,34 @@ pub(crate) fn load_flow(path: &Path, c: &Compute) -> Result<(Flow, Checkpoint, E
     Ok((flow, ck, engine))
 }
 
-/// Reads rows for a model of dimension `d`.
-pub(crate) fn read_rows(path: &Path, d: i64) -> Result<Matrix> {
-    let m = io::read_matrix(path)?;
-    if m.cols as i64 != d {
-        bail!("{}: {} columns, but the model expects {d}", path.display(), m.cols);
+/// Comma-separated numbers (`-0.6,0.2`).
+pub(crate) fn parse_numbers(text: &str) -> Result<Vec<f64>> {
+    text.split(',')
+        .map(|v| {
+            let v = v.trim();
+            match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => Ok(x),
+                _ => bail!("'{v}' is not a finite number"),
+            }
+        })
+        .collect()
+}
+
+/// Reads rows for a model of dimension `d` with `m` context columns (last).
+pub(crate) fn read_rows(path: &Path, d: i64, m: i64) -> Result<Matrix> {
+    let rows = io::read_matrix(path)?;
+    if rows.cols as i64 != d + m {
+        if m > 0 {
+            bail!(
+                "{}: {} columns, but the model expects {} ({d} modelled, then {m} context)",
+                path.display(),
+                rows.cols,
+                d + m
+            );
+        }
+        bail!("{}: {} columns, but the model expects {d}", path.display(), rows.cols);
     }
-    Ok(m)
+    Ok(rows)
 }
 
 pub(crate) fn header(prefix: &str, d: usize) -> Vec<String> {

@@ -1,23 +1,73 @@
-//! `rnvp sample`, `log-prob`, `encode` and `decode`: the flow's passes over points.
-use super::{check_points, header, load_flow, read_rows, write_rows};
+//! `rnvp sample`, `log-prob`, `encode` and `decode`: the flow's passes over points, in the data's
+//! units (bounds, scaler and a conditional flow's context handled by the checkpoint's
+//! [`rnvp::data::DataSpace`]).
+use super::{check_points, header, load_flow, parse_numbers, read_rows, write_rows};
 use crate::cli::{self, non_negative};
-use anyhow::Result;
-use rnvp::data::{self, Matrix, Scaler};
+use anyhow::{bail, Context, Result};
+use rnvp::data::{self, io, Matrix};
 
 pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
     let n = non_negative("-n", a.n)?;
     let (flow, ck, engine) = load_flow(&a.checkpoint, &a.compute)?;
-    check_points(n, flow.stack().config().d as usize)?;
+    let (d, m) = (flow.stack().config().d as usize, flow.stack().config().context as usize);
+    let space = ck.space();
+    // the contexts (one row each) and whether they are appended to the output rows
+    let (contexts, append) = match (&a.context, &a.context_file) {
+        (Some(text), _) => {
+            let v = parse_numbers(text).with_context(|| format!("--context {text}"))?;
+            (Some(Matrix::new(1, v.len(), v)?), false)
+        }
+        (None, Some(path)) => (Some(io::read_matrix(path)?), true),
+        (None, None) => (None, false),
+    };
+    let what = if a.context.is_some() { "--context" } else { "--context-file" };
+    match (&contexts, m) {
+        (None, 0) => {}
+        (None, m) => bail!(
+            "{}: the flow is conditional on {m} context column(s): give --context or --context-file",
+            a.checkpoint.display()
+        ),
+        (Some(_), 0) => {
+            bail!("{what}: {} is an unconditional flow; it takes no context", a.checkpoint.display())
+        }
+        (Some(c), m) if c.cols != m => {
+            bail!("{what}: {} context column(s), but the flow takes {m}", c.cols)
+        }
+        _ => {}
+    }
+    let blocks = contexts.as_ref().map_or(1, |c| c.rows);
+    check_points(n.saturating_mul(blocks), d + if append { m } else { 0 })?;
     tch::manual_seed(a.seed as i64);
-    let mut xs = data::from_tensor(&flow.stack().run(engine).sample(n as i64)?)?;
-    if let Some(s) = &ck.scaler {
-        xs = s.inverse(&xs)?;
+    let run = flow.stack().run(engine);
+    let (kind, device) = (flow.stack().kind(), flow.stack().device());
+    let mut out = Matrix { rows: 0, cols: d + if append { m } else { 0 }, data: vec![] };
+    for b in 0..blocks {
+        let xs = match &contexts {
+            None => run.sample(n as i64)?,
+            Some(c) => {
+                let row = Matrix::new(1, m, c.row(b).to_vec())?;
+                let ct = data::to_tensor(&space.context(&row)?, kind, device)?;
+                run.given(&ct).sample(n as i64)?
+            }
+        };
+        let xs = space.from_flow(&data::from_tensor(&xs)?)?;
+        for i in 0..xs.rows {
+            out.data.extend_from_slice(xs.row(i));
+            if append {
+                out.data.extend_from_slice(contexts.as_ref().map_or(&[][..], |c| c.row(b)));
+            }
+        }
+        out.rows += xs.rows;
     }
     if let Some(png) = &a.png {
-        let xy: Vec<[f64; 2]> = (0..xs.rows).map(|i| [xs.row(i)[0], xs.row(i)[1]]).collect();
+        let xy: Vec<[f64; 2]> = (0..out.rows).map(|i| [out.row(i)[0], out.row(i)[1]]).collect();
         rnvp::plot::scatter(png, "Samples X = F^-1(Z)", "x₀", "x₁", &[("samples", &xy)])?;
     }
-    write_rows(a.out.as_deref(), &xs, &header("x", xs.cols))
+    let mut head = header("x", d);
+    if append {
+        head.extend(header("c", m));
+    }
+    write_rows(a.out.as_deref(), &out, &head)
 }
 
 #[derive(Clone, Copy)]
@@ -29,32 +79,37 @@ pub(crate) enum Map {
 
 pub(crate) fn map(a: cli::MapArgs, what: Map) -> Result<()> {
     let (flow, ck, engine) = load_flow(&a.checkpoint, &a.compute)?;
-    let d = flow.stack().config().d;
-    let m = read_rows(&a.input, d)?;
+    let (d, m) = (flow.stack().config().d, flow.stack().config().context);
+    let rows = read_rows(&a.input, d, m)?;
     let (kind, device) = (flow.stack().kind(), flow.stack().device());
+    let space = ck.space();
+    let (d, m) = (d as usize, m as usize);
+    let run = flow.stack().run(engine);
     let (out, head) = match what {
         Map::LogProb | Map::Encode => {
-            let xs = match &ck.scaler {
-                Some(s) => s.transform(&m)?,
-                None => m,
-            };
-            let t = data::to_tensor(&xs, kind, device)?;
+            let (ys, log_det) = space.to_flow(&rows).with_context(|| a.input.display().to_string())?;
+            let (xs, c) = rnvp::train::rows_and_context(flow.stack(), &ys)?;
+            let run = run.given_opt(c.as_ref());
             if let Map::LogProb = what {
-                let shift = ck.scaler.as_ref().map_or(0.0, Scaler::log_det);
-                let lp = data::from_tensor(&flow.stack().run(engine).log_prob(&t)?.unsqueeze(1))?;
-                let lp = Matrix::new(lp.rows, 1, lp.data.iter().map(|v| v + shift).collect())?;
+                let lp = data::from_tensor(&run.log_prob(&xs)?.unsqueeze(1))?;
+                let lp = Matrix::new(lp.rows, 1, lp.data.iter().zip(&log_det).map(|(v, s)| v + s).collect())?;
                 (lp, vec!["log_prob".to_string()])
             } else {
-                (data::from_tensor(&flow.stack().run(engine).encode(&t)?)?, header("z", d as usize))
+                (data::from_tensor(&run.encode(&xs)?)?, header("z", d))
             }
         }
         Map::Decode => {
-            let mut xs =
-                data::from_tensor(&flow.stack().run(engine).decode(&data::to_tensor(&m, kind, device)?)?)?;
-            if let Some(s) = &ck.scaler {
-                xs = s.inverse(&xs)?;
-            }
-            (xs, header("x", d as usize))
+            // z's columns are latents; the context columns go through the scaler
+            let z: Vec<f64> = (0..rows.rows).flat_map(|i| rows.row(i)[..d].to_vec()).collect();
+            let zs = data::to_tensor(&Matrix::new(rows.rows, d, z)?, kind, device)?;
+            let c = if m > 0 {
+                let c: Vec<f64> = (0..rows.rows).flat_map(|i| rows.row(i)[d..].to_vec()).collect();
+                Some(data::to_tensor(&space.context(&Matrix::new(rows.rows, m, c)?)?, kind, device)?)
+            } else {
+                None
+            };
+            let xs = data::from_tensor(&run.given_opt(c.as_ref()).decode(&zs)?)?;
+            (space.from_flow(&xs)?, header("x", d))
         }
     };
     write_rows(a.out.as_deref(), &out, &head)

@@ -1,13 +1,13 @@
 //! `rnvp train`: a preset and the flags to a configuration, data, a flow, the trainer with its
 //! progress bar, and what to try when a run stops.
-use super::{compute, toy_noise, toy_points};
+use super::{compute, parse_numbers, toy_noise, toy_points};
 use crate::cli::{self, positive};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rnvp::checkpoint::Checkpoint;
-use rnvp::data::{io, DataSpec, Scaler};
+use rnvp::data::{io, Bounds, DataSpace, DataSpec, Scaler};
 use rnvp::figures::Figures;
-use rnvp::train::{best_path, Event, TrainConfig, TrainData, Trainer};
+use rnvp::train::{best_path, last_path, Event, TrainConfig, TrainData, Trainer};
 use rnvp::{Engine, Flow, FlowConfig, Init};
 use serde_json::json;
 use std::path::Path;
@@ -37,13 +37,25 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         a.apply_preset(&preset, sub);
     }
     let (device, kind) = compute(&a.compute)?;
-    let cfg = a.train_config()?;
+    let mut cfg = a.train_config()?;
     let arch = a.architecture()?;
-    let init = a.initialisation(arch)?;
+    let spec = DataSpec::parse(&a.data)?;
+    let file = matches!(spec, DataSpec::File(_));
+    let init = a.initialisation(arch, file)?;
+    cfg.patience = a.patience(file)?;
+    let context = cli::non_negative("--context", a.context)? as i64;
+    if !file && (context > 0 || a.bounds.is_some() || a.bounds_file.is_some() || a.whiten == Some(true)) {
+        bail!(
+            "--context, --bounds, --bounds-file and --whiten need a data file (.csv / .npy), not the toy set {}",
+            spec.name()
+        );
+    }
+    if a.plot_dir.is_some() && (context > 0 || a.bounds.is_some() || a.bounds_file.is_some()) {
+        bail!("--plot-dir draws unconditional flows without bounds; sample a conditional flow with `rnvp sample --context ... --png`");
+    }
     if a.reversible_backprop {
         rnvp::tune_allocator_for_memory();
     }
-    let spec = DataSpec::parse(&a.data)?;
     Checkpoint::check_writable(&a.out)?;
     if a.out.extension().is_none_or(|e| e != "safetensors") {
         bail!(
@@ -52,8 +64,14 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             a.out.display()
         );
     }
-    let (train_data, scaler) = training_data(&spec, &a, &cfg)?;
-    let d = train_data.dim() as i64;
+    let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize)?;
+    if let TrainData::Table { train, .. } = &train_data {
+        // a file is validated once per epoch unless --val-every says otherwise
+        if sub.value_source("val_every") != Some(clap::parser::ValueSource::CommandLine) {
+            cfg.val_every = train.rows.div_ceil(cfg.batch_size).max(1);
+        }
+    }
+    let d = train_data.dim() as i64 - context;
     let resume = match &a.resume {
         Some(p) => Some((p.as_path(), Checkpoint::load_with(p, a.compute.prefix.as_deref())?)),
         None => None,
@@ -65,7 +83,8 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         positive("--layers", a.layers)?,
     )
     .with_arch(arch)
-    .with_init(init);
+    .with_init(init)
+    .with_context(context);
     tch::manual_seed(a.seed as i64);
     if resume.is_some() {
         let given: Vec<String> = ARCHITECTURE_FLAGS
@@ -81,7 +100,9 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     let flow_cfg = *flow.stack().config();
     let optimizer = match &resume {
         Some((_, ck)) => {
-            Some(ck.optimizer.as_ref().context("--resume: the checkpoint has no optimizer state")?)
+            Some(ck.optimizer.as_ref().context(
+                "--resume: the checkpoint has no optimizer state (a run with early stopping keeps it in <name>.last.safetensors)",
+            )?)
         }
         None => None,
     };
@@ -109,7 +130,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     let quiet = a.quiet;
     if !quiet {
         eprintln!(
-            "training {} on {} ({} layers, hidden {}, d = {d}, k = {}) for {} steps on {device:?}",
+            "training {} on {} ({} layers, hidden {}, d = {d}, k = {}{}) for {} steps on {device:?}{}",
             if flow_cfg.layers == 1 {
                 "1 coupling layer".to_string()
             } else {
@@ -119,7 +140,13 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             flow_cfg.layers,
             flow_cfg.hidden,
             flow_cfg.k,
-            cfg.steps - start
+            if context > 0 { format!(", context {context}") } else { String::new() },
+            cfg.steps - start,
+            if cfg.patience > 0 {
+                format!(" (early stopping: patience {})", cfg.patience)
+            } else {
+                String::new()
+            }
         );
     }
     let report = trainer.run(optimizer, |ev| match ev {
@@ -142,8 +169,14 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     if let Some(log) = &a.log {
         io::write_atomic(log, report.csv().as_bytes())?;
     }
-    if let Some(stop) = report.diverged {
-        bail!("{stop}: training stopped; {}", after_stop(&report, &a, &cfg, flow_cfg.init));
+    match (report.diverged, report.best) {
+        // with early stopping the file holds the best validation model, which is good
+        (Some(stop), Some((step, nll))) if cfg.patience > 0 => eprintln!(
+            "note: {stop}: training stopped there; {} keeps the best validation model (step {step}, NLL {nll:.4})",
+            a.out.display()
+        ),
+        (Some(stop), _) => bail!("{stop}: training stopped; {}", after_stop(&report, &a, &cfg, flow_cfg.init)),
+        (None, _) => {}
     }
     if report.losses.is_empty() {
         bail!("no training steps were run (--steps {})", cfg.steps);
@@ -162,7 +195,13 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         let label = format!("{} layers", flow_cfg.layers);
         Figures {
             flow: flow.stack().run(cfg.engine),
-            scaler: scaler.as_ref(),
+            space: scaler.as_ref().map(|s| DataSpace {
+                d: flow_cfg.d as usize,
+                m: 0,
+                bounds: None,
+                scaler: Some(s),
+                whiten: train_data.whitening(),
+            }),
             data: Some(&points),
             report: Some(&report),
             floor: None,
@@ -174,6 +213,26 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     // a completed run ends with a validation whose NLL is finite (else it stopped above)
     let (best_step, best_nll) = report.best.context("invariant: a completed run has a best validation")?;
     let last = report.losses.iter().rev().copied().find(|l| l.is_finite()).unwrap_or(f64::NAN);
+    if cfg.patience > 0 {
+        let why = match (report.stopped_early, report.diverged) {
+            (Some(step), _) => format!(
+                "stopped early at step {step}: {} validations (every {} steps) without a better NLL",
+                cfg.patience, cfg.val_every
+            ),
+            (_, Some(stop)) => format!("stopped: {stop}"),
+            (None, None) => format!("ran all {} steps", cfg.steps),
+        };
+        println!(
+            "trained {} steps in {:.1} s ({:.0} steps/s), {why}; final loss {last:.4}; kept step {best_step} \
+             (best validation NLL {best_nll:.4} nats) -> {} (latest state: {})",
+            report.losses.len(),
+            report.seconds,
+            report.steps_per_second(),
+            a.out.display(),
+            last_path(&a.out).display()
+        );
+        return Ok(());
+    }
     println!(
         "trained {} steps in {:.1} s ({:.0} steps/s): final loss {last:.4}, validation NLL {best_nll:.4} nats (best, step {best_step}) -> {} (best: {})",
         report.losses.len(),
@@ -196,14 +255,15 @@ pub(crate) fn after_stop(
         Some(s) if s == report.start_step && report.start_step == 0 => {
             format!("{} holds the untrained initial state", a.out.display())
         }
+        Some(s) if cfg.patience > 0 => format!("{} keeps the best model (step {s})", a.out.display()),
         Some(s) => format!("{} keeps the last good checkpoint (step {s})", a.out.display()),
         None => format!("nothing was written to {}", a.out.display()),
     };
     let best = match report.best {
-        Some((s, nll)) => {
+        Some((s, nll)) if cfg.patience == 0 => {
             format!(", {} the best (step {s}, validation NLL {nll:.4})", best_path(&a.out).display())
         }
-        None => String::new(),
+        _ => String::new(),
     };
     let mut tries = vec![format!("a lower --lr (now {})", cfg.lr)];
     if cfg.clip_grad.is_none() {
@@ -215,24 +275,54 @@ pub(crate) fn after_stop(
     format!("{kept}{best}; try {}", tries.join(", "))
 }
 
-/// The batches to train on and, for a file, the scaler that standardizes it.
+/// The batches to train on and, for a file, the scaler that standardizes it (`context`: the
+/// file's last columns that are a conditional flow's context).
 fn training_data(
     spec: &DataSpec,
     a: &cli::TrainArgs,
     cfg: &TrainConfig,
+    context: usize,
 ) -> Result<(TrainData, Option<Scaler>)> {
     Ok(match spec {
         DataSpec::Toy(set) => (TrainData::Toy { set: *set, noise: toy_noise(*set, a.noise)? }, None),
         DataSpec::File(p) => {
             let m = io::read_matrix(p)?;
-            if m.cols < 2 {
-                bail!("{}: {} column(s); a flow needs at least 2", p.display(), m.cols);
+            if m.cols < context + 2 {
+                bail!(
+                    "{}: {} column(s); a flow needs at least 2 modelled columns besides the {context} context column(s)",
+                    p.display(),
+                    m.cols
+                );
             }
-            let (d, s) = TrainData::from_table(&m, cfg.val_fraction, cfg.seed)
+            let bounds = bounds(a, m.cols - context)?;
+            let whiten = a.whiten.unwrap_or(true).then_some(m.cols - context);
+            let (d, s) = TrainData::from_table_in(&m, cfg.val_fraction, cfg.seed, bounds.as_ref(), whiten)
                 .with_context(|| format!("preparing {}", p.display()))?;
             (d, Some(s))
         }
     })
+}
+
+/// The box of the `d` modelled columns from `--bounds LO,HI` or `--bounds-file`.
+fn bounds(a: &cli::TrainArgs, d: usize) -> Result<Option<Bounds>> {
+    if let Some(text) = &a.bounds {
+        let v = parse_numbers(text).with_context(|| format!("--bounds {text}"))?;
+        let [lo, hi] = v[..] else { bail!("--bounds {text}: expected two numbers LO,HI") };
+        let b = Bounds::new(vec![lo; d], vec![hi; d]).map_err(|e| anyhow::anyhow!("--bounds {text}: {e}"))?;
+        return Ok(Some(b));
+    }
+    let Some(path) = &a.bounds_file else { return Ok(None) };
+    let m = io::read_matrix(path)?;
+    if m.cols != 2 || m.rows != d {
+        bail!(
+            "{}: {} × {}, expected {d} rows LO,HI (one per modelled column)",
+            path.display(),
+            m.rows,
+            m.cols
+        );
+    }
+    let (lo, hi) = (0..d).map(|i| (m.row(i)[0], m.row(i)[1])).unzip();
+    Ok(Some(Bounds::new(lo, hi).with_context(|| path.display().to_string())?))
 }
 
 /// The flow to train: `fresh` (drawn from libtorch's generator) on `device` in `kind`, or the
@@ -246,12 +336,14 @@ fn model_to_train(
 ) -> Result<Flow> {
     let flow = match resume {
         Some((path, ck)) => {
-            if ck.config.d != fresh.d {
+            if ck.config.d != fresh.d || ck.config.context != fresh.context {
                 bail!(
-                    "--resume {}: the checkpoint has d = {}, the data has {} columns",
+                    "--resume {}: the checkpoint has d = {} and context {}, the data has {} modelled and {} context columns",
                     path.display(),
                     ck.config.d,
-                    fresh.d
+                    ck.config.context,
+                    fresh.d,
+                    fresh.context
                 );
             }
             ck.check().with_context(|| format!("--resume {}", path.display()))?;

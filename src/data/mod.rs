@@ -1,12 +1,19 @@
-//! Data: the toy sets flow papers use, CSV/NPY files, and the standardizing scaler.
+//! Data: the toy sets flow papers use, CSV/NPY files, the standardizing scaler, whitening and
+//! bounds.
+pub mod bounds;
 pub mod io;
 pub mod rng;
 pub mod scaler;
+pub mod space;
 pub mod toy;
+pub mod whiten;
 
+pub use bounds::Bounds;
 pub use rng::Rng;
 pub use scaler::Scaler;
+pub use space::DataSpace;
 pub use toy::ToySet;
+pub use whiten::Whitening;
 
 use crate::error::{Error, Result};
 

@@ -65,6 +65,17 @@ impl Scaler {
         -self.std.iter().map(|s| s.ln()).sum::<f64>()
     }
 
+    /// `−Σ ln std` over the first `d` columns: the log-Jacobian of the modelled columns when the
+    /// last ones are a conditional flow's context (which is standardized but not modelled).
+    pub fn log_det_of(&self, d: usize) -> f64 {
+        -self.std.iter().take(d).map(|s| s.ln()).sum::<f64>()
+    }
+
+    /// The scaler of the `len` columns from `start` (panics outside its columns).
+    pub fn columns(&self, start: usize, len: usize) -> Scaler {
+        Scaler { mean: self.mean[start..start + len].to_vec(), std: self.std[start..start + len].to_vec() }
+    }
+
     fn map(&self, m: &Matrix, f: impl Fn(f64, f64, f64) -> f64) -> Result<Matrix> {
         if m.cols != self.mean.len() {
             return Err(Error::Data(format!("scaler expects {} columns, found {}", self.mean.len(), m.cols)));

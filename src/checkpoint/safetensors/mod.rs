@@ -7,7 +7,7 @@ mod header;
 
 use super::names::{self, Shaped};
 use super::{check_tensors, config_from_json, Checkpoint, OptimizerState};
-use crate::data::Scaler;
+use crate::data::{Bounds, Scaler, Whitening};
 use crate::error::{Error, Result};
 use header::{Entry, Header};
 use serde_json::{Map, Value};
@@ -202,13 +202,40 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
         None => None,
     };
     let scaler = match meta.get("scaler") {
-        // 2·d numbers of at most ~25 characters each
-        Some(t) if t.len() as u64 > 64 * config.d as u64 + 64 => {
-            return Err(bad(format!("scaler: {} bytes of metadata for d = {}", t.len(), config.d)))
+        // 2·(d + m) numbers of at most ~25 characters each
+        Some(t) if t.len() as u64 > 64 * (config.d + config.context) as u64 + 64 => {
+            return Err(bad(format!(
+                "scaler: {} bytes of metadata for {} columns",
+                t.len(),
+                config.d + config.context
+            )))
         }
         Some(_) => {
             let s = json("scaler").unwrap_or(Value::Null);
-            Some(scaler_from_json(&s, config.d).map_err(|m| bad(format!("scaler: {m}")))?)
+            let cols = config.d + config.context;
+            Some(scaler_from_json(&s, cols).map_err(|m| bad(format!("scaler: {m}")))?)
+        }
+        None => None,
+    };
+    let bounds = match meta.get("bounds") {
+        Some(t) if t.len() as u64 > 64 * config.d as u64 + 64 => {
+            return Err(bad(format!("bounds: {} bytes of metadata for d = {}", t.len(), config.d)))
+        }
+        Some(_) => {
+            let b = json("bounds").unwrap_or(Value::Null);
+            Some(bounds_from_json(&b, config.d).map_err(|m| bad(format!("bounds: {m}")))?)
+        }
+        None => None,
+    };
+    let whiten = match meta.get("whiten") {
+        // d² numbers of at most ~25 characters each
+        Some(t) if t.len() as u64 > 32 * (config.d as u64).saturating_mul(config.d as u64) + 64 => {
+            return Err(bad(format!("whiten: {} bytes of metadata for d = {}", t.len(), config.d)))
+        }
+        Some(_) => {
+            let w = json("whiten").unwrap_or(Value::Null);
+            let chol = numbers(&w, "chol").map_err(|m| bad(format!("whiten: {m}")))?;
+            Some(Whitening::new(chol, config.d as usize).map_err(|e| bad(e.to_string()))?)
         }
         None => None,
     };
@@ -220,7 +247,18 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
         _ => Map::new(),
     };
     let format = if meta.contains_key("config") { "safetensors (rnvp)" } else { "safetensors" };
-    Ok(Checkpoint { config, scaler, tensors, optimizer, info, format: format.into(), prefix, ignored })
+    Ok(Checkpoint {
+        config,
+        scaler,
+        bounds,
+        whiten,
+        tensors,
+        optimizer,
+        info,
+        format: format.into(),
+        prefix,
+        ignored,
+    })
 }
 
 /// One tensor entry of the header, checked against the data section.
@@ -253,16 +291,26 @@ fn element_size(dtype: &str) -> Option<usize> {
     })
 }
 
+/// The finite numbers of the array `v[k]`.
+fn numbers(v: &Value, k: &str) -> std::result::Result<Vec<f64>, String> {
+    v.get(k)
+        .and_then(Value::as_array)
+        .ok_or(format!("no '{k}'"))?
+        .iter()
+        .map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or(format!("bad value in '{k}'")))
+        .collect()
+}
+
+fn bounds_from_json(v: &Value, d: i64) -> std::result::Result<Bounds, String> {
+    let (lo, hi) = (numbers(v, "lo")?, numbers(v, "hi")?);
+    if lo.len() as i64 != d || hi.len() as i64 != d {
+        return Err(format!("expected {d} lower and {d} upper bounds"));
+    }
+    Bounds::new(lo, hi).map_err(|e| e.to_string())
+}
+
 fn scaler_from_json(v: &Value, d: i64) -> std::result::Result<Scaler, String> {
-    let vec = |k: &str| -> std::result::Result<Vec<f64>, String> {
-        v.get(k)
-            .and_then(Value::as_array)
-            .ok_or(format!("no '{k}'"))?
-            .iter()
-            .map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or(format!("bad value in '{k}'")))
-            .collect()
-    };
-    let (mean, std) = (vec("mean")?, vec("std")?);
+    let (mean, std) = (numbers(v, "mean")?, numbers(v, "std")?);
     if mean.len() as i64 != d || std.len() as i64 != d || std.iter().any(|s| *s <= 0.0) {
         return Err(format!("expected {d} means and {d} positive stds"));
     }
