@@ -206,17 +206,23 @@ class LULinear(nn.Module):
 
 class Coupling(nn.Module):
     """What both couplings share: which columns condition (x1) and which are transformed (x2).
-    Unflipped: x1 = x[:, :k], x2 = x[:, k:]; flipped: x1 = x[:, k:], x2 = x[:, :k]."""
+    Unflipped: x1 = x[:, :k], x2 = x[:, k:]; flipped: x1 = x[:, k:], x2 = x[:, :k]. In a conditional
+    flow the networks take [x1, c], the context c (`context` columns) after the conditioning columns."""
 
-    def __init__(self, d, k, flip):
+    def __init__(self, d, k, flip, context=0):
         super().__init__()
         self.d, self.k, self.flip = d, k, flip
         self.c = d - k if flip else k  # conditioning columns
         self.o = d - self.c  # transformed columns
+        self.inputs = self.c + context  # the networks' input width
 
     def split(self, x):
         x1, x2 = x[:, :self.k], x[:, self.k:]
         return (x2, x1) if self.flip else (x1, x2)
+
+    @staticmethod
+    def net_input(x1, c):
+        return x1 if c is None else torch.cat([x1, c], dim=-1)
 
     def join(self, x1, x2):
         return torch.cat([x2, x1] if self.flip else [x1, x2], dim=-1)
@@ -225,13 +231,13 @@ class Coupling(nn.Module):
 class AffineCoupling(Coupling):
     """R-NVP's affine coupling: z2 = x2 * exp(g(sig_net(x1))) + mu_net(x1), with the scale map g."""
 
-    def __init__(self, d, k, hidden, flip=False, scale="exp"):
-        super().__init__(d, k, flip)
+    def __init__(self, d, k, hidden, flip=False, scale="exp", context=0):
+        super().__init__(d, k, flip, context)
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
         self.scale = scale
-        self.sig_net = conditioner(self.c, hidden, self.o)
-        self.mu_net = conditioner(self.c, hidden, self.o)
+        self.sig_net = conditioner(self.inputs, hidden, self.o)
+        self.mu_net = conditioner(self.inputs, hidden, self.o)
         if scale == "softclamp":
             self.register_buffer("softclamp_bound", torch.tensor(math.log(1000.0)))
         elif scale == "sigmoid":
@@ -249,31 +255,33 @@ class AffineCoupling(Coupling):
             return self.scale_factor * torch.tanh(h)
         return h
 
-    def forward(self, x):
+    def forward(self, x, c=None):
         x1, x2 = self.split(x)
-        log_s = self.log_s(x1)
-        z2 = x2 * torch.exp(log_s) + self.mu_net(x1)
+        h = self.net_input(x1, c)
+        log_s = self.log_s(h)
+        z2 = x2 * torch.exp(log_s) + self.mu_net(h)
         return self.join(x1, z2), log_s.sum(-1)
 
-    def inverse(self, z):
+    def inverse(self, z, c=None):
         z1, z2 = self.split(z)
-        return self.join(z1, (z2 - self.mu_net(z1)) * torch.exp(-self.log_s(z1)))
+        h = self.net_input(z1, c)
+        return self.join(z1, (z2 - self.mu_net(h)) * torch.exp(-self.log_s(h)))
 
 
 class AdditiveCoupling(Coupling):
     """NICE's additive coupling: z2 = x2 + mu_net(x1), volume-preserving."""
 
-    def __init__(self, d, k, hidden, flip=False):
-        super().__init__(d, k, flip)
-        self.mu_net = conditioner(self.c, hidden, self.o)
+    def __init__(self, d, k, hidden, flip=False, context=0):
+        super().__init__(d, k, flip, context)
+        self.mu_net = conditioner(self.inputs, hidden, self.o)
 
-    def forward(self, x):
+    def forward(self, x, c=None):
         x1, x2 = self.split(x)
-        return self.join(x1, x2 + self.mu_net(x1)), x.new_zeros(x.shape[0])
+        return self.join(x1, x2 + self.mu_net(self.net_input(x1, c))), x.new_zeros(x.shape[0])
 
-    def inverse(self, z):
+    def inverse(self, z, c=None):
         z1, z2 = self.split(z)
-        return self.join(z1, z2 - self.mu_net(z1))
+        return self.join(z1, z2 - self.mu_net(self.net_input(z1, c)))
 
 
 class BatchNormFlow(nn.Module):
@@ -328,10 +336,11 @@ def standard_normal_log_prob(z):
 class Flow(nn.Module):
     """A flow of the layer family: per step [ActNorm] [mixing] coupling [BatchNormFlow], then
     [DiagonalScale]; `bijectors` in that order (for the notebook's configuration, the same
-    state_dict keys as stacked_NVP)."""
+    state_dict keys as stacked_NVP). With `context` = m > 0 it is a conditional flow p(x | c): every
+    coupling's networks also take the context c (m columns); the other layers ignore it."""
 
     def __init__(self, d, k, hidden, layers, coupling="affine", scale="exp", actnorm=False, mixing="flip",
-                 batch_norm=False, final_scale=False, dtype=torch.float32):
+                 batch_norm=False, final_scale=False, dtype=torch.float32, context=0):
         super().__init__()
         if not 1 <= k < d:
             raise ValueError(f"need 1 <= k < d, got d={d}, k={k}")
@@ -342,7 +351,7 @@ class Flow(nn.Module):
             raise ValueError(f"the scale map is for affine couplings only (additive with scale {scale!r})")
         self.d, self.k, self.hidden, self.layers = d, k, hidden, layers
         self.coupling, self.scale, self.actnorm, self.mixing = coupling, scale, actnorm, mixing
-        self.batch_norm, self.final_scale, self.dtype = batch_norm, final_scale, dtype
+        self.batch_norm, self.final_scale, self.dtype, self.context = batch_norm, final_scale, dtype, context
         bijectors = []
         for i in range(layers):
             if actnorm:
@@ -353,9 +362,9 @@ class Flow(nn.Module):
                 bijectors.append(LULinear(d))
             flip = mixing == "flip" and i % 2 == 1
             if coupling == "affine":
-                bijectors.append(AffineCoupling(d, k, hidden, flip, scale))
+                bijectors.append(AffineCoupling(d, k, hidden, flip, scale, context))
             else:
-                bijectors.append(AdditiveCoupling(d, k, hidden, flip))
+                bijectors.append(AdditiveCoupling(d, k, hidden, flip, context))
             if batch_norm:
                 bijectors.append(BatchNormFlow(d))
         if final_scale:
@@ -368,23 +377,24 @@ class Flow(nn.Module):
         return {"d": self.d, "k": self.k, "hidden": self.hidden, "layers": self.layers,
                 "coupling": self.coupling, "scale": self.scale, "actnorm": self.actnorm,
                 "mixing": self.mixing, "batch_norm": self.batch_norm, "final_scale": self.final_scale,
-                "dtype": "f64" if self.dtype == torch.float64 else "f32"}
+                "dtype": "f64" if self.dtype == torch.float64 else "f32", "context": self.context}
 
-    def forward(self, x):
-        """(z, log N(z; 0, I), sum of the layers' log|det|), one value per row for the last two."""
+    def forward(self, x, c=None):
+        """(z, log N(z; 0, I), sum of the layers' log|det|), one value per row for the last two; c is
+        the context (one row per row of x) of a conditional flow."""
         log_det = x.new_zeros(x.shape[0])
         for bijector in self.bijectors:
-            x, ld = bijector(x)
+            x, ld = bijector(x, c) if isinstance(bijector, Coupling) else bijector(x)
             log_det = log_det + ld
         return x, standard_normal_log_prob(x), log_det
 
-    def inverse(self, z):
+    def inverse(self, z, c=None):
         for bijector in reversed(self.bijectors):
-            z = bijector.inverse(z)
+            z = bijector.inverse(z, c) if isinstance(bijector, Coupling) else bijector.inverse(z)
         return z
 
-    def log_prob(self, x):
-        z, log_pz, log_det = self(x)
+    def log_prob(self, x, c=None):
+        z, log_pz, log_det = self(x, c)
         return log_pz + log_det
 
 
@@ -431,8 +441,18 @@ def flow_from_state_dict(sd):
         raise ValueError("no coupling layer")
     first = couplings[0]
     net = "sig_net" if kinds[first][0] is AffineCoupling else "mu_net"
-    hidden, k = sd[f"bijectors.{first}.{net}.0.weight"].shape
-    d = k + sd[f"bijectors.{first}.{net}.2.weight"].shape[0]
+    hidden, inputs = sd[f"bijectors.{first}.{net}.0.weight"].shape  # k + m: conditioning columns, context
+    outputs = sd[f"bijectors.{first}.{net}.2.weight"].shape[0]  # d - k
+    # d from a layer that spans every column, else from the second coupling (flipped: it outputs k)
+    spans = [t.shape[0] for key, t in sd.items()
+             if key.rsplit(".", 1)[-1] in ("loc", "lower", "perm", "running_mean", "log_scale")]
+    if spans:
+        d = spans[0]
+    elif len(couplings) > 1:
+        d = outputs + sd[f"bijectors.{couplings[1]}.{net}.2.weight"].shape[0]
+    else:
+        d = inputs + outputs  # a single coupling: no context
+    k = d - outputs
     classes = {cls for cls, _ in kinds}
     scales = {scale for cls, scale in kinds if cls is AffineCoupling}
     if len(scales) > 1 or len({kinds[i][0] for i in couplings}) > 1:
@@ -440,7 +460,7 @@ def flow_from_state_dict(sd):
     kw = dict(coupling="affine" if kinds[first][0] is AffineCoupling else "additive",
               scale=scales.pop() if scales else "exp", actnorm=ActNorm in classes,
               mixing="lu" if LULinear in classes else "random" if Permutation in classes else "flip",
-              batch_norm=BatchNormFlow in classes, final_scale=DiagonalScale in classes)
+              batch_norm=BatchNormFlow in classes, final_scale=DiagonalScale in classes, context=inputs - k)
     with torch.random.fork_rng(devices=[]):  # building draws random weights: leave the caller's RNG alone
         model = Flow(d, k, hidden, len(couplings), dtype=sd[f"bijectors.{first}.{net}.0.weight"].dtype, **kw)
     built = [type(b) for b in model.bijectors]
@@ -455,6 +475,10 @@ def is_notebook_state_dict(sd):
     exp scale and nothing else) and shapes (the notebook's nets all take k inputs, so a flipped layer
     with d != 2k is a Flow's); everything else goes to flow_from_state_dict."""
     if len({tuple(v.shape) for key, v in sd.items() if key.endswith("sig_net.0.weight")}) > 1:
+        return False
+    # the notebook's nets take k inputs and give d - k = k outputs; a context widens the inputs
+    if any(v.shape[1] != sd[key.replace("0.weight", "2.weight")].shape[0]
+           for key, v in sd.items() if key.endswith("sig_net.0.weight")):
         return False
     layers = {}
     for key in sd:
@@ -728,6 +752,8 @@ def cmd_load(a):
     also gets torch_log_pz / torch_log_det."""
     x = torch.from_numpy(np.load(os.path.join(a.io, "x.npy")))
     z_in = torch.from_numpy(np.load(os.path.join(a.io, "z_in.npy")))
+    c_path = os.path.join(a.io, "c.npy")  # the context of a conditional flow, one row per row of x
+    c = torch.from_numpy(np.load(c_path)) if os.path.exists(c_path) else None
     if a.file.endswith(".ot"):
         m = torch.jit.load(a.file)
         sd = {k.replace("|", "."): v for k, v in m.state_dict().items()}
@@ -735,7 +761,8 @@ def cmd_load(a):
         sd = torch.load(a.file)  # the default: weights_only=True
     if not is_notebook_state_dict(sd):  # another flow of the layer family
         model = flow_from_state_dict(sd)
-        for name, t in family_outputs(model, x.to(model.dtype), z_in.to(model.dtype)).items():
+        c = None if c is None else c.to(model.dtype)
+        for name, t in family_outputs(model, x.to(model.dtype), z_in.to(model.dtype), c).items():
             save(a.io, "torch_" + name, t)
         return
     single = "sig_net.0.weight" in sd
@@ -765,7 +792,8 @@ def nontrivial_state(model, scale_params=1.0, noise=0.1, warmup=3):
             p.add_(noise * torch.randn_like(p))
         model.train()
         for _ in range(warmup):
-            model(torch.randn(256, model.d, dtype=model.dtype) * 2 + 0.5)
+            c = torch.randn(256, model.context, dtype=model.dtype) if model.context else None
+            model(torch.randn(256, model.d, dtype=model.dtype) * 2 + 0.5, c)
     return model.eval()
 
 
@@ -780,13 +808,12 @@ def family_kwargs(a):
     return kw
 
 
-def family_outputs(model, x, z_in):
-    """outputs() of a Flow (eval mode), with log N(z; 0, I) and the log-det apart too."""
-    out = outputs(model, x, z_in, False)
+def family_outputs(model, x, z_in, c=None):
+    """outputs() of a Flow (eval mode) at the context c, with log N(z; 0, I) and the log-det apart too."""
     with torch.no_grad():
-        z, log_pz, log_det = model(x)
-    out.update(log_pz=log_pz, log_det=log_det)
-    return out
+        z, log_pz, log_det = model(x, c)
+        x_inv = model.inverse(z_in, c)
+    return {"log_prob": log_pz + log_det, "z": z, "x_inv": x_inv, "log_pz": log_pz, "log_det": log_det}
 
 
 def cmd_family(a):
@@ -794,7 +821,7 @@ def cmd_family(a):
     config.json, inputs and outputs in eval mode, and the training-mode outputs of a copy."""
     torch.manual_seed(a.seed)
     dtype = torch.float64 if a.dtype == "f64" else torch.float32
-    model = Flow(a.d, a.k, a.hidden, a.layers, dtype=dtype, **family_kwargs(a))
+    model = Flow(a.d, a.k, a.hidden, a.layers, dtype=dtype, context=a.context, **family_kwargs(a))
     nontrivial_state(model, a.scale_params)
     os.makedirs(os.path.join(a.out, "weights"), exist_ok=True)
     sd = model.state_dict()
@@ -805,13 +832,15 @@ def cmd_family(a):
         json.dump(model.config(), f, indent=1)
     x = torch.randn(a.n, a.d, dtype=dtype) * 1.5
     z_in = torch.randn(a.n, a.d, dtype=dtype)
+    c = torch.randn(a.n, a.context, dtype=dtype) if a.context else None
     with torch.no_grad():
-        z, log_pz, log_det = model(x)
-        log_prob = model.log_prob(x)
-        x_inv = model.inverse(z_in)
-        z_train, _, log_det_train = copy.deepcopy(model).train()(x)
-    for name, t in [("x", x), ("z", z), ("log_pz", log_pz), ("log_det", log_det), ("log_prob", log_prob),
-                    ("z_in", z_in), ("x_inv", x_inv), ("z_train", z_train), ("log_det_train", log_det_train)]:
+        z, log_pz, log_det = model(x, c)
+        log_prob = model.log_prob(x, c)
+        x_inv = model.inverse(z_in, c)
+        z_train, _, log_det_train = copy.deepcopy(model).train()(x, c)
+    outs = [("x", x), ("z", z), ("log_pz", log_pz), ("log_det", log_det), ("log_prob", log_prob),
+            ("z_in", z_in), ("x_inv", x_inv), ("z_train", z_train), ("log_det_train", log_det_train)]
+    for name, t in outs + ([("c", c)] if c is not None else []):
         save(a.out, name, t)
 
 
@@ -1013,11 +1042,13 @@ def cmd_jit(a):
     """Runs exported TorchScript functions (encode.pt, log_prob.pt, decode.pt) on DIR's x.npy / z_in.npy."""
     x = torch.from_numpy(np.load(os.path.join(a.io, "x.npy")))
     z_in = torch.from_numpy(np.load(os.path.join(a.io, "z_in.npy")))
+    c_path = os.path.join(a.io, "c.npy")  # a conditional flow's functions take the context second
+    extra = [torch.from_numpy(np.load(c_path))] if os.path.exists(c_path) else []
     for name, inp in [("encode", x), ("log_prob", x), ("decode", z_in)]:
         f = torch.jit.load(os.path.join(a.dir, name + ".pt"))
         with torch.no_grad():
-            save(a.io, "jit_" + name, f(inp))
-            f(inp[:1]), f(inp[:37])  # other batch sizes run too
+            save(a.io, "jit_" + name, f(inp, *extra))
+            f(inp[:1], *[e[:1] for e in extra]), f(inp[:37], *[e[:37] for e in extra])  # other batch sizes
 
 
 def cmd_train(a):
@@ -1195,6 +1226,7 @@ def main(argv):
     q.add_argument("--n", type=int, default=64)
     q.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     q.add_argument("--scale-params", type=float, default=1.0, help="multiply the conditioner parameters by this")
+    q.add_argument("--context", type=int, default=0, help="context columns of a conditional flow (writes c.npy)")
     q = sub.add_parser("family-check", help="check the layer family in PyTorch (inverse, log-det, reload, density)")
     q.add_argument("--seed", type=int, default=0)
     q = sub.add_parser("jit", help="run exported TorchScript functions on IO/x.npy, IO/z_in.npy")
