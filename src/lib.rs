@@ -17,6 +17,9 @@
 //! # Ok::<(), rnvp::Error>(())
 //! ```
 //!
+//! A conditional flow `p(x | c)` ([`FlowConfig::with_context`]) runs at a context:
+//! `flow.stack().given(&c).sample(n)`, `.log_prob(&xs)` (see [`flow`]).
+//!
 //! On the CPU in float32, `log_prob`, `encode`, `decode`, `sample` and training run in fused
 //! kernels ([`kernel`]) instead of libtorch operations, with the same maths to float32 rounding;
 //! `flow.stack().run(Engine::Libtorch)` runs them with libtorch instead ([`Run`]); training takes

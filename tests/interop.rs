@@ -229,3 +229,51 @@ fn exported_functions_include_the_data_scaler() {
     let want = flow.stack().decode(&z).unwrap() * &std + &mean;
     assert_close(&dec.forward_ts(&[&z]).unwrap(), &want, 1e-5, 1e-5, "decode with scaler");
 }
+
+#[test]
+fn exported_conditional_functions_take_the_context_and_include_bounds_and_whitening() {
+    // log_prob(x, c), encode(x, c), decode(z, c) of a bounded, whitened conditional flow, run by
+    // PyTorch's torch.jit.load, against rnvp's own passes through the checkpoint's data map
+    let dir = tmp_dir("interop-export-conditional");
+    let cfg = FlowConfig::stacked(2, 1, 16, 3).with_arch(rnvp::Arch::GLOW).with_context(2);
+    let (flow, mut ck) = seeded_checkpoint(cfg, Kind::Float);
+    ck.bounds = Some(rnvp::data::Bounds::new(vec![-1.0, 0.0], vec![1.0, 4.0]).unwrap());
+    ck.scaler = Some(rnvp::data::Scaler { mean: vec![0.1, 0.3, 2.0, -1.0], std: vec![0.8, 1.1, 3.0, 0.5] });
+    ck.whiten = Some(rnvp::data::Whitening::new(vec![1.0, 0.0, -0.4, 0.9], 2).unwrap());
+    let (x, c, z) = seeded(8, || {
+        let u = Tensor::rand([300, 2], (Kind::Double, Device::Cpu)) * 0.98 + 0.01;
+        let x = Tensor::stack(&[u.select(1, 0) * 2.0 - 1.0, u.select(1, 1) * 4.0], 1);
+        (
+            x,
+            Tensor::randn([300, 2], (Kind::Double, Device::Cpu)),
+            Tensor::randn([300, 2], (Kind::Double, Device::Cpu)),
+        )
+    });
+    for (t, f) in [(&x, "x.npy"), (&c, "c.npy"), (&z, "z_in.npy")] {
+        t.to_kind(Kind::Float).write_npy(dir.join(f)).unwrap();
+    }
+    let out = dir.join("served");
+    export_torchscript(&ck, &out, Kind::Float).unwrap();
+    reference(&["jit", "--dir", out.to_str().unwrap(), "--io", dir.to_str().unwrap()]);
+    // rnvp's side, in the data's units
+    let space = ck.space();
+    let rows = rnvp::data::from_tensor(&Tensor::cat(&[&x, &c], 1)).unwrap();
+    let (ys, log_det) = space.to_flow(&rows).unwrap();
+    let (y, cs) = rnvp::train::rows_and_context(flow.stack(), &ys).unwrap();
+    let cs = cs.unwrap();
+    let want =
+        flow.stack().given(&cs).log_prob(&y).unwrap().to_kind(Kind::Double) + Tensor::from_slice(&log_det);
+    assert_close(
+        &npy(dir.join("jit_log_prob.npy")).to_kind(Kind::Double),
+        &want,
+        1e-3,
+        1e-4,
+        "log_prob(x, c)",
+    );
+    let want_z = flow.stack().given(&cs).encode(&y).unwrap();
+    assert_close(&npy(dir.join("jit_encode.npy")), &want_z, 1e-4, 1e-4, "encode(x, c)");
+    let xs = flow.stack().given(&cs).decode(&z.to_kind(Kind::Float)).unwrap();
+    let want_x = space.from_flow(&rnvp::data::from_tensor(&xs).unwrap()).unwrap();
+    let want_x = rnvp::data::to_tensor(&want_x, Kind::Float, Device::Cpu).unwrap();
+    assert_close(&npy(dir.join("jit_decode.npy")), &want_x, 1e-4, 1e-4, "decode(z, c)");
+}

@@ -1,7 +1,7 @@
 //! TorchScript export: `encode.pt` (x → z), `log_prob.pt` (x → log p(x)) and `decode.pt`
 //! (z → x), traced from a frozen flow, loadable by `torch.jit.load` in Python, LibTorch C++ and
-//! `tch::CModule`. A scaler and bounds stored with the model are part of each function, so they
-//! work in the data's own units.
+//! `tch::CModule`. A scaler, whitening and bounds stored with the model are part of each
+//! function, so they work in the data's own units.
 use super::Checkpoint;
 use crate::error::{io_err, Error, Result};
 use std::path::{Path, PathBuf};
@@ -77,7 +77,27 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
         Some((lo, hi)) => lo + (hi - lo) * ys.sigmoid(),
         None => ys,
     };
-    let standardize = |xs: &Tensor| (xs - &mean) / &std;
+    // whitening u = L⁻¹ y of the standardized rows y (as rows: u = y (L⁻¹)ᵀ), and back y = u Lᵀ
+    let whiten = ck.whiten.as_ref().map(|w| {
+        let matrix =
+            |v: Vec<f64>| Tensor::from_slice(&v).to_kind(kind).view([d, d]).transpose(0, 1).contiguous();
+        (matrix(w.inverse()), matrix(w.chol.clone()), w.log_det())
+    });
+    let log_det = log_det + whiten.as_ref().map_or(0.0, |w| w.2);
+    let standardize = |xs: &Tensor| {
+        let y = (xs - &mean) / &std;
+        match &whiten {
+            Some((inv_t, _, _)) => y.matmul(inv_t),
+            None => y,
+        }
+    };
+    let unstandardize = |us: Tensor| {
+        let y = match &whiten {
+            Some((_, chol_t, _)) => us.matmul(chol_t),
+            None => us,
+        };
+        y * &std + &mean
+    };
     let context = |inputs: &[Tensor]| inputs.get(1).map(|c| (c - &c_mean) / &c_std);
     let mut written = vec![];
     let path = dir.join("encode.pt");
@@ -98,7 +118,7 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
     written.push(path);
     let path = dir.join("decode.pt");
     trace_and_save(&path, &examples, &mut |inp| {
-        from_logit(flow.stack().untransform(&inp[0], context(inp).as_ref()) * &std + &mean)
+        from_logit(unstandardize(flow.stack().untransform(&inp[0], context(inp).as_ref())))
     })?;
     written.push(path);
     Ok(written)
