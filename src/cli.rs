@@ -286,8 +286,9 @@ pub struct TrainArgs {
     /// schedule, for posterior estimation on simulations (--context M), stopping early.
     #[arg(long)]
     pub preset: Option<String>,
-    /// Checkpoint to write (.safetensors); the best validation model goes beside it as
-    /// <name>.best.safetensors.
+    /// Checkpoint to write (.safetensors). With early stopping (data files, by default) it holds
+    /// the best validation model and <name>.last.safetensors the latest state; otherwise it holds
+    /// the latest state and the best validation model goes beside it as <name>.best.safetensors.
     #[arg(long)]
     pub out: PathBuf,
     /// The layers of each step: notebook (affine couplings with exp, flips alternating), nice
@@ -325,7 +326,7 @@ pub struct TrainArgs {
     pub bounds: Option<String>,
     /// Decorrelate a data file's standardized modelled columns (whitening), so that the untrained
     /// flow (with --init identity, the default for files) is the full-covariance Gaussian of the
-    /// training rows; --whiten false standardizes each column only.
+    /// file's rows; --whiten false standardizes each column only.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub whiten: Option<bool>,
     /// Per-column bounds: a .csv / .npy file with one row LO,HI per modelled column.
@@ -376,8 +377,9 @@ pub struct TrainArgs {
     /// whose loss or gradient is not finite is skipped (10 in a row stop the run).
     #[arg(long, allow_negative_numbers = true)]
     pub clip_grad: Option<f64>,
-    /// Validate and checkpoint every this many steps.
-    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    /// Validate and checkpoint every this many steps [default: 100 on a toy set, once per epoch on a
+    /// data file].
+    #[arg(long, default_value_t = 100, hide_default_value = true, allow_negative_numbers = true)]
     pub val_every: i64,
     /// Validation points drawn from a toy set.
     #[arg(long, default_value_t = 5000, allow_negative_numbers = true)]

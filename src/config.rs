@@ -4,6 +4,10 @@
 pub use crate::arch::{Arch, Coupling, LayerKind, Mixing, Scale};
 use crate::error::{Error, Result};
 
+/// The widest context a configuration may declare (far beyond any real one; it bounds what a file
+/// can ask for).
+pub const MAX_CONTEXT: i64 = 1 << 24;
+
 /// How the coupling layers are named in the variable store (and in PyTorch's state_dict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -115,8 +119,8 @@ impl FlowConfig {
         if self.layers < 1 {
             return bad(format!("layers = {} (needs at least 1 coupling layer)", self.layers));
         }
-        if self.context < 0 {
-            return bad(format!("context = {} (a context has 0 or more columns)", self.context));
+        if !(0..=MAX_CONTEXT).contains(&self.context) {
+            return bad(format!("context = {} (a context has 0 to {MAX_CONTEXT} columns)", self.context));
         }
         if self.layout == Layout::Single && self.layers != 1 {
             return bad(format!("a single R_NVP has 1 layer, not {}", self.layers));

@@ -669,7 +669,16 @@ impl Optimizer {
     }
 }
 
-/// With early stopping, the least time between two writes of the improving best model.
+/// The step and validation NLL of the best model a previous run with early stopping left in
+/// `out` (its `info`), if `out` holds one.
+fn kept_best(out: &Path) -> Option<(usize, f64)> {
+    let ck = Checkpoint::load(out).ok()?;
+    let nll = ck.info.get("val_nll")?.as_f64().filter(|v| v.is_finite())?;
+    let step = ck.info.get("step")?.as_u64()? as usize;
+    Some((step, nll))
+}
+
+/// With early stopping, the least time between two writes of the best model and the latest state.
 const SAVE_SECONDS: f64 = 10.0;
 
 /// Consecutive skipped steps (non-finite loss or gradient, with clipping) that end a run.
@@ -856,7 +865,26 @@ fn beside(out: &Path, tag: &str) -> PathBuf {
 
 impl Trainer<'_> {
     fn save(&self, path: &Path, opt: Option<&Optimizer>, step: usize, val: Option<f64>) -> Result<()> {
+        self.save_with(path, opt, step, val, None)
+    }
+
+    /// [`Trainer::save`] with the variables `vars` (by name) instead of the flow's current ones.
+    fn save_with(
+        &self,
+        path: &Path,
+        opt: Option<&Optimizer>,
+        step: usize,
+        val: Option<f64>,
+        vars: Option<&BTreeMap<String, Tensor>>,
+    ) -> Result<()> {
         let mut ck = Checkpoint::from_flow(self.flow, self.scaler.clone());
+        if let Some(vars) = vars {
+            for (name, t) in ck.tensors.iter_mut() {
+                if let Some(v) = vars.get(name) {
+                    *t = v.to_device(tch::Device::Cpu).copy();
+                }
+            }
+        }
         ck.bounds = self.data.bounds().cloned();
         ck.whiten = self.data.whitening().cloned();
         ck.optimizer = opt.map(Optimizer::state);
@@ -896,24 +924,44 @@ impl Trainer<'_> {
             Ok(mean_nll(self.flow.stack().run(self.cfg.engine), &val_set, self.scaler.as_ref())?
                 - self.data.val_log_det())
         };
-        if let Some(out) = &self.out {
-            // fails early on an unwritable path, and is the last good state until the first validation
-            // (with early stopping, the best model: weights only, the state to resume goes beside it)
-            self.save(out, (patience == 0).then_some(&opt), start, None)?;
-            report.saved = Some(start);
-        }
-        // with early stopping, the best model's variables (restored into the flow at the end)
+        // with early stopping: the best model's variables (restored into the flow at the end),
+        // whether `out` is behind them, and the best a resumed run must beat (`out`'s own)
         let snapshot = || -> BTreeMap<String, Tensor> {
             self.flow.var_store().variables().into_iter().map(|(k, t)| (k, t.detach().copy())).collect()
         };
         let mut best_vars = None;
+        let mut best_unsaved = false;
+        let kept = match (&self.out, resume) {
+            (Some(out), Some(_)) if patience > 0 => kept_best(out),
+            _ => None,
+        };
+        if let Some((step, nll)) = kept {
+            best = nll;
+            report.best = Some((step, nll));
+            report.saved = Some(step);
+        }
+        if let Some(out) = &self.out {
+            // fails early on an unwritable path, and is the last good state until the first
+            // validation; with early stopping `out` is the best model (weights only) and the state
+            // to resume goes beside it
+            if patience == 0 {
+                self.save(out, Some(&opt), start, None)?;
+                report.saved = Some(start);
+            } else {
+                self.save(&last_path(out), Some(&opt), start, None)?;
+                if kept.is_none() {
+                    self.save(out, None, start, None)?;
+                    report.saved = Some(start);
+                }
+            }
+        }
         if patience > 0 {
-            // the initial model is a candidate (and `out` holds it): training must beat it on the
-            // held-out rows
+            // the initial model is a candidate: training must beat it on the held-out rows
             let nll = validate()?;
-            if nll.is_finite() {
+            if nll < best {
                 best = nll;
                 best_vars = Some(snapshot());
+                best_unsaved = true; // written with its NLL at the end (or sooner)
                 report.best = Some((start, nll));
             }
         }
@@ -955,6 +1003,17 @@ impl Trainer<'_> {
                     break;
                 }
                 let is_best = nll < best;
+                if is_best {
+                    best = nll;
+                    report.best = Some((step, nll));
+                    since_best = 0;
+                    if patience > 0 {
+                        best_vars = Some(snapshot());
+                        best_unsaved = true;
+                    }
+                } else {
+                    since_best += 1;
+                }
                 match &self.out {
                     Some(out) if patience == 0 => {
                         self.save(out, Some(&opt), step, Some(nll))?;
@@ -963,24 +1022,18 @@ impl Trainer<'_> {
                             self.save(&best_path(out), None, step, Some(nll))?;
                         }
                     }
-                    // with early stopping `out` is the best model, written while training improves
-                    // at most every SAVE_SECONDS (validations may come every step) and at the end
-                    Some(out) if is_best && last_write.elapsed().as_secs_f64() >= SAVE_SECONDS => {
-                        self.save(out, None, step, Some(nll))?;
-                        report.saved = Some(step);
+                    // with early stopping the best model and the latest state are written at most
+                    // every SAVE_SECONDS (validations may come every step), and at the end
+                    Some(out) if last_write.elapsed().as_secs_f64() >= SAVE_SECONDS => {
+                        if let (true, Some((s, v))) = (best_unsaved, report.best) {
+                            self.save_with(out, None, s, Some(v), best_vars.as_ref())?;
+                            report.saved = Some(s);
+                            best_unsaved = false;
+                        }
+                        self.save(&last_path(out), Some(&opt), step, Some(nll))?;
                         last_write = Instant::now();
                     }
                     _ => {}
-                }
-                if is_best {
-                    best = nll;
-                    report.best = Some((step, nll));
-                    since_best = 0;
-                    if patience > 0 {
-                        best_vars = Some(snapshot());
-                    }
-                } else {
-                    since_best += 1;
                 }
                 paused += v0.elapsed().as_secs_f64();
                 on_event(Event::Validation { step, nll, best: is_best });
@@ -997,20 +1050,26 @@ impl Trainer<'_> {
             let step = start + report.losses.len();
             self.save(&last_path(out), Some(&opt), step, report.val.last().map(|v| v.1))?;
         }
-        if let Some(vars) = best_vars {
+        if let (Some(out), true, Some((step, nll))) = (&self.out, best_unsaved, report.best) {
+            self.save_with(out, None, step, Some(nll), best_vars.as_ref())?;
+            report.saved = Some(step);
+        }
+        if patience > 0 {
             // the flow ends as the model the checkpoint `out` holds: the best validation one
-            tch::no_grad(|| {
-                for (name, mut var) in self.flow.var_store().variables() {
-                    if let Some(saved) = vars.get(&name) {
-                        var.copy_(saved);
+            let vars = match (best_vars, &self.out) {
+                (Some(vars), _) => Some(vars),
+                // a resumed run that never beat `out`'s model: that model, read back
+                (None, Some(out)) if kept.is_some() => Some(Checkpoint::load(out)?.tensors),
+                _ => None,
+            };
+            if let Some(vars) = vars {
+                tch::no_grad(|| {
+                    for (name, mut var) in self.flow.var_store().variables() {
+                        if let Some(saved) = vars.get(&name) {
+                            var.copy_(&saved.to_device(var.device()).to_kind(var.kind()));
+                        }
                     }
-                }
-            });
-            if let (Some(out), Some((step, nll))) = (&self.out, report.best) {
-                if report.saved != Some(step) {
-                    self.save(out, None, step, Some(nll))?;
-                    report.saved = Some(step);
-                }
+                });
             }
         }
         Ok(report)

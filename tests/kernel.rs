@@ -528,3 +528,31 @@ fn conditional_flows_run_fused_as_in_libtorch() {
     let wide = FlowConfig::stacked(2, 1, 8, 2).with_context(4);
     assert!(Flow::new(&wide, Device::Cpu, Kind::Float).unwrap().stack().packing().is_none());
 }
+
+#[test]
+fn threads_split_the_context_with_the_rows() {
+    // the row blocks of the threaded passes carry their own context rows: the same numbers as one
+    // thread, each row with its own context, in both builds
+    let cfg = FlowConfig::stacked(2, 1, 8, 3).with_arch(Arch::GLOW).with_context(2);
+    let (flow, xs) = flow_and_data(&cfg, 5003, 81);
+    let c = common::seeded(82, || Tensor::randn([5003, 2], (Kind::Float, Device::Cpu)) * 2.0);
+    let params = flow.stack().packing().unwrap().pack(flow.stack().layers()).unwrap();
+    let (x, cf) = (flat(&xs), flat(&c));
+    for pk in [flow.stack().packing().unwrap(), flow.stack().packing().unwrap().baseline()] {
+        let (mut one, mut many) = (x.clone(), x.clone());
+        let (mut ld1, mut ld3) = (vec![0.0; 5003], vec![0.0; 5003]);
+        pk.forward_given(&params, &mut one, &cf, &mut ld1);
+        pk.forward_given_par(&params, &mut many, &cf, &mut ld3, 3);
+        assert_eq!((one.clone(), ld1), (many, ld3), "{}: forward", pk.instruction_set());
+        let mut back = one.clone();
+        pk.inverse_given_par(&params, &mut back, &cf, 3);
+        let err = back.iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-3, "{}: inverse error {err}", pk.instruction_set());
+        // a context shifted by one row changes the rows' images: the rows use their own contexts
+        let mut shifted = cf.clone();
+        shifted.rotate_left(2);
+        let mut other = x.clone();
+        pk.forward_given_par(&params, &mut other, &shifted, &mut vec![0.0; 5003], 3);
+        assert_ne!(other, one);
+    }
+}

@@ -109,10 +109,20 @@ pub(crate) fn convert(a: cli::ConvertArgs) -> Result<()> {
     let ck = Checkpoint::load_with(&a.input, a.prefix.as_deref())?;
     // a file rnvp would refuse to use is not written
     ck.check().with_context(|| a.input.display().to_string())?;
-    if ck.scaler.is_some() && a.output.extension().is_some_and(|e| e != "safetensors") {
+    let dropped: Vec<&str> = [
+        (ck.scaler.is_some(), "the data scaler (mean/std)"),
+        (ck.whiten.is_some(), "the whitening"),
+        (ck.bounds.is_some(), "the bounds"),
+    ]
+    .into_iter()
+    .filter_map(|(has, what)| has.then_some(what))
+    .collect();
+    if !dropped.is_empty() && a.output.extension().is_some_and(|e| e != "safetensors") {
         eprintln!(
-            "warning: {} holds only the state_dict: the data scaler (mean/std) stays in .safetensors files",
-            a.output.display()
+            "warning: {} holds only the state_dict: {} stay(s) in .safetensors files (the model there works in \
+             the flow's coordinates; `rnvp export` bakes them into TorchScript functions)",
+            a.output.display(),
+            dropped.join(", ")
         );
     }
     ck.save(&a.output)?;

@@ -96,7 +96,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             eprintln!("note: --resume continues the checkpoint's architecture; {} ignored", given.join(", "));
         }
     }
-    let flow = model_to_train(fresh, resume.as_ref(), (device, kind), cfg.engine)?;
+    let flow = model_to_train(fresh, &train_data, resume.as_ref(), (device, kind), cfg.engine)?;
     let flow_cfg = *flow.stack().config();
     let optimizer = match &resume {
         Some((_, ck)) => {
@@ -171,7 +171,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     }
     match (report.diverged, report.best) {
         // with early stopping the file holds the best validation model, which is good
-        (Some(stop), Some((step, nll))) if cfg.patience > 0 => eprintln!(
+        (Some(stop), Some((step, nll))) if cfg.patience > 0 && !report.losses.is_empty() => eprintln!(
             "note: {stop}: training stopped there; {} keeps the best validation model (step {step}, NLL {nll:.4})",
             a.out.display()
         ),
@@ -222,14 +222,18 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             (_, Some(stop)) => format!("stopped: {stop}"),
             (None, None) => format!("ran all {} steps", cfg.steps),
         };
+        let latest = if report.diverged.is_none() {
+            format!(" (latest state, to --resume: {})", last_path(&a.out).display())
+        } else {
+            String::new()
+        };
         println!(
             "trained {} steps in {:.1} s ({:.0} steps/s), {why}; final loss {last:.4}; kept step {best_step} \
-             (best validation NLL {best_nll:.4} nats) -> {} (latest state: {})",
+             (best validation NLL {best_nll:.4} nats) -> {}{latest}",
             report.losses.len(),
             report.seconds,
             report.steps_per_second(),
             a.out.display(),
-            last_path(&a.out).display()
         );
         return Ok(());
     }
@@ -330,6 +334,7 @@ fn bounds(a: &cli::TrainArgs, d: usize) -> Result<Option<Bounds>> {
 /// against the `engine` that will train it.
 fn model_to_train(
     fresh: FlowConfig,
+    data: &TrainData,
     resume: Option<&(&Path, Checkpoint)>,
     (device, kind): (Device, Kind),
     engine: Engine,
@@ -347,6 +352,15 @@ fn model_to_train(
                 );
             }
             ck.check().with_context(|| format!("--resume {}", path.display()))?;
+            if ck.bounds.as_ref() != data.bounds() || ck.whiten.is_some() != data.whitening().is_some() {
+                bail!(
+                    "--resume {}: the checkpoint was trained {} bounds and {} whitening; give the same \
+                     --bounds/--bounds-file and --whiten as its run",
+                    path.display(),
+                    if ck.bounds.is_some() { "with" } else { "without" },
+                    if ck.whiten.is_some() { "with" } else { "without" }
+                );
+            }
             ck.config.validate()?;
             let flow = Flow::for_loading(&ck.config, device, kind)?;
             rnvp::checkpoint::load_weights(&flow, &ck.tensors)?;

@@ -69,6 +69,19 @@ impl DataSpace<'_> {
     }
 
     fn check(&self, m: &Matrix, cols: usize, what: &str) -> Result<()> {
+        if let Some(s) =
+            self.scaler.filter(|s| s.mean.len() != self.d + self.m || s.std.len() != self.d + self.m)
+        {
+            return Err(Error::Data(format!(
+                "the scaler has {} columns for {} + {}",
+                s.mean.len(),
+                self.d,
+                self.m
+            )));
+        }
+        if let Some(w) = self.whiten.filter(|w| w.d != self.d) {
+            return Err(Error::Data(format!("the whitening has {} columns for {}", w.d, self.d)));
+        }
         if m.cols != cols {
             return Err(Error::Data(format!(
                 "{what}: {} columns, but the model expects {cols} ({} modelled, {} context)",

@@ -88,9 +88,9 @@ pub enum Part {
 }
 
 impl Packing {
-    /// The packing of a stack, or `None` when the kernels do not run it: couplings with `k` or
-    /// `d − k` above [`MAX_WIDTH`], a conditional flow, or a batch-norm layer (its statistics span
-    /// the whole batch).
+    /// The packing of a stack, or `None` when the kernels do not run it: couplings whose
+    /// networks take or give more than [`MAX_WIDTH`] columns (`k + m`, `d − k + m` with a context
+    /// of `m`), or a batch-norm layer (its statistics span the whole batch).
     pub fn new(cfg: &FlowConfig) -> Option<Packing> {
         let (d, k, hidden) = (cfg.d as usize, cfg.k as usize, cfg.hidden as usize);
         let m = usize::try_from(cfg.context).ok()?;

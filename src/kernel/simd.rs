@@ -297,6 +297,9 @@ pub(super) struct Geometry {
 /// rows' context from `ctx` (`m` numbers per row).
 #[inline(always)]
 fn gather<const R: usize, const C: usize>(xs: &[f32], ctx: &[f32], geo: Geometry, i: usize) -> [[f32; C]; R] {
+    if geo.m == 0 {
+        return std::array::from_fn(|r| std::array::from_fn(|c| xs[(i + r) * geo.d + geo.cc + c]));
+    }
     std::array::from_fn(|r| {
         std::array::from_fn(|c| {
             if c < geo.cond {

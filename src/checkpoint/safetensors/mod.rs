@@ -229,7 +229,9 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
     };
     let whiten = match meta.get("whiten") {
         // d² numbers of at most ~25 characters each
-        Some(t) if t.len() as u64 > 32 * (config.d as u64).saturating_mul(config.d as u64) + 64 => {
+        Some(t)
+            if t.len() as u64 > (config.d as u64).saturating_mul(config.d as u64).saturating_mul(32) + 64 =>
+        {
             return Err(bad(format!("whiten: {} bytes of metadata for d = {}", t.len(), config.d)))
         }
         Some(_) => {
