@@ -958,6 +958,9 @@ impl Trainer<'_> {
         if patience > 0 {
             // the initial model is a candidate: training must beat it on the held-out rows
             let nll = validate()?;
+            report.val.push((start, nll));
+            report.val_seconds.push(0.0);
+            on_event(Event::Validation { step: start, nll, best: nll < best });
             if nll < best {
                 best = nll;
                 best_vars = Some(snapshot());

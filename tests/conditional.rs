@@ -142,6 +142,19 @@ fn conditional_checkpoints_round_trip_and_infer_the_context_from_pytorch_names()
 }
 
 #[test]
+fn a_state_dict_that_cannot_tell_the_context_apart_is_not_written() {
+    // one notebook coupling: its shapes [h, k + m] and [d − k, h] fit more than one (k, m)
+    let cfg = FlowConfig::stacked(3, 1, 8, 1).with_context(2);
+    let flow = seeded(5, || Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap());
+    let dir = common::tmp_dir("conditional-ambiguous");
+    let err = Checkpoint::from_flow(&flow, None).save(&dir.join("q.pt")).unwrap_err().to_string();
+    assert!(err.contains("keep it as .safetensors"), "{err}");
+    assert!(!dir.join("q.pt").exists());
+    Checkpoint::from_flow(&flow, None).save(&dir.join("q.safetensors")).unwrap();
+    assert_eq!(Checkpoint::load(&dir.join("q.safetensors")).unwrap().config.context, 2);
+}
+
+#[test]
 fn bounds_scaler_and_whitening_keep_the_density_normalised_in_data_units() {
     // a bounded conditional flow on the box (-1, 3) × (0, 0.5), its context standardized
     let flow = conditional(Arch::GLOW, 2, 1, 1);

@@ -263,6 +263,17 @@ impl Checkpoint {
     /// Writes the checkpoint atomically, in the format its extension names.
     pub fn save(&self, path: &Path) -> Result<()> {
         Self::check_writable(path)?;
+        if path.extension().is_some_and(|e| e != "safetensors") && self.config.context > 0 {
+            // a state_dict carries no configuration: its shapes must tell the context's width
+            let read = infer_config(&self.tensors).ok().map(|c| (c.d, c.k, c.context));
+            if read != Some((self.config.d, self.config.k, self.config.context)) {
+                return Err(Error::Data(format!(
+                    "{}: a state_dict of this conditional flow would read back with another split of its \
+                     columns (its shapes cannot tell k from the context's width); keep it as .safetensors",
+                    path.display()
+                )));
+            }
+        }
         match path.extension().and_then(|e| e.to_str()) {
             Some("ot") => export::save_ot(self, path),
             Some("pt") => {
