@@ -112,11 +112,20 @@ def write_csv(path, a):
 
 
 def read_csv(path, skip_header=False):
-    """A 2-D float64 array; `skip_header` drops sbibm's header line. Handles .bz2 files."""
+    """A 2-D float64 array; `skip_header` drops sbibm's header line, and a first line that is not
+    numbers (the `x0,x1,...` header rnvp writes) is skipped too. Handles .bz2 files."""
     path = Path(path)
     opener = bz2.open if path.suffix == ".bz2" else open
     with opener(path, "rt") as f:
-        return np.loadtxt(f, delimiter=",", ndmin=2, skiprows=1 if skip_header else 0, dtype=np.float64)
+        first = f.readline()
+        try:
+            [float(v) for v in first.split(",")]
+            numeric = True
+        except ValueError:
+            numeric = False
+        f.seek(0)
+        skip = 1 if (skip_header or not numeric) else 0
+        return np.loadtxt(f, delimiter=",", ndmin=2, skiprows=skip, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
