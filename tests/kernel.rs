@@ -519,8 +519,10 @@ fn conditional_flows_run_fused_as_in_libtorch() {
                     (loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0),
                     "{what}: loss {loss} vs {want_loss}"
                 );
+                // float32 sums in another order (and MKL's thread-dependent ones in the reference)
+                // leave ~1e-4 on the smallest tensors; a context wired wrongly leaves errors near 1
                 let err = worst_relative_error(&pk, &got, &want, cfg.layout);
-                assert!(err <= 1e-4, "{what} ({}): gradient relative error {err:e}", build.instruction_set());
+                assert!(err <= 1e-3, "{what} ({}): gradient relative error {err:e}", build.instruction_set());
             }
         }
     }
