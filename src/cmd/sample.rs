@@ -100,6 +100,7 @@ pub(crate) fn map(a: cli::MapArgs, what: Map) -> Result<()> {
         }
         Map::Decode => {
             // z's columns are latents; the context columns go through the scaler
+            // invariant: read_rows checked d + m columns, so both slices are in range
             let z: Vec<f64> = (0..rows.rows).flat_map(|i| rows.row(i)[..d].to_vec()).collect();
             let zs = data::to_tensor(&Matrix::new(rows.rows, d, z)?, kind, device)?;
             let c = if m > 0 {

@@ -50,6 +50,7 @@ impl DataSpace<'_> {
             None => xs.clone(),
         };
         let mut out = match self.scaler {
+            // invariant: check() above refuses a scaler without d + m columns
             Some(s) => s.columns(0, self.d).inverse(&colored)?,
             None => colored,
         };
@@ -63,6 +64,7 @@ impl DataSpace<'_> {
     pub fn context(&self, c: &Matrix) -> Result<Matrix> {
         self.check(c, self.m, "context")?;
         match self.scaler {
+            // invariant: check() above refuses a scaler without d + m columns
             Some(s) => s.columns(self.d, self.m).transform(c),
             None => Ok(c.clone()),
         }
