@@ -1130,6 +1130,37 @@ def cmd_broken(a):
     torch.save([1, 2, 3], p("a_list.pt"))
 
 
+def cmd_step_time(a):
+    """Seconds per training step (forward, loss, backward, Adam) of Flow(d, k, hidden, layers,
+    context) with the architecture's layers, on one fixed standard-normal batch (and context): the
+    mean over --steps steps after --warmup, printed alone on one line."""
+    import time
+    torch.manual_seed(0)
+    model = to_device(Flow(a.d, a.k, a.hidden, a.layers, context=a.context, **ARCHS[a.arch]))
+    model.train()
+    x = torch.randn(a.batch, a.d).to(DEVICE)
+    c = torch.randn(a.batch, a.context).to(DEVICE) if a.context else None
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        optim.zero_grad()
+        z, log_pz, log_jacob = model(x, c)
+        loss = (-log_pz - log_jacob).mean()
+        loss.backward()
+        optim.step()
+
+    for _ in range(a.warmup):
+        step()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    print((time.perf_counter() - t0) / a.steps)
+
+
 def cmd_moons(a):
     from sklearn.datasets import make_moons
     X, _ = make_moons(a.n, noise=a.noise, shuffle=not a.no_shuffle, random_state=0)
@@ -1172,6 +1203,11 @@ def main(argv):
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--eval-every", type=int, default=0)
     q.add_argument("--eval-n", type=int, default=20000)
+    q.add_argument("--arch", choices=sorted(ARCHS), default="notebook")
+    q = sub.add_parser("step-time", help="seconds per training step of a Flow on a fixed batch (benchmarks)")
+    for name, default in [("d", 2), ("k", 1), ("context", 0), ("hidden", 512), ("layers", 3), ("batch", 512),
+                          ("steps", 20), ("warmup", 3)]:
+        q.add_argument(f"--{name}", type=int, default=default)
     q.add_argument("--arch", choices=sorted(ARCHS), default="notebook")
     q = sub.add_parser("sample", help="x = F^-1(z) for N base samples, as .npy")
     q.add_argument("--weights", required=True)
@@ -1236,7 +1272,8 @@ def main(argv):
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
     {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "broken": cmd_broken, "load": cmd_load,
      "jit": cmd_jit, "wrapped": cmd_wrapped, "outputs": cmd_outputs,
-     "matmul": cmd_matmul, "family": cmd_family, "family-check": cmd_family_check}[a.cmd](a)
+     "matmul": cmd_matmul, "family": cmd_family, "family-check": cmd_family_check,
+     "step-time": cmd_step_time}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Trains one of the Python libraries' flows for a fixed wall-clock budget and prints its test NLL
-as JSON: the Python side of the bench's `zoo` section (examples/bench.rs).
+as JSON: the Python side of the bench's `zoo` section (examples/bench/main.rs).
 
     zoo.py MODEL --train train.npy --test test.npy --seconds 25 [--seed 0] [--threads 1]
            [--transforms 8] [--hidden 64] [--batch-size 1024] [--lr 3e-3] [--warmup 100]

@@ -260,8 +260,8 @@ pub struct Compute {
     #[arg(long)]
     pub threads: Option<i32>,
     /// What computes the passes: auto (the fused CPU kernels for float32 flows whose conditioners
-    /// take and give at most 4 columns, context included; libtorch otherwise), fused, or libtorch
-    /// (autograd, as the notebook).
+    /// take and give at most 64 columns, context included, where they beat libtorch; libtorch
+    /// otherwise), fused, or libtorch (autograd, as the notebook).
     #[arg(long, default_value = "auto")]
     pub engine: String,
     /// The model's prefix in a checkpoint whose names carry one (`module.`, `model.`, ...): found

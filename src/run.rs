@@ -13,7 +13,8 @@ use tch::Tensor;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
     /// The fused kernels where they apply (float32 on the CPU, conditioner inputs `k + m`,
-    /// `d − k + m` and outputs at most 4, no batch norm), libtorch elsewhere.
+    /// `d − k + m` at most 64 and outputs at most 64, no batch norm) and are faster
+    /// ([`Packing::faster_than_libtorch`]), libtorch elsewhere.
     #[default]
     Auto,
     /// The fused kernels ([`crate::kernel`]); an error where they do not apply.
@@ -87,19 +88,21 @@ impl<'a> Run<'a> {
     }
 
     /// The packing for the fused kernels when this engine uses them for this flow (`Auto` falls
-    /// back to libtorch silently; `Fused` fails where they do not apply).
+    /// back to libtorch silently, and also where the wide kernels would be slower than libtorch;
+    /// `Fused` fails where they do not apply).
     pub fn fused_packing(&self) -> Result<Option<Packing>> {
         let flow = self.flow;
         match self.engine {
             Engine::Libtorch => Ok(None),
-            Engine::Auto => Ok(flow.packing()),
+            Engine::Auto => Ok(flow.packing().filter(Packing::faster_than_libtorch)),
             Engine::Fused => flow.packing().map(Some).ok_or_else(|| {
                 let cfg = flow.config();
                 Error::InvalidConfig(format!(
-                    "the fused engine runs float32 flows on the CPU whose conditioners take and give at \
-                     most {} columns (k + m and d − k + m with a context of m) and no batch norm (this flow: \
-                     {:?} on {:?}, d = {}, k = {}, m = {}, {})",
-                    kernel::MAX_WIDTH,
+                    "the fused engine runs float32 flows on the CPU whose conditioners take at most {} \
+                     columns (k + m and d − k + m with a context of m) and give at most {}, and no batch \
+                     norm (this flow: {:?} on {:?}, d = {}, k = {}, m = {}, {})",
+                    kernel::MAX_INPUTS,
+                    kernel::MAX_OUTPUTS,
                     flow.kind(),
                     flow.device(),
                     cfg.d,

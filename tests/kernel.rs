@@ -101,6 +101,18 @@ fn configs() -> Vec<FlowConfig> {
             ..Arch::NOTEBOOK
         }),
         FlowConfig::stacked(2, 1, 8, 2).with_arch(Arch { scale: Scale::Sigmoid, ..Arch::NOTEBOOK }),
+        // wider than the narrow kernels: the wide ones, with every scale map and linear layer
+        FlowConfig::stacked(10, 5, 13, 2),
+        FlowConfig::stacked(16, 8, 24, 2).with_arch(Arch::GLOW),
+        FlowConfig::stacked(12, 3, 16, 2).with_arch(Arch::NICE),
+        FlowConfig::stacked(11, 5, 9, 2).with_arch(Arch {
+            scale: Scale::Tanh,
+            mixing: Mixing::Random,
+            actnorm: true,
+            ..Arch::NOTEBOOK
+        }),
+        FlowConfig::stacked(9, 4, 8, 2).with_arch(Arch { scale: Scale::SoftClamp, ..Arch::NOTEBOOK }),
+        FlowConfig::stacked(70, 35, 8, 2),
     ]
 }
 
@@ -247,12 +259,22 @@ fn the_fused_engine_refuses_what_it_cannot_run() {
         let xs = Tensor::zeros([4, 2], (Kind::Double, Device::Cpu));
         let err = f64_flow.stack().run(Engine::Fused).log_prob(&xs).unwrap_err().to_string();
         assert!(err.contains("float32") && err.contains("Double"), "{err}");
-        let wide = Flow::new(&FlowConfig::stacked(10, 5, 8, 2), Device::Cpu, Kind::Float).unwrap();
-        assert!(wide.stack().packing().is_none(), "k = 5 is beyond the compiled widths");
+        let wide = Flow::new(&FlowConfig::stacked(140, 70, 8, 2), Device::Cpu, Kind::Float).unwrap();
+        assert!(wide.stack().packing().is_none(), "k = 70 is beyond the kernels' widths");
         let err = wide.stack().run(Engine::Fused).sample(3).unwrap_err().to_string();
-        assert!(err.contains("k = 5"), "{err}");
+        assert!(err.contains("k = 70"), "{err}");
         // auto falls back to libtorch
-        assert_eq!(wide.stack().run(Engine::Auto).sample(3).unwrap().size(), [3, 10]);
+        assert_eq!(wide.stack().run(Engine::Auto).sample(3).unwrap().size(), [3, 140]);
+        // the wide kernels run anything up to 64 columns when asked, but `auto` takes them only
+        // where they beat libtorch's matrix products (small enough networks)
+        let sbi =
+            Flow::new(&FlowConfig::stacked(10, 5, 64, 2).with_context(10), Device::Cpu, Kind::Float).unwrap();
+        assert!(sbi.stack().packing().unwrap().faster_than_libtorch());
+        assert!(sbi.stack().run(Engine::Auto).fused_packing().unwrap().is_some());
+        let big = Flow::new(&FlowConfig::stacked(64, 32, 512, 2), Device::Cpu, Kind::Float).unwrap();
+        assert!(!big.stack().packing().unwrap().faster_than_libtorch());
+        assert!(big.stack().run(Engine::Auto).fused_packing().unwrap().is_none());
+        assert!(big.stack().run(Engine::Fused).fused_packing().unwrap().is_some());
         // batch norm's statistics span the batch: libtorch runs it
         let cfg = FlowConfig::stacked(2, 1, 8, 2).with_arch(Arch::REALNVP);
         let bn = Flow::new(&cfg, Device::Cpu, Kind::Float).unwrap();
@@ -480,11 +502,13 @@ fn fused_training_initialises_actnorm_from_the_first_batch_as_libtorch_does() {
 
 #[test]
 fn conditional_flows_run_fused_as_in_libtorch() {
-    // the context enters the conditioners as their last inputs (k + m and d − k + m up to 4):
+    // the context enters the conditioners as their last inputs:
     // log p(x | c), the inverse and the training gradient agree with libtorch's, for every
     // architecture the kernels run, in both builds
     for arch in [Arch::NOTEBOOK, Arch::NICE, Arch::GLOW] {
-        for (d, k, m) in [(2, 1, 2), (2, 1, 3), (3, 1, 1)] {
+        // the last three on the wide kernels: a context beyond 4, d = 10 with m = 10, and
+        // networks that take 64 inputs
+        for (d, k, m) in [(2, 1, 2), (2, 1, 3), (3, 1, 1), (2, 1, 5), (10, 5, 10), (6, 3, 61)] {
             let cfg = FlowConfig::stacked(d, k, 12, 3).with_arch(arch).with_context(m);
             let (flow, xs) = flow_and_data(&cfg, 300, 70 + m);
             let c = common::seeded(71, || Tensor::randn([300, m], (Kind::Float, Device::Cpu)));
@@ -526,8 +550,8 @@ fn conditional_flows_run_fused_as_in_libtorch() {
             }
         }
     }
-    // too wide for the compiled kernels: libtorch runs it
-    let wide = FlowConfig::stacked(2, 1, 8, 2).with_context(4);
+    // too wide for the kernels (k + m = 65): libtorch runs it
+    let wide = FlowConfig::stacked(2, 1, 8, 2).with_context(64);
     assert!(Flow::new(&wide, Device::Cpu, Kind::Float).unwrap().stack().packing().is_none());
 }
 

@@ -1,5 +1,5 @@
 //! The fused kernels' per-row linear layers: ActNorm, NICE's diagonal scaling, fixed permutations
-//! and Glow's LU map, for the small `d` the kernels run (at most `2 · MAX_WIDTH` columns). Each
+//! and Glow's LU map, for the `d` the kernels run (at most `MAX_INPUTS + MAX_OUTPUTS` columns). Each
 //! works on a layer's packed variables — its keys' tensors flattened one after the other, in the
 //! order of [`LayerKind::keys`] — with a forward pass adding the log-determinant, an exact inverse,
 //! and a backward pass adding the parameter gradients (buffers get none).
@@ -10,7 +10,7 @@
 use crate::config::LayerKind;
 
 /// Largest `d` of a packed stack.
-pub(super) const MAX_D: usize = 2 * super::MAX_WIDTH;
+pub(super) const MAX_D: usize = super::MAX_INPUTS + super::MAX_OUTPUTS;
 
 /// Numbers a layer of `kind` takes in the flat buffer for `d` columns.
 pub(super) fn len(kind: LayerKind, d: usize) -> usize {
@@ -47,16 +47,17 @@ impl<'a> Lu<'a> {
 
     /// `u = U x` for one row.
     fn u(&self, x: &[f32], d: usize) -> [f32; MAX_D] {
-        std::array::from_fn(|i| {
-            if i >= d {
-                return 0.0;
-            }
+        // plain loops over the first d entries: `array::from_fn` over MAX_D would cost more than
+        // the product itself at small d
+        let mut u = [0.0f32; MAX_D];
+        for i in 0..d {
             let mut v = self.s[i] * x[i];
             for j in i + 1..d {
                 v += self.upper[i * d + j] * x[j];
             }
-            v
-        })
+            u[i] = v;
+        }
+        u
     }
 }
 
@@ -92,7 +93,8 @@ pub(super) fn forward(kind: LayerKind, p: &[f32], d: usize, xs: &mut [f32], log_
         LayerKind::Permutation => {
             let perm = indices(p, d);
             for row in xs.chunks_exact_mut(d) {
-                let x: [f32; MAX_D] = std::array::from_fn(|i| if i < d { row[i] } else { 0.0 });
+                let mut x = [0.0f32; MAX_D];
+                x[..d].copy_from_slice(row);
                 for i in 0..d {
                     row[i] = x[perm[i]];
                 }
@@ -103,16 +105,14 @@ pub(super) fn forward(kind: LayerKind, p: &[f32], d: usize, xs: &mut [f32], log_
             for row in xs.chunks_exact_mut(d) {
                 // u = U x, w = L u, z = P w (z_i = w_{perm[i]})
                 let u = lu.u(row, d);
-                let w: [f32; MAX_D] = std::array::from_fn(|i| {
-                    if i >= d {
-                        return 0.0;
-                    }
+                let mut w = [0.0f32; MAX_D];
+                for i in 0..d {
                     let mut v = u[i];
                     for j in 0..i {
                         v += lu.lower[i * d + j] * u[j];
                     }
-                    v
-                });
+                    w[i] = v;
+                }
                 for i in 0..d {
                     row[i] = w[lu.perm[i]];
                 }
@@ -264,7 +264,8 @@ fn affine_parts(kind: LayerKind, p: &[f32], d: usize) -> (&[f32], &[f32]) {
 /// `row[perm[i]] = old row[i]` for every row: the inverse of a permutation's `z_i = x_{perm[i]}`.
 fn scatter(perm: &[usize; MAX_D], d: usize, rows: &mut [f32]) {
     for row in rows.chunks_exact_mut(d) {
-        let z: [f32; MAX_D] = std::array::from_fn(|i| if i < d { row[i] } else { 0.0 });
+        let mut z = [0.0f32; MAX_D];
+        z[..d].copy_from_slice(row);
         for i in 0..d {
             row[perm[i]] = z[i];
         }

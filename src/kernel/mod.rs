@@ -1,4 +1,4 @@
-//! Fused CPU kernels for the coupling layers (float32, `k` and `d − k` up to 4).
+//! Fused CPU kernels for the coupling layers (float32, networks of up to 64 inputs and outputs).
 //!
 //! The notebook's conditioners are `Linear(c, hidden) → LeakyReLU → Linear(hidden, o)` with tiny
 //! `c` and `o` (1 for two-dimensional data). Run through libtorch, every layer writes and re-reads
@@ -21,24 +21,44 @@
 //! environment forces the baseline build on any CPU (the AVX2 build fuses multiply-adds, so the two
 //! round differently; CI runs the suite both ways).
 //!
-//! Files: this one is the slice API ([`Packing`]: layout, passes over rows, threads); `simd` the
-//! row passes and the CPU dispatch (the kernels' only `unsafe`); `params` the packing of a stack's
-//! layers into the flat buffer and back; `linear` the per-row linear layers (ActNorm, diagonal
-//! scaling, permutations, LU). The kernels run every layer but batch norm.
+//! Networks wider than [`MAX_WIDTH`] (a context, or `d` above 8) run on the wide kernels: the
+//! same sweep over hidden blocks for eight rows at a time, with the rows' hidden units parked in
+//! an L1-sized buffer and each output a dot product with a row of `W₂`.
+//!
+//! Files: this one is the slice API ([`Packing`]: layout, passes over rows, threads); `coupling`
+//! a coupling's passes over rows; `net` the packed network; `narrow` and `wide` a network's passes
+//! for a group of rows; `simd` the CPU and width dispatch (the kernels' only `unsafe`); `params`
+//! the packing of a stack's layers into the flat buffer and back; `linear` the per-row linear
+//! layers (ActNorm, diagonal scaling, permutations, LU). The kernels run every layer but batch
+//! norm.
+mod coupling;
 mod linear;
+mod narrow;
+mod net;
 mod params;
 mod simd;
+mod wide;
 
 pub use simd::has_avx2_fma;
 
 use crate::config::{Coupling, FlowConfig, LayerKind, Scale};
 use crate::error::Result;
-use simd::{bwd, fwd, inv, net_len, Geometry, LANES, ROWS};
+use coupling::{Geometry, ROWS};
+use net::{net_len, LANES};
+use simd::{bwd, fwd, inv};
 use std::ops::Range;
 use tch::{Kind, Tensor};
 
-/// Largest `c` and `o` with a compiled kernel.
+/// Largest `c` and `o` with a narrow kernel (widths fixed at compile time, everything in
+/// registers); wider networks run on the wide kernels.
 pub const MAX_WIDTH: usize = 4;
+/// Most network inputs (`k + m`, `d − k + m`) the kernels take.
+pub const MAX_INPUTS: usize = wide::MAX_IN;
+/// Most network outputs (`k`, `d − k`) the kernels give.
+pub const MAX_OUTPUTS: usize = wide::MAX_OUT;
+/// Largest `(inputs + outputs) × hidden` of a wide network that `Engine::Auto` runs on the kernels
+/// ([`Packing::faster_than_libtorch`]).
+pub const WIDE_AUTO_LIMIT: usize = 12 * 1024;
 
 /// Where each layer's packed parameters lie in the flat buffer.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,16 +109,19 @@ pub enum Part {
 
 impl Packing {
     /// The packing of a stack, or `None` when the kernels do not run it: couplings whose
-    /// networks take or give more than [`MAX_WIDTH`] columns (`k + m`, `d − k + m` with a context
-    /// of `m`), or a batch-norm layer (its statistics span the whole batch).
+    /// networks take more than [`MAX_INPUTS`] columns (`k + m`, `d − k + m` with a context of
+    /// `m`) or give more than [`MAX_OUTPUTS`], or a batch-norm layer (its statistics span the
+    /// whole batch).
     pub fn new(cfg: &FlowConfig) -> Option<Packing> {
         let (d, k, hidden) = (cfg.d as usize, cfg.k as usize, cfg.hidden as usize);
         let m = usize::try_from(cfg.context).ok()?;
         if cfg.arch.batch_norm
             || k == 0
             || k >= d
-            || k + m > MAX_WIDTH
-            || d - k + m > MAX_WIDTH
+            || k + m > MAX_INPUTS
+            || d - k + m > MAX_INPUTS
+            || k > MAX_OUTPUTS
+            || d - k > MAX_OUTPUTS
             || hidden == 0
         {
             return None;
@@ -127,6 +150,21 @@ impl Packing {
             ops.push(op);
         }
         Some(Packing { cfg: *cfg, d, k, m, hidden, hp, ops, len: offset, avx2: has_avx2_fma() })
+    }
+
+    /// Whether the kernels beat libtorch's engine on this stack, as measured in `scripts/bench
+    /// --only widths` (docs/BENCHMARKS-conditional.md): always with narrow networks; with wide ones
+    /// while each network's multiply-adds per row, `(inputs + outputs) × hidden`, stay at most
+    /// [`WIDE_AUTO_LIMIT`] (beyond, libtorch's matrix products win: at hidden 512, d = 32 and 64
+    /// ran 1.5–2.5× slower fused). `Engine::Auto` uses the kernels only then.
+    pub fn faster_than_libtorch(&self) -> bool {
+        (0..self.layers()).all(|l| match self.ops[l] {
+            Op::Coupling { .. } => {
+                let (c, o) = self.widths(l);
+                (c <= MAX_WIDTH && o <= MAX_WIDTH) || (c + o) * self.hidden <= WIDE_AUTO_LIMIT
+            }
+            Op::Linear { .. } => true,
+        })
     }
 
     /// The same packing with the kernels built for the baseline instruction set even where the CPU

@@ -12,6 +12,8 @@
 //! reuses the runs the section's CSV already holds, to grow a grid in several sittings), `--zoo-seconds S --zoo-points
 //! N --sets ...` (zoo). `bench mem LAYERS autograd|reversible` is the child process that measures
 //! peak memory of training steps.
+mod conditional;
+
 use anyhow::{bail, Context, Result};
 use rnvp::checkpoint::Checkpoint;
 use rnvp::data::{scaler::standardize, Rng, ToySet};
@@ -212,9 +214,16 @@ fn main() -> Result<()> {
             "--device" => o.device = it.next().context("--device cpu|cuda")?.clone(),
             "--only" => {
                 o.only = it.next().context("--only SECTIONS")?.split(',').map(str::to_string).collect();
-                let known = |s: &str| SECTIONS.contains(&s) || FAMILY_SECTIONS.contains(&s);
+                let known = |s: &str| {
+                    SECTIONS.contains(&s) || FAMILY_SECTIONS.contains(&s) || conditional::SECTIONS.contains(&s)
+                };
                 if let Some(bad) = o.only.iter().find(|s| !known(s)) {
-                    bail!("--only {bad}: sections are {}, {}", SECTIONS.join(", "), FAMILY_SECTIONS.join(", "));
+                    bail!(
+                        "--only {bad}: sections are {}, {}, {}",
+                        SECTIONS.join(", "),
+                        FAMILY_SECTIONS.join(", "),
+                        conditional::SECTIONS.join(", ")
+                    );
                 }
             }
             "--steps" => o.family.steps = Some(it.next().context("--steps N")?.parse()?),
@@ -262,6 +271,19 @@ fn main() -> Result<()> {
     }
     if family {
         println!("wrote {}", o.out.join(FAMILY_FILE).display());
+    }
+    let cond_file = o.out.join(conditional::FILE);
+    let cond = conditional::SECTIONS.iter().any(|s| o.runs(s));
+    if cond {
+        report_part(&cond_file, &conditional::SECTIONS, "header", &conditional::header(&o)?)?;
+    }
+    if o.runs("widths") {
+        let mut md = String::new();
+        conditional::widths(&mut md, &o)?;
+        report_part(&cond_file, &conditional::SECTIONS, "widths", &md)?;
+    }
+    if cond {
+        println!("wrote {}", cond_file.display());
     }
     if !SECTIONS.iter().any(|s| o.runs(s)) {
         let _ = std::fs::remove_dir_all(&work);
@@ -804,19 +826,24 @@ fn quality(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
 const FAMILY_FILE: &str = "BENCHMARKS-family.md";
 
 /// Replaces the part `name` (header, speed, stability or zoo) of the family report with `body`,
-/// keeping the other parts as they are; the parts are kept between `<!-- begin NAME -->` and
-/// `<!-- end NAME -->` lines, in the order header, speed, stability, zoo.
+/// keeping the other parts as they are.
 fn family_part(out: &Path, name: &str, body: &str) -> Result<()> {
-    let path = out.join(FAMILY_FILE);
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    report_part(&out.join(FAMILY_FILE), &FAMILY_SECTIONS, name, body)
+}
+
+/// Replaces the part `name` (`header` or one of `sections`) of the report at `path` with `body`,
+/// keeping the other parts as they are; the parts are kept between `<!-- begin NAME -->` and
+/// `<!-- end NAME -->` lines, in the order header, then `sections`.
+fn report_part(path: &Path, sections: &[&str], name: &str, body: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
     let mut text = String::new();
-    for part in std::iter::once("header").chain(FAMILY_SECTIONS) {
+    for &part in std::iter::once(&"header").chain(sections) {
         let block = if part == name { Some(body.to_string()) } else { part_of(&old, part) };
         if let Some(b) = block {
             writeln!(text, "<!-- begin {part} -->\n{}\n<!-- end {part} -->\n", b.trim_end())?;
         }
     }
-    std::fs::write(&path, text.trim_end().to_string() + "\n")?;
+    rnvp::data::io::write_atomic(path, (text.trim_end().to_string() + "\n").as_bytes())?;
     Ok(())
 }
 
