@@ -282,7 +282,7 @@ pub struct TrainArgs {
     /// ≈ 1.132 nats, the floor being 1.131, after about 11 s of training on 2 cores); `glow` =
     /// the same with --arch glow --layers 16 --steps 8000 (steadier than the notebook's layers
     /// off two moons, e.g. on eight-gaussians and two-spirals; about 30 s on one core); `sbi` =
-    /// --arch glow --layers 8 --hidden 64 --batch-size 256 --lr 1e-3 --steps 6000 with best's
+    /// --arch glow --layers 16 --hidden 64 --batch-size 256 --lr 1e-3 --steps 10000 with best's
     /// schedule, for posterior estimation on simulations (--context M), stopping early.
     #[arg(long)]
     pub preset: Option<String>,

@@ -467,6 +467,17 @@ fn far_out_and_infinite_inputs_give_libtorchs_values() {
         common::assert_close(&fused.encode(&xs).unwrap(), &z, 1e-4, 1e-4, &format!("{what} encode"));
         common::assert_close(&fused.decode(&xs).unwrap(), &x, 1e-4, 1e-4, &format!("{what} decode"));
     }
+    // the wide kernels' padded hidden units stay zero too: the same pairs in ten columns
+    let wide_rows: Vec<f32> = rows.chunks_exact(2).flat_map(|p| [p[0], p[1]].repeat(5)).collect();
+    let xs = Tensor::from_slice(&wide_rows).view([-1, 10]);
+    for cfg in [FlowConfig::stacked(10, 5, 13, 2), FlowConfig::stacked(10, 5, 16, 2)] {
+        let (flow, _) = flow_and_data(&cfg, 1, 78);
+        let (lt, fused) = (flow.stack().run(Engine::Libtorch), flow.stack().run(Engine::Fused));
+        let what = format!("{cfg:?}");
+        let lp = lt.log_prob(&xs).unwrap();
+        common::assert_close(&fused.log_prob(&xs).unwrap(), &lp, 1e-4, 1e-4, &format!("{what} log_prob"));
+        common::assert_close(&fused.decode(&xs).unwrap(), &lt.decode(&xs).unwrap(), 1e-4, 1e-4, &what);
+    }
 }
 
 #[test]
@@ -559,26 +570,29 @@ fn conditional_flows_run_fused_as_in_libtorch() {
 fn threads_split_the_context_with_the_rows() {
     // the row blocks of the threaded passes carry their own context rows: the same numbers as one
     // thread, each row with its own context, in both builds
-    let cfg = FlowConfig::stacked(2, 1, 8, 3).with_arch(Arch::GLOW).with_context(2);
-    let (flow, xs) = flow_and_data(&cfg, 5003, 81);
-    let c = common::seeded(82, || Tensor::randn([5003, 2], (Kind::Float, Device::Cpu)) * 2.0);
-    let params = flow.stack().packing().unwrap().pack(flow.stack().layers()).unwrap();
-    let (x, cf) = (flat(&xs), flat(&c));
-    for pk in [flow.stack().packing().unwrap(), flow.stack().packing().unwrap().baseline()] {
-        let (mut one, mut many) = (x.clone(), x.clone());
-        let (mut ld1, mut ld3) = (vec![0.0; 5003], vec![0.0; 5003]);
-        pk.forward_given(&params, &mut one, &cf, &mut ld1);
-        pk.forward_given_par(&params, &mut many, &cf, &mut ld3, 3);
-        assert_eq!((one.clone(), ld1), (many, ld3), "{}: forward", pk.instruction_set());
-        let mut back = one.clone();
-        pk.inverse_given_par(&params, &mut back, &cf, 3);
-        let err = back.iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(err < 1e-3, "{}: inverse error {err}", pk.instruction_set());
-        // a context shifted by one row changes the rows' images: the rows use their own contexts
-        let mut shifted = cf.clone();
-        shifted.rotate_left(2);
-        let mut other = x.clone();
-        pk.forward_given_par(&params, &mut other, &shifted, &mut vec![0.0; 5003], 3);
-        assert_ne!(other, one);
+    // (narrow: d = 2, m = 2; wide: d = 10, m = 10)
+    for (d, k, m) in [(2, 1, 2), (10, 5, 10)] {
+        let cfg = FlowConfig::stacked(d, k, 8, 3).with_arch(Arch::GLOW).with_context(m);
+        let (flow, xs) = flow_and_data(&cfg, 5003, 81);
+        let c = common::seeded(82, || Tensor::randn([5003, m], (Kind::Float, Device::Cpu)) * 2.0);
+        let params = flow.stack().packing().unwrap().pack(flow.stack().layers()).unwrap();
+        let (x, cf) = (flat(&xs), flat(&c));
+        for pk in [flow.stack().packing().unwrap(), flow.stack().packing().unwrap().baseline()] {
+            let (mut one, mut many) = (x.clone(), x.clone());
+            let (mut ld1, mut ld3) = (vec![0.0; 5003], vec![0.0; 5003]);
+            pk.forward_given(&params, &mut one, &cf, &mut ld1);
+            pk.forward_given_par(&params, &mut many, &cf, &mut ld3, 3);
+            assert_eq!((one.clone(), ld1), (many, ld3), "{}: forward", pk.instruction_set());
+            let mut back = one.clone();
+            pk.inverse_given_par(&params, &mut back, &cf, 3);
+            let err = back.iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(err < 1e-3, "{}: inverse error {err}", pk.instruction_set());
+            // a context shifted by one row changes the rows' images: the rows use their own contexts
+            let mut shifted = cf.clone();
+            shifted.rotate_left(m as usize);
+            let mut other = x.clone();
+            pk.forward_given_par(&params, &mut other, &shifted, &mut vec![0.0; 5003], 3);
+            assert_ne!(other, one);
+        }
     }
 }

@@ -3,11 +3,12 @@
 //! engine against PyTorch), `sbi` (neural posterior estimation on sbibm tasks, rnvp's `--preset
 //! sbi` beside the `sbi` package, through scripts/sbi.py) and `tables` (held-out NLL on
 //! scikit-learn's small tables against a full-covariance Gaussian, through scripts/tables.py).
-use super::{fmt, python, stats, timed, torch, Opts};
+use super::{fmt, python, repo, rnvp_bin, stats, timed, torch, Opts};
 use anyhow::{Context, Result};
 use rnvp::train::{Adam, FusedAdam, TrainConfig};
-use rnvp::{Flow, FlowConfig};
+use rnvp::{Arch, Flow, FlowConfig};
 use std::fmt::Write as _;
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -36,12 +37,59 @@ pub fn header(o: &Opts) -> Result<String> {
     Ok(md)
 }
 
-/// `(d, k, m)` of the widths section: unconditional flows of growing `d`, then conditional ones.
-fn width_cases(quick: bool) -> Vec<(i64, i64, i64)> {
+/// One row of the widths section: the flow and the batch of one training step.
+#[derive(Clone, Copy)]
+struct Case {
+    d: i64,
+    k: i64,
+    m: i64,
+    /// reference.py's architecture name (`notebook` or `glow`).
+    arch: &'static str,
+    hidden: i64,
+    layers: i64,
+    batch: i64,
+}
+
+/// The notebook's layers (3 couplings, hidden 512, batch 512) at `(d, k, m)`.
+const fn notebook(d: i64, k: i64, m: i64) -> Case {
+    Case { d, k, m, arch: "notebook", hidden: 512, layers: 3, batch: 512 }
+}
+
+/// `--preset sbi`'s flow (Glow's layers, its depth, width and batch) at `(d, k, m)`.
+const fn preset_sbi(d: i64, k: i64, m: i64) -> Case {
+    let p = rnvp::presets::SBI;
+    Case { d, k, m, arch: "glow", hidden: p.hidden, layers: p.layers, batch: p.batch_size }
+}
+
+/// The widths section's rows: unconditional flows of growing `d`, conditional ones, and the
+/// networks of `--preset sbi` on sbibm's two_moons and gaussian_linear.
+fn width_cases(quick: bool) -> Vec<Case> {
     if quick {
-        vec![(2, 1, 0), (16, 8, 0), (10, 5, 10)]
+        vec![notebook(2, 1, 0), notebook(16, 8, 0), notebook(10, 5, 10), preset_sbi(10, 5, 10)]
     } else {
-        vec![(2, 1, 0), (8, 4, 0), (16, 8, 0), (32, 16, 0), (64, 32, 0), (2, 1, 2), (10, 5, 10), (16, 8, 32)]
+        vec![
+            notebook(2, 1, 0),
+            notebook(8, 4, 0),
+            notebook(16, 8, 0),
+            notebook(32, 16, 0),
+            notebook(64, 32, 0),
+            notebook(2, 1, 2),
+            notebook(10, 5, 10),
+            notebook(16, 8, 32),
+            preset_sbi(2, 1, 2),
+            preset_sbi(10, 5, 10),
+        ]
+    }
+}
+
+impl Case {
+    fn config(&self) -> FlowConfig {
+        let cfg = FlowConfig::stacked(self.d, self.k, self.hidden, self.layers).with_context(self.m);
+        if self.arch == "glow" {
+            cfg.with_arch(Arch::GLOW)
+        } else {
+            cfg
+        }
     }
 }
 
@@ -58,11 +106,11 @@ fn per_step(steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 /// Seconds per training step of rnvp on one fixed batch (Adam included): `(libtorch, fused)`.
-fn rnvp_step(cfg: &FlowConfig, steps: usize) -> Result<(f64, f64)> {
-    let (d, m) = (cfg.d, cfg.context);
-    let flow = Flow::new(cfg, Device::Cpu, Kind::Float)?;
-    let xs = Tensor::randn([512, d], (Kind::Float, Device::Cpu));
-    let c = (m > 0).then(|| Tensor::randn([512, m], (Kind::Float, Device::Cpu)));
+fn rnvp_step(case: &Case, steps: usize) -> Result<(f64, f64)> {
+    let (d, m, n) = (case.d, case.m, case.batch);
+    let flow = Flow::new(&case.config(), Device::Cpu, Kind::Float)?;
+    let xs = Tensor::randn([n, d], (Kind::Float, Device::Cpu));
+    let c = (m > 0).then(|| Tensor::randn([n, m], (Kind::Float, Device::Cpu)));
     let tc = TrainConfig::default();
     let mut adam = Adam::new(&flow, &tc, None)?;
     let libtorch = per_step(steps, || {
@@ -93,60 +141,204 @@ pub fn widths(md: &mut String, o: &Opts) -> Result<()> {
     let cases = width_cases(o.quick);
     let (rnvp_steps, torch_steps) = if o.quick { (10, 5) } else { (30, 15) };
     let mut rows = Vec::new();
-    for &(d, k, m) in &cases {
-        let cfg = FlowConfig::stacked(d, k, 512, 3).with_context(m);
+    for case in &cases {
+        let Case { d, m, .. } = *case;
         let mut t: [Vec<f64>; 3] = Default::default();
         for rep in 0..o.reps {
-            eprintln!("widths: d = {d}, m = {m}, repetition {}/{}", rep + 1, o.reps);
-            let (_, out) = timed(&mut torch(
-                &[
-                    "step-time",
-                    "--d",
-                    &d.to_string(),
-                    "--k",
-                    &k.to_string(),
-                    "--context",
-                    &m.to_string(),
-                    "--steps",
-                    &torch_steps.to_string(),
-                ],
-                o,
-            ))?;
+            eprintln!("widths: {} d = {d}, m = {m}, repetition {}/{}", case.arch, rep + 1, o.reps);
+            let num = |v: i64| v.to_string();
+            let (_, out) = timed(
+                torch(
+                    &[
+                        "step-time",
+                        "--d",
+                        &num(d),
+                        "--k",
+                        &num(case.k),
+                        "--context",
+                        &num(m),
+                        "--hidden",
+                        &num(case.hidden),
+                        "--layers",
+                        &num(case.layers),
+                        "--batch",
+                        &num(case.batch),
+                        "--arch",
+                        case.arch,
+                        "--steps",
+                        &torch_steps.to_string(),
+                    ],
+                    o,
+                )
+                .env("RNVP_DEVICE", "cpu"),
+            )?;
             t[0].push(out.trim().parse().with_context(|| format!("reference.py step-time printed {out:?}"))?);
-            let (lt, fused) = rnvp_step(&cfg, rnvp_steps)?;
+            let (lt, fused) = rnvp_step(case, rnvp_steps)?;
             t[1].push(lt);
             t[2].push(fused);
         }
-        rows.push(((d, k, m), t));
+        rows.push((*case, t));
     }
     writeln!(md, "## Training step at growing widths and with a context\n")?;
     writeln!(
         md,
-        "One training step (forward, loss, backward, Adam) of the notebook's layers — 3 affine couplings \
-         with `exp` scales and alternating flips, networks `Linear(c, 512) → LeakyReLU → Linear(512, o)`, \
-         batch 512 of fixed standard-normal rows (and context) — in milliseconds: median (min–max) over \
-         {} repetitions, each the mean of {torch_steps} steps in PyTorch (`reference.py step-time`, \
-         its own process) and of {rnvp_steps} steps per rnvp engine (in-process), after 3 warm-up steps. \
-         The networks take `c = k + m` (or `d − k + m`) inputs and give `o = d − k` (or `k`) outputs; \
-         up to 4 on both sides they run on the narrow kernels (everything in registers), above that on the \
-         wide ones.\n",
-        o.reps
+        "One training step (forward, loss, backward, Adam) on a fixed batch of standard-normal rows (and \
+         context), in milliseconds: median (min–max) over {} repetitions, each the mean of {torch_steps} \
+         steps in PyTorch (`reference.py step-time`, its own process, the same `Flow` class the parity \
+         tests use) and of {rnvp_steps} steps per rnvp engine (in-process), after 3 warm-up steps. \
+         `notebook`: 3 affine couplings with `exp` scales and alternating flips, hidden 512, batch 512; \
+         `glow`: `--preset sbi`'s flow ({} steps of ActNorm, LU and a `sigmoid(h + 2)` coupling, hidden \
+         {}, batch {}). The networks take `k + m` (or `d − k + m`) inputs and give `d − k` (or `k`) \
+         outputs; up to 4 on both sides they run on the narrow kernels (everything in registers), above \
+         that on the wide ones; `auto` picks the fused column where it is marked so. Both sides on the CPU.\n",
+        o.reps,
+        rnvp::presets::SBI.layers,
+        rnvp::presets::SBI.hidden,
+        rnvp::presets::SBI.batch_size,
     )?;
     writeln!(
         md,
-        "| d | k | context m | network inputs, outputs | PyTorch ms | rnvp libtorch ms | rnvp fused ms | \
-         PyTorch / fused |\n|---|---|---|---|---|---|---|---|"
+        "| layers | d | k | context m | network inputs, outputs | PyTorch ms | rnvp libtorch ms | rnvp fused ms | \
+         PyTorch / fused | auto runs |\n|---|---|---|---|---|---|---|---|---|---|"
     )?;
-    for &((d, k, m), ref t) in &rows {
+    for (case, t) in &rows {
+        let Case { d, k, m, .. } = *case;
         let (c, out) = ((k + m).max(d - k + m), k.max(d - k));
+        let flow = Flow::new(&case.config(), Device::Cpu, Kind::Float)?;
+        let auto = flow.stack().run(rnvp::Engine::Auto).fused_packing()?.is_some();
         writeln!(
             md,
-            "| {d} | {k} | {m} | {c}, {out} | {} | {} | {} | {:.1}× |",
+            "| {} | {d} | {k} | {m} | {c}, {out} | {} | {} | {} | {:.1}× | {} |",
+            case.arch,
             fmt(&t[0], 1e3, 2),
             fmt(&t[1], 1e3, 2),
             fmt(&t[2], 1e3, 2),
-            stats(&t[0]).0 / stats(&t[2]).0
+            stats(&t[0]).0 / stats(&t[2]).0,
+            if auto { "fused" } else { "libtorch" }
         )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// `TASK:N,...` of `--sbi-runs`.
+pub fn parse_runs(spec: &str) -> Result<Vec<(String, usize)>> {
+    spec.split(',')
+        .map(|p| {
+            let (task, n) = p.split_once(':').with_context(|| format!("--sbi-runs {p}: expected TASK:N"))?;
+            let n = n.parse().with_context(|| format!("--sbi-runs {p}: N is not a count"))?;
+            Ok((task.to_string(), n))
+        })
+        .collect()
+}
+
+/// The sbi section's default runs: two_moons at 10⁴ and 10⁵ simulations (10⁴ alone with `quick`).
+pub fn default_runs(quick: bool) -> Vec<(String, usize)> {
+    let mut runs = vec![("two_moons".to_string(), 10_000)];
+    if !quick {
+        runs.push(("two_moons".to_string(), 100_000));
+    }
+    runs
+}
+
+/// What the sbi section runs: `(task, simulations)` pairs, the observations to score, and whether
+/// the `sbi` package's NPE runs beside rnvp.
+pub struct SbiOpts {
+    pub runs: Vec<(String, usize)>,
+    pub obs: Option<String>,
+    pub npe: bool,
+    /// C2ST cross-validation folds at once.
+    pub jobs: usize,
+}
+
+/// Neural posterior estimation on sbibm tasks: rnvp's `--preset sbi` and the `sbi` package's
+/// default NPE on the same simulations, scored by sbibm's C2ST (scripts/sbi.py does the work).
+pub fn sbi(md: &mut String, o: &Opts, s: &SbiOpts, work: &Path) -> Result<()> {
+    let script = repo().join("scripts/sbi.py");
+    let py = |args: &[&str]| {
+        let mut c = Command::new(python());
+        c.arg(&script).args(args).env("RNVP_THREADS", o.threads.to_string());
+        c
+    };
+    if s.npe {
+        timed(&mut py(&["install-sbi"]))
+            .context("installing the sbi package (scripts/sbi.py install-sbi)")?;
+    }
+    let mut files = Vec::new();
+    for (task, n) in &s.runs {
+        let dir = work.join(format!("sbi-{task}-{n}"));
+        let mut common = vec!["--task".to_string(), task.clone(), "--n".into(), n.to_string()];
+        common.extend(["--seed".into(), "0".into(), "--jobs".into(), s.jobs.to_string()]);
+        if let Some(obs) = &s.obs {
+            common.extend(["--obs".into(), obs.clone()]);
+        }
+        let mut methods = vec![("rnvp", {
+            let mut a = vec!["rnvp".to_string(), "--rnvp".into(), rnvp_bin().display().to_string()];
+            a.extend(["--extra".into(), format!("--threads {}", o.threads), "--work".into()]);
+            a.push(dir.display().to_string());
+            a
+        })];
+        if s.npe {
+            methods.push(("npe", vec!["npe".to_string()]));
+        }
+        for (name, mut args) in methods {
+            eprintln!("sbi: {name} on {task} with {n} simulations");
+            args.extend(common.iter().cloned());
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (_, out) = timed(&mut py(&refs))?;
+            let file = work.join(format!("sbi-{task}-{n}-{name}.json"));
+            std::fs::write(&file, out)?;
+            files.push(file.display().to_string());
+        }
+    }
+    let mut args = vec!["table", "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let (_, table) = timed(&mut py(&args))?;
+    writeln!(md, "## Simulation-based inference (sbibm)\n")?;
+    writeln!(
+        md,
+        "Neural posterior estimation on sbibm's tasks (`shared/docs/sbi.md`): `scripts/sbi.py rnvp` trains \
+         `rnvp train --preset sbi` on the simulations (θ columns first, x as the context; two_moons with \
+         the prior's box `--bounds=-1,1`), draws 10,000 posterior samples per observation with `rnvp \
+         sample --context-file`, and scores them with sbibm's C2ST against sbibm's reference samples \
+         (0.5: indistinguishable). `scripts/sbi.py npe` runs the `sbi` package's default NPE on the same \
+         simulations. Seed 0, {} thread(s), observations {}. Train s is training alone (wall clock).\n",
+        o.threads,
+        s.obs.as_deref().unwrap_or("1–10")
+    )?;
+    writeln!(md, "{}", table.trim_end())?;
+    writeln!(md)?;
+    Ok(())
+}
+
+/// Held-out NLL of `rnvp train` with default flags on scikit-learn's small tables, against a
+/// full-covariance Gaussian fitted to the same training rows (scripts/tables.py does the work).
+pub fn tables(md: &mut String, o: &Opts, work: &Path) -> Result<()> {
+    let script = repo().join("scripts/tables.py");
+    let dir = work.join("tables");
+    let dirs = dir.display().to_string();
+    timed(Command::new(python()).arg(&script).args(["export", "--dir", &dirs]))?;
+    let bin = rnvp_bin().display().to_string();
+    let threads = format!("--threads {}", o.threads);
+    eprintln!("tables: iris, wine, diabetes, breast cancer");
+    let (_, out) = timed(
+        Command::new(python())
+            .arg(&script)
+            .args(["compare", "--rnvp", &bin, "--dir", &dirs, "--extra", &threads]),
+    )?;
+    writeln!(md, "## Small real tables: default flags against a Gaussian\n")?;
+    writeln!(
+        md,
+        "scikit-learn's bundled tables (features only), shuffled with a fixed seed and split 80/20 \
+         (`scripts/tables.py`): the held-out NLL (nats per row) of `rnvp train --data TABLE.csv --out \
+         TABLE.safetensors` with default flags ({} thread(s)) — early stopping on a validation split, a \
+         whitening scaler and an identity initialisation, so that training starts from the Gaussian below \
+         and keeps its best validation step — against a full-covariance Gaussian fitted to the same \
+         training rows.\n",
+        o.threads
+    )?;
+    for line in out.lines().filter(|l| l.starts_with('|')) {
+        writeln!(md, "{line}")?;
     }
     writeln!(md)?;
     Ok(())

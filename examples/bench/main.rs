@@ -11,7 +11,10 @@
 //! --seeds-for glow@64=2,nice=1 --sets two-moons,... [--keep-runs]` (stability; `--keep-runs`
 //! reuses the runs the section's CSV already holds, to grow a grid in several sittings), `--zoo-seconds S --zoo-points
 //! N --sets ...` (zoo). `bench mem LAYERS autograd|reversible` is the child process that measures
-//! peak memory of training steps.
+//! peak memory of training steps. The sections widths, sbi and tables (also only when named) write
+//! docs/BENCHMARKS-conditional.md; sbi's sizes: `--sbi-runs two_moons:10000,gaussian_linear:10000`
+//! (default two_moons at 10⁴ and 10⁵; `--quick`: 10⁴ on observations 1–3), `--sbi-obs 1,2,3`,
+//! `--sbi-jobs J` (C2ST folds at once), `--no-npe` (rnvp alone, without the `sbi` package).
 mod conditional;
 
 use anyhow::{bail, Context, Result};
@@ -38,6 +41,8 @@ struct Opts {
     only: Vec<String>,
     /// The family sections' sizes.
     family: FamilyOpts,
+    /// The sbi section's runs.
+    sbi: conditional::SbiOpts,
 }
 
 impl Opts {
@@ -202,6 +207,7 @@ fn main() -> Result<()> {
             zoo_seconds: None,
             zoo_points: None,
         },
+        sbi: conditional::SbiOpts { runs: vec![], obs: None, npe: true, jobs: 1 },
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -244,7 +250,17 @@ fn main() -> Result<()> {
             "--keep-runs" => o.family.keep_runs = true,
             "--zoo-seconds" => o.family.zoo_seconds = Some(it.next().context("--zoo-seconds S")?.parse()?),
             "--zoo-points" => o.family.zoo_points = Some(it.next().context("--zoo-points N")?.parse()?),
-            other => bail!("unknown argument {other} (bench [--reps N] [--quick] [--threads N] [--device cpu|cuda] [--only SECTIONS] [--out DIR] [--steps N] [--seeds N] [--depths L,L] [--seeds-for ARCH[@L]=N,...] [--keep-runs] [--sets SET,...] [--zoo-seconds S] [--zoo-points N])"),
+            "--sbi-runs" => o.sbi.runs = conditional::parse_runs(it.next().context("--sbi-runs TASK:N,...")?)?,
+            "--sbi-obs" => o.sbi.obs = Some(it.next().context("--sbi-obs 1,2,3")?.clone()),
+            "--sbi-jobs" => o.sbi.jobs = it.next().context("--sbi-jobs J")?.parse()?,
+            "--no-npe" => o.sbi.npe = false,
+            other => bail!("unknown argument {other} (bench [--reps N] [--quick] [--threads N] [--device cpu|cuda] [--only SECTIONS] [--out DIR] [--steps N] [--seeds N] [--depths L,L] [--seeds-for ARCH[@L]=N,...] [--keep-runs] [--sets SET,...] [--zoo-seconds S] [--zoo-points N] [--sbi-runs TASK:N,...] [--sbi-obs 1,2,3] [--sbi-jobs J] [--no-npe])"),
+        }
+    }
+    if o.sbi.runs.is_empty() {
+        o.sbi.runs = conditional::default_runs(o.quick);
+        if o.quick && o.sbi.obs.is_none() {
+            o.sbi.obs = Some("1,2,3".into());
         }
     }
     std::fs::create_dir_all(&o.out)?;
@@ -281,6 +297,16 @@ fn main() -> Result<()> {
         let mut md = String::new();
         conditional::widths(&mut md, &o)?;
         report_part(&cond_file, &conditional::SECTIONS, "widths", &md)?;
+    }
+    if o.runs("sbi") {
+        let mut md = String::new();
+        conditional::sbi(&mut md, &o, &o.sbi, &work)?;
+        report_part(&cond_file, &conditional::SECTIONS, "sbi", &md)?;
+    }
+    if o.runs("tables") {
+        let mut md = String::new();
+        conditional::tables(&mut md, &o, &work)?;
+        report_part(&cond_file, &conditional::SECTIONS, "tables", &md)?;
     }
     if cond {
         println!("wrote {}", cond_file.display());

@@ -45,11 +45,8 @@ impl<'a> Lu<'a> {
         }
     }
 
-    /// `u = U x` for one row.
-    fn u(&self, x: &[f32], d: usize) -> [f32; MAX_D] {
-        // plain loops over the first d entries: `array::from_fn` over MAX_D would cost more than
-        // the product itself at small d
-        let mut u = [0.0f32; MAX_D];
+    /// `u = U x` for one row, into `u[..d]`.
+    fn u(&self, x: &[f32], d: usize, u: &mut [f32; MAX_D]) {
         for i in 0..d {
             let mut v = self.s[i] * x[i];
             for j in i + 1..d {
@@ -57,7 +54,6 @@ impl<'a> Lu<'a> {
             }
             u[i] = v;
         }
-        u
     }
 }
 
@@ -92,8 +88,10 @@ pub(super) fn forward(kind: LayerKind, p: &[f32], d: usize, xs: &mut [f32], log_
         }
         LayerKind::Permutation => {
             let perm = indices(p, d);
+            // per-row buffers made once: zeroing MAX_D numbers per row would cost more than the
+            // row's work at small d
+            let mut x = [0.0f32; MAX_D];
             for row in xs.chunks_exact_mut(d) {
-                let mut x = [0.0f32; MAX_D];
                 x[..d].copy_from_slice(row);
                 for i in 0..d {
                     row[i] = x[perm[i]];
@@ -102,10 +100,10 @@ pub(super) fn forward(kind: LayerKind, p: &[f32], d: usize, xs: &mut [f32], log_
         }
         LayerKind::Lu => {
             let lu = Lu::new(p, d);
+            let (mut u, mut w) = ([0.0f32; MAX_D], [0.0f32; MAX_D]);
             for row in xs.chunks_exact_mut(d) {
                 // u = U x, w = L u, z = P w (z_i = w_{perm[i]})
-                let u = lu.u(row, d);
-                let mut w = [0.0f32; MAX_D];
+                lu.u(row, d, &mut u);
                 for i in 0..d {
                     let mut v = u[i];
                     for j in 0..i {
@@ -144,13 +142,13 @@ pub(super) fn inverse(kind: LayerKind, p: &[f32], d: usize, zs: &mut [f32]) {
         }
         LayerKind::Lu => {
             let lu = Lu::new(p, d);
+            // every entry below d is written before it is read, in every row
+            let (mut u, mut w) = ([0.0f32; MAX_D], [0.0f32; MAX_D]);
             for row in zs.chunks_exact_mut(d) {
                 // w = Pᵀ z, then L u = w (unit lower), then U x = u (upper)
-                let mut w = [0.0f32; MAX_D];
                 for i in 0..d {
                     w[lu.perm[i]] = row[i];
                 }
-                let mut u = [0.0f32; MAX_D];
                 for i in 0..d {
                     let mut v = w[i];
                     for j in 0..i {
@@ -216,15 +214,15 @@ pub(super) fn backward(
             let (gl, rest) = g.split_at_mut(d * d);
             let (gu, rest) = rest.split_at_mut(d * d);
             let glas = &mut rest[..d];
+            let (mut u, mut gw, mut gu_) = ([0.0f32; MAX_D], [0.0f32; MAX_D], [0.0f32; MAX_D]);
             for (x, gz) in input.chunks_exact(d).zip(grad.chunks_exact_mut(d)) {
-                let u = lu.u(x, d);
+                lu.u(x, d, &mut u);
                 // z_i = w_{perm[i]}
-                let mut gw = [0.0f32; MAX_D];
+                gw[..d].fill(0.0);
                 for i in 0..d {
                     gw[lu.perm[i]] += gz[i];
                 }
                 // w = L u: ∂/∂u_j = gw_j + Σ_{i>j} L_ij gw_i; ∂/∂L_ij = gw_i u_j
-                let mut gu_ = [0.0f32; MAX_D];
                 for j in 0..d {
                     let mut v = gw[j];
                     for i in j + 1..d {
@@ -263,8 +261,8 @@ fn affine_parts(kind: LayerKind, p: &[f32], d: usize) -> (&[f32], &[f32]) {
 
 /// `row[perm[i]] = old row[i]` for every row: the inverse of a permutation's `z_i = x_{perm[i]}`.
 fn scatter(perm: &[usize; MAX_D], d: usize, rows: &mut [f32]) {
+    let mut z = [0.0f32; MAX_D];
     for row in rows.chunks_exact_mut(d) {
-        let mut z = [0.0f32; MAX_D];
         z[..d].copy_from_slice(row);
         for i in 0..d {
             row[perm[i]] = z[i];

@@ -21,7 +21,7 @@
 //! environment forces the baseline build on any CPU (the AVX2 build fuses multiply-adds, so the two
 //! round differently; CI runs the suite both ways).
 //!
-//! Networks wider than [`MAX_WIDTH`] (a context, or `d` above 8) run on the wide kernels: the
+//! Networks with more than [`MAX_WIDTH`] inputs or outputs run on the wide kernels: the
 //! same sweep over hidden blocks for eight rows at a time, with the rows' hidden units parked in
 //! an L1-sized buffer and each output a dot product with a row of `W₂`.
 //!
@@ -502,11 +502,13 @@ pub(crate) fn flat(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 impl Packing {
-    /// Row blocks for `threads` workers: at most `threads` ranges of whole `ROWS` groups, none
-    /// smaller than `min_rows` (so small inputs stay on one thread).
+    /// Row blocks for `threads` workers: at most `threads` ranges of whole row groups of both the
+    /// narrow and the wide kernels, none smaller than `min_rows` (so small inputs stay on one
+    /// thread).
     fn row_blocks(n: usize, threads: usize, min_rows: usize) -> Vec<Range<usize>> {
         let workers = threads.clamp(1, (n / min_rows.max(1)).max(1));
-        let per = n.div_ceil(workers).div_ceil(ROWS) * ROWS;
+        let group = ROWS.max(wide::ROWS);
+        let per = n.div_ceil(workers).div_ceil(group) * group;
         (0..n).step_by(per.max(1)).map(|s| s..(s + per).min(n)).collect()
     }
 
