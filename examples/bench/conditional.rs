@@ -3,7 +3,7 @@
 //! engine against PyTorch), `sbi` (neural posterior estimation on sbibm tasks, rnvp's `--preset
 //! sbi` beside the `sbi` package, through scripts/sbi.py) and `tables` (held-out NLL on
 //! scikit-learn's small tables against a full-covariance Gaussian, through scripts/tables.py).
-use super::{fmt, python, repo, rnvp_bin, stats, timed, torch, Opts};
+use super::{fmt, python, repo, rnvp_bin, stats, timed, torch, torch_version, Opts};
 use anyhow::{Context, Result};
 use rnvp::train::{Adam, FusedAdam, TrainConfig};
 use rnvp::{Arch, Flow, FlowConfig};
@@ -20,8 +20,7 @@ pub const SECTIONS: [&str; 3] = ["widths", "sbi", "tables"];
 
 pub fn header(o: &Opts) -> Result<String> {
     let (cpu, cores, mem) = super::machine();
-    let (_, torch_version) =
-        timed(Command::new(python()).args(["-c", "import torch; print(torch.__version__)"]))?;
+    let torch_version = torch_version()?;
     let mut md = String::new();
     writeln!(md, "# Benchmarks: wide and conditional flows, simulation-based inference, small tables\n")?;
     writeln!(

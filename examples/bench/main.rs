@@ -91,6 +91,12 @@ fn python() -> PathBuf {
     std::env::var("RNVP_PYTHON").map(PathBuf::from).unwrap_or_else(|_| repo().join(".rnvp/python"))
 }
 
+/// The reference Python's PyTorch version.
+fn torch_version() -> Result<String> {
+    let (_, v) = timed(Command::new(python()).args(["-c", "import torch; print(torch.__version__)"]))?;
+    Ok(v.trim().to_string())
+}
+
 /// Runs a command to completion; returns wall seconds and stdout. Fails on a non-zero exit.
 fn timed(cmd: &mut Command) -> Result<(f64, String)> {
     let t0 = Instant::now();
@@ -360,8 +366,7 @@ fn machine() -> (String, usize, f64) {
 
 fn header(md: &mut String, o: &Opts) -> Result<()> {
     let (cpu, cores, mem) = machine();
-    let (_, torch_version) =
-        timed(Command::new(python()).args(["-c", "import torch; print(torch.__version__)"]))?;
+    let torch_version = torch_version()?;
     let (_, gpu) = timed(Command::new(python()).args([
         "-c",
         "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')",
@@ -884,8 +889,7 @@ fn part_of(text: &str, name: &str) -> Option<String> {
 
 fn family_header(o: &Opts) -> Result<String> {
     let (cpu, cores, mem) = machine();
-    let (_, torch_version) =
-        timed(Command::new(python()).args(["-c", "import torch; print(torch.__version__)"]))?;
+    let torch_version = torch_version()?;
     let mut md = String::new();
     writeln!(md, "# Benchmarks: the architecture family (notebook, NICE, RealNVP, Glow)\n")?;
     writeln!(
