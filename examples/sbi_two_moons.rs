@@ -162,6 +162,7 @@ fn main() -> Result<()> {
     rnvp::plot::density(
         &png,
         "two_moons: exact posterior p(θ | x_o), rnvp's samples of q(θ | x_o) over it",
+        "p(θ | x_o)",
         &Grid { x: (-1.0, 1.0), y: (-1.0, 1.0), nx: n, ny: n, values },
         &shown,
     )?;

@@ -92,6 +92,7 @@ fn main() -> Result<()> {
             floor: Some((ENTROPY, "data entropy 1.131")),
             label,
             n_samples: 3000,
+            context: None,
         }
         .draw(&args.out_dir.join(slug))?;
         println!(

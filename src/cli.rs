@@ -398,7 +398,7 @@ pub struct TrainArgs {
     /// Write the loss curve here as CSV (step,loss,val_nll).
     #[arg(long)]
     pub log: Option<PathBuf>,
-    /// Draw the figures into this directory.
+    /// Draw the figures into this directory (a conditional flow: at its data's mean context).
     #[arg(long)]
     pub plot_dir: Option<PathBuf>,
     /// Continue from this checkpoint (weights, optimizer state and step).
@@ -495,6 +495,10 @@ pub struct PlotArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A conditional flow's context, comma-separated (e.g. --context -0.6,0.2): the samples and the
+    /// density are those of p(x | c); the latents encode each data row with its own context.
+    #[arg(long, value_name = "C1,C2,..", allow_hyphen_values = true)]
+    pub context: Option<String>,
     #[command(flatten)]
     pub compute: Compute,
 }

@@ -1,8 +1,10 @@
 //! The figures of a trained flow (the notebook's `view`), shared by the `two_moons` example and
 //! `rnvp train --plot-dir` / `rnvp plot`: loss curve, samples `F⁻¹(Z)`, latents `F(X)` and a
-//! density heat map with the data over it.
+//! density heat map with the data over it. A conditional flow is drawn at one context `c`
+//! (samples and density of `p(x | c)`); its latents encode each data row with the row's own
+//! context. A bounded flow's density is drawn inside its box.
 use crate::data::{self, DataSpace, Matrix};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plot::{self, Grid};
 use crate::run::Run;
 use crate::train::TrainReport;
@@ -25,6 +27,14 @@ pub struct Figures<'a> {
     pub label: &'a str,
     /// Points drawn from the flow.
     pub n_samples: i64,
+    /// A conditional flow's context for the samples and the density, in the data's units.
+    pub context: Option<&'a [f64]>,
+}
+
+/// "given c = (0.1, -0.3)" for a figure's title (the first four values).
+pub fn given_label(c: &[f64]) -> String {
+    let shown: Vec<String> = c.iter().take(4).map(|v| format!("{v:.3}")).collect();
+    format!("given c = ({}{})", shown.join(", "), if c.len() > 4 { ", …" } else { "" })
 }
 
 fn pairs(m: &Matrix) -> Vec<[f64; 2]> {
@@ -57,6 +67,15 @@ impl Figures<'_> {
         }
     }
 
+    /// A title of a figure of `p(x | c)`: the label and the context.
+    fn titled_given(&self, t: &str) -> String {
+        match self.context {
+            Some(c) if self.label.is_empty() => format!("{t} ({})", given_label(c)),
+            Some(c) => format!("{t} ({}, {})", self.label, given_label(c)),
+            None => self.titled(t),
+        }
+    }
+
     /// Draws every figure that applies into `dir` (created if needed); returns the files written.
     pub fn draw(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).map_err(|e| crate::error::io_err(dir, e))?;
@@ -66,36 +85,61 @@ impl Figures<'_> {
             plot::loss_curve(&path, &self.titled("Model Loss vs Epoch"), &r.losses, &r.val, self.floor)?;
             written.push(path);
         }
-        let samples = self.flow.sample(self.n_samples)?;
+        let flow = self.flow.flow();
+        let (d, m) = (flow.config().d as usize, flow.config().context as usize);
+        let given = match (self.context, m) {
+            (None, 0) => None,
+            (Some(c), m) if m > 0 && c.len() == m => {
+                let c = Matrix::new(1, m, c.to_vec())?;
+                let c = match &self.space {
+                    Some(s) => s.context(&c)?,
+                    None => c,
+                };
+                Some(data::to_tensor(&c, flow.kind(), flow.device())?)
+            }
+            (c, m) => {
+                return Err(Error::Data(format!(
+                    "the figures of a flow with {m} context column(s) were given {} context value(s)",
+                    c.map_or(0, |c| c.len())
+                )))
+            }
+        };
+        let at = self.flow.given_opt(given.as_ref());
+        let samples = at.sample(self.n_samples)?;
         let mut samples = data::from_tensor(&samples)?;
         if let Some(s) = &self.space {
             samples = s.from_flow(&samples)?;
         }
         let sample_xy = pairs(&samples);
-        let data_xy = self.data.map(pairs);
+        // data rows of a conditional flow have contexts of their own: not drawn over p(x | c)
+        let data_xy = self.data.filter(|_| m == 0).map(pairs);
         let path = dir.join("samples.png");
         let mut sets: Vec<(&str, &[[f64; 2]])> = vec![];
         if let Some(d) = &data_xy {
             sets.push(("data", d));
         }
         sets.push(("X = F⁻¹(Z)", &sample_xy));
-        plot::scatter(&path, &self.titled("Inverse of Normal Samples Z: X = F^-1(Z)"), "x₀", "x₁", &sets)?;
+        plot::scatter(
+            &path,
+            &self.titled_given("Inverse of Normal Samples Z: X = F^-1(Z)"),
+            "x₀",
+            "x₁",
+            &sets,
+        )?;
         written.push(path);
 
-        if let Some(d) = self.data {
-            let mut xs = d.clone();
+        if let Some(rows) = self.data {
+            let mut ys = rows.clone();
             if let Some(s) = &self.space {
-                xs = s.to_flow(&xs)?.0;
+                ys = s.to_flow(&ys)?.0;
             }
-            let zs = self.flow.encode(&data::to_tensor(
-                &xs,
-                self.flow.flow().kind(),
-                self.flow.flow().device(),
-            )?)?;
+            // each row with its own context
+            let (xs, c) = crate::train::rows_and_context(flow, &ys)?;
+            let zs = self.flow.given_opt(c.as_ref()).encode(&xs)?;
             let z_xy = pairs(&data::from_tensor(&zs)?);
             let base = data::from_tensor(&crate::base::sample(
                 self.n_samples,
-                self.flow.flow().config().d,
+                d as i64,
                 tch::Kind::Double,
                 tch::Device::Cpu,
             ))?;
@@ -111,25 +155,35 @@ impl Figures<'_> {
             written.push(path);
         }
 
-        if self.flow.flow().config().d == 2 {
-            let overlay = data_xy.as_deref().unwrap_or(&sample_xy);
-            let (x, y) = window(overlay);
+        if d == 2 {
+            let (mut x, mut y) = window(data_xy.as_deref().unwrap_or(&sample_xy));
+            // over a conditional density, samples would hide the narrow posteriors it draws
+            let overlay = data_xy.as_deref().unwrap_or(if m > 0 { &[] } else { &sample_xy });
+            if let Some(b) = self.space.and_then(|s| s.bounds) {
+                // the density lives inside the box (grid cells are centred strictly inside it)
+                x = (x.0.max(b.lo[0]), x.1.min(b.hi[0]));
+                y = (y.0.max(b.lo[1]), y.1.min(b.hi[1]));
+            }
             let (nx, ny) = (200, 200);
             let pts = Grid::points(x, y, nx, ny);
-            let mut m = Matrix::new(pts.len(), 2, pts.iter().flat_map(|p| [p[0], p[1]]).collect())?;
-            let mut shift = vec![0.0; m.rows];
+            let c = self.context.unwrap_or(&[]);
+            let cells = pts.iter().flat_map(|p| [p[0], p[1]].into_iter().chain(c.iter().copied()));
+            let mut cells = Matrix::new(pts.len(), 2 + c.len(), cells.collect())?;
+            let mut shift = vec![0.0; cells.rows];
             if let Some(s) = &self.space {
-                (m, shift) = s.to_flow(&m)?;
+                (cells, shift) = s.to_flow(&cells)?;
             }
-            let lp = self.flow.log_prob(&data::to_tensor(
-                &m,
-                self.flow.flow().kind(),
-                self.flow.flow().device(),
-            )?)?;
+            let (xs, c) = crate::train::rows_and_context(flow, &cells)?;
+            let lp = self.flow.given_opt(c.as_ref()).log_prob(&xs)?;
             let values: Vec<f64> =
                 data::from_tensor(&lp.unsqueeze(1))?.data.iter().zip(&shift).map(|(v, s)| v + s).collect();
             let path = dir.join("density.png");
-            plot::density(&path, &self.titled("Density p(x)"), &Grid { x, y, nx, ny, values }, overlay)?;
+            let (title, quantity) = if m > 0 {
+                (self.titled_given("Density p(x | c)"), "p(x | c)")
+            } else {
+                (self.titled("Density p(x)"), "p(x)")
+            };
+            plot::density(&path, &title, quantity, &Grid { x, y, nx, ny, values }, overlay)?;
             written.push(path);
         }
         Ok(written)

@@ -742,8 +742,13 @@ fn conditional_flows_train_sample_and_score_from_the_cli() {
         "--lr",
         "3e-3",
         "--quiet",
+        "--plot-dir",
+        s(&dir.join("train-figures")),
     ]);
     assert!(out.contains("kept step"), "{out}");
+    for f in ["loss.png", "samples.png", "latent.png", "density.png"] {
+        assert!(is_png(&dir.join("train-figures").join(f)), "train --plot-dir: no {f}");
+    }
     let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&q), "--json"])).unwrap();
     assert_eq!((info["d"].as_i64(), info["context"].as_i64()), (Some(2), Some(2)), "{info}");
     assert_eq!(info["bounds"]["lo"][1].as_f64(), Some(-1.0), "{info}");
@@ -817,6 +822,42 @@ fn conditional_flows_train_sample_and_score_from_the_cli() {
     fails(&["train", "--data", "two-moons", "--context", "1", "--out", s(&q)], &["data file"]);
     let plain = trained(&dir);
     fails(&["sample", "--checkpoint", s(&plain), "-n", "5", "--context", "0.1,0.2"], &["unconditional"]);
+
+    // figures of p(x | c): at a context near the box's corner the density's window is cut to the
+    // box (a grid cell outside it has no density and would fail), the latents take each row's context
+    let figs = dir.join("figures");
+    let listed = ok(&[
+        "plot",
+        "--checkpoint",
+        s(&q),
+        "--context",
+        "0.95,-0.95",
+        "--data",
+        s(&sims),
+        "--out-dir",
+        s(&figs),
+    ]);
+    for f in ["samples.png", "latent.png", "density.png"] {
+        assert!(listed.contains(f) && is_png(&figs.join(f)), "plot: no {f} in {listed}");
+    }
+    fails(
+        &["plot", "--checkpoint", s(&q), "--out-dir", s(&figs)],
+        &["conditional on 2 context", "--context"],
+    );
+    fails(&["plot", "--checkpoint", s(&q), "--context", "1", "--out-dir", s(&figs)], &["1 value", "takes 2"]);
+    fails(
+        &["plot", "--checkpoint", s(&q), "--context", "0,0", "--data", "two-moons", "--out-dir", s(&figs)],
+        &["--data", "context column"],
+    );
+    fails(
+        &["plot", "--checkpoint", s(&plain), "--context", "0.1,0.2", "--out-dir", s(&figs)],
+        &["unconditional"],
+    );
+}
+
+/// Whether `path` is a PNG file with an image in it.
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.len() > 1000 && b.starts_with(b"\x89PNG"))
 }
 
 /// Runs `f`, which writes `dir/name`, and returns that path.

@@ -1,33 +1,49 @@
 //! `rnvp plot`: the figures of a trained flow.
-use super::{load_flow, read_rows, toy_points};
+use super::{load_flow, parse_numbers, read_rows, toy_points};
 use crate::cli::{self, non_negative};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rnvp::data::DataSpec;
 use rnvp::figures::Figures;
 
 pub(crate) fn plot(a: cli::PlotArgs) -> Result<()> {
     let (flow, ck, engine) = load_flow(&a.checkpoint, &a.compute)?;
     let n = non_negative("-n", a.n)?;
-    if ck.config.context > 0 || ck.bounds.is_some() {
-        bail!(
-            "{}: `rnvp plot` draws unconditional flows without bounds; use `rnvp sample --png` (with --context)",
+    let (d, m) = (flow.stack().config().d, flow.stack().config().context);
+    let context = match (&a.context, m) {
+        (None, 0) => None,
+        (None, m) => bail!(
+            "{}: the flow is conditional on {m} context column(s): give --context (the figures draw p(x | c) at it)",
             a.checkpoint.display()
-        );
-    }
+        ),
+        (Some(_), 0) => {
+            bail!("--context: {} is an unconditional flow; it takes no context", a.checkpoint.display())
+        }
+        (Some(text), m) => {
+            let v = parse_numbers(text).with_context(|| format!("--context {text}"))?;
+            if v.len() != m as usize {
+                bail!("--context: {} value(s), but the flow takes {m}", v.len());
+            }
+            Some(v)
+        }
+    };
     let points = match a.data.as_deref().map(DataSpec::parse).transpose()? {
+        Some(DataSpec::Toy(_)) if m > 0 => {
+            bail!("--data: a conditional flow's data is a file with {d} modelled and {m} context column(s)")
+        }
         Some(DataSpec::Toy(set)) => Some(toy_points(set, None, n, a.seed.wrapping_add(1))?),
-        Some(DataSpec::File(p)) => Some(read_rows(&p, flow.stack().config().d, 0)?),
+        Some(DataSpec::File(p)) => Some(read_rows(&p, d, m)?),
         None => None,
     };
     tch::manual_seed(a.seed as i64);
     let written = Figures {
         flow: flow.stack().run(engine),
-        space: ck.scaler.is_some().then(|| ck.space()),
+        space: Some(ck.space()),
         data: points.as_ref(),
         report: None,
         floor: None,
         label: "",
         n_samples: n as i64,
+        context: context.as_deref(),
     }
     .draw(&a.out_dir)?;
     for p in written {

@@ -50,9 +50,6 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             spec.name()
         );
     }
-    if a.plot_dir.is_some() && (context > 0 || a.bounds.is_some() || a.bounds_file.is_some()) {
-        bail!("--plot-dir draws unconditional flows without bounds; sample a conditional flow with `rnvp sample --context ... --png`");
-    }
     if a.reversible_backprop {
         rnvp::tune_allocator_for_memory();
     }
@@ -192,14 +189,25 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             DataSpec::Toy(set) => toy_points(*set, a.noise, 3000, a.seed.wrapping_add(1))?,
             DataSpec::File(p) => io::read_matrix(p)?,
         };
-        let label = format!("{} layers", flow_cfg.layers);
+        let (d, m) = (flow_cfg.d as usize, flow_cfg.context as usize);
+        // a conditional flow is drawn at its data's mean context
+        let context: Option<Vec<f64>> = (m > 0).then(|| {
+            (d..d + m)
+                .map(|j| (0..points.rows).map(|i| points.row(i)[j]).sum::<f64>() / points.rows as f64)
+                .collect()
+        });
+        let mut label = format!("{} layers", flow_cfg.layers);
+        if m > 0 {
+            label.push_str(", c: the data's mean");
+        }
+        let bounds = bounds(&a, d)?;
         Figures {
             flow: flow.stack().run(cfg.engine),
-            space: scaler.as_ref().map(|s| DataSpace {
-                d: flow_cfg.d as usize,
-                m: 0,
-                bounds: None,
-                scaler: Some(s),
+            space: Some(DataSpace {
+                d,
+                m,
+                bounds: bounds.as_ref(),
+                scaler: scaler.as_ref(),
                 whiten: train_data.whitening(),
             }),
             data: Some(&points),
@@ -207,6 +215,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             floor: None,
             label: &label,
             n_samples: 3000,
+            context: context.as_deref(),
         }
         .draw(dir)?;
     }

@@ -143,11 +143,12 @@ pub fn scatter(
 /// `exp(value)` on a linear scale from 0 to the grid's maximum, shown by a colour bar. Non-finite
 /// log-densities count as density 0. The axes span the grid's rectangle. Overlay points are drawn
 /// small and semi-transparent, white over dark cells and black over bright ones; points outside
-/// the rectangle or non-finite are skipped.
+/// the rectangle or non-finite are skipped. `quantity` names the density over the colour bar
+/// (`p(x)`, `p(x | c)`).
 ///
 /// Returns [`Error::Plot`] when the grid is malformed: no cells, `values.len() != nx·ny`, or a
 /// rectangle that is empty or not finite.
-pub fn density(path: &Path, title: &str, grid: &Grid, overlay: &[[f64; 2]]) -> Result<()> {
+pub fn density(path: &Path, title: &str, quantity: &str, grid: &Grid, overlay: &[[f64; 2]]) -> Result<()> {
     let (x, y) = (grid.x, grid.y);
     let ok_range = |r: (f64, f64)| r.0.is_finite() && r.1.is_finite() && r.0 < r.1 && nice_span(r.0, r.1);
     if grid.nx == 0 || grid.ny == 0 {
@@ -168,7 +169,7 @@ pub fn density(path: &Path, title: &str, grid: &Grid, overlay: &[[f64; 2]]) -> R
             path.display()
         )));
     }
-    render(path, (1000, SQUARE_H), |root| draw_density(root, title, grid, overlay))
+    render(path, (1000, SQUARE_H), |root| draw_density(root, title, quantity, grid, overlay))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -638,6 +639,7 @@ const BAR_STRIP: u32 = 100;
 fn draw_density<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
+    quantity: &str,
     grid: &Grid,
     overlay: &[[f64; 2]],
 ) -> std::result::Result<(), DrawErr<DB>> {
@@ -722,7 +724,7 @@ fn draw_density<DB: DrawingBackend>(
         strip.draw_text("0", &tick_font, (bar_x.1 + 8, bottom))?;
     }
     let caption = TextStyle::from((FONT, TICK_SIZE).into_font()).pos(Pos::new(HPos::Left, VPos::Bottom));
-    strip.draw_text("p(x)", &caption, (bar_x.0, top - 12))?;
+    strip.draw_text(quantity, &caption, (bar_x.0, top - 12))?;
     let max_text = if p_max.is_finite() {
         format!("max {}", tick_label(p_max))
     } else if max_log.is_finite() {
@@ -996,10 +998,10 @@ mod tests {
             vec![f64::NEG_INFINITY, f64::INFINITY, 1.0, 2.0, f64::NAN, -3.0],
             vec![800.0, 0.0, -800.0, 1.0, 2.0, 3.0],
         ] {
-            density(&path, "edge", &grid(values), &overlay).unwrap();
+            density(&path, "edge", "p(x)", &grid(values), &overlay).unwrap();
             check_png(&path, (1000, SQUARE_H));
         }
-        density(&path, "edge", &grid(vec![0.0; 6]), &[]).unwrap();
+        density(&path, "edge", "p(x)", &grid(vec![0.0; 6]), &[]).unwrap();
         check_png(&path, (1000, SQUARE_H));
         let bad = [
             Grid { x: (0.0, 1.0), y: (0.0, 1.0), nx: 0, ny: 0, values: vec![] },
@@ -1008,7 +1010,7 @@ mod tests {
             Grid { x: (0.0, f64::NAN), y: (0.0, 1.0), nx: 1, ny: 1, values: vec![0.0] },
         ];
         for g in &bad {
-            assert!(matches!(density(&path, "edge", g, &overlay), Err(Error::Plot(_))));
+            assert!(matches!(density(&path, "edge", "p(x)", g, &overlay), Err(Error::Plot(_))));
         }
         assert!(!path.exists());
     }
