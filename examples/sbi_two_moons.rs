@@ -91,7 +91,7 @@ fn main() -> Result<()> {
         warmup: SBI.warmup as usize,
         clip_grad: SBI.clip_grad,
         seed: args.seed,
-        patience: 20,
+        patience: SBI.patience.unwrap_or(20) as usize,
         ..TrainConfig::default()
     };
     let (data, scaler) =

@@ -168,6 +168,9 @@ impl TrainArgs {
         if default("val_every") {
             self.val_every = p.val_every;
         }
+        if default("patience") && self.patience.is_none() {
+            self.patience = p.patience;
+        }
         if default("threads") && self.compute.threads.is_none() {
             self.compute.threads = Some(p.threads);
         }
@@ -282,8 +285,9 @@ pub struct TrainArgs {
     /// ≈ 1.132 nats, the floor being 1.131, after about 11 s of training on 2 cores); `glow` =
     /// the same with --arch glow --layers 16 --steps 8000 (steadier than the notebook's layers
     /// off two moons, e.g. on eight-gaussians and two-spirals; about 30 s on one core); `sbi` =
-    /// --arch glow --layers 16 --hidden 64 --batch-size 256 --lr 1e-3 --steps 10000 with best's
-    /// schedule, for posterior estimation on simulations (--context M), stopping early.
+    /// --arch glow --layers 16 --hidden 64 --batch-size 256 --lr 2e-3 --warmup 2000 --steps 10000
+    /// --patience 50 with best's cosine schedule and clipping, for posterior estimation on
+    /// simulations (--context M), keeping the best validation model.
     #[arg(long)]
     pub preset: Option<String>,
     /// Checkpoint to write (.safetensors). With early stopping (data files, by default) it holds

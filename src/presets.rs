@@ -30,6 +30,9 @@ pub struct Preset {
     pub clip_grad: Option<f64>,
     /// Validation (and checkpoint) interval.
     pub val_every: i64,
+    /// Early stopping's patience in validations (a data file is validated once per epoch);
+    /// `None`: the data's default (20 for a file, none for a toy set).
+    pub patience: Option<i64>,
     /// Threads (small matrices: one thread avoids libtorch's threading overhead and contention,
     /// and keeps the result independent of the machine's core count).
     pub threads: i32,
@@ -50,6 +53,7 @@ pub const BEST: Preset = Preset {
     init: Init::Identity,
     clip_grad: Some(1.0),
     val_every: 500,
+    patience: None,
     threads: 1,
 };
 
@@ -61,11 +65,13 @@ pub const BEST: Preset = Preset {
 pub const GLOW: Preset = Preset { name: "glow", arch: Arch::GLOW, layers: 16, steps: 8_000, ..BEST };
 
 /// `sbi`: one recipe for neural posterior estimation on simulation tables (`--context M`):
-/// Glow's layers (stable at any depth), 16 steps of 64 units, batches of 256, Adam at 1e-3 with a
-/// cosine schedule over at most 10,000 steps and gradient clipping; with a data file, early
-/// stopping on the 10% validation split (patience 20 epochs), as the `sbi` package does. On
-/// sbibm's two_moons (10⁴ simulations) 16 steps scored a C2ST of 0.575 on observations 1–3
-/// where 8 scored 0.613; a smaller batch with a lower learning rate did worse.
+/// Glow's layers (stable at any depth), 16 steps of 64 units, batches of 256, Adam at 2e-3 with a
+/// slow linear warm-up (2,000 steps) inside a cosine schedule over at most 10,000 steps, gradient
+/// clipping, and early stopping on the 10% validation split with a patience of 50 epochs, keeping
+/// the best validation model. The warm-up passes through small learning rates, where a task that
+/// overfits early finds its best model (gaussian_linear at 10⁴ simulations: KL to the exact
+/// posterior 0.048 nats, against 0.12 with 1e-3 and no warm-up); a task that keeps improving
+/// (two_moons) trains to the end of the schedule, where the patience of 20 stopped it early.
 pub const SBI: Preset = Preset {
     name: "sbi",
     arch: Arch::GLOW,
@@ -73,7 +79,9 @@ pub const SBI: Preset = Preset {
     hidden: 64,
     steps: 10_000,
     batch_size: 256,
-    lr: 1e-3,
+    lr: 2e-3,
+    warmup: 2_000,
+    patience: Some(50),
     ..BEST
 };
 

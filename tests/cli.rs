@@ -855,6 +855,34 @@ fn conditional_flows_train_sample_and_score_from_the_cli() {
     );
 }
 
+#[test]
+fn preset_sbi_sets_its_recipe_and_flags_given_win() {
+    let dir = tmp_dir("cli-preset-sbi");
+    let sims = dir.join("sims.csv");
+    simulations(&sims, 600);
+    let q = dir.join("q.safetensors");
+    let run = |extra: &[&str]| {
+        let mut args =
+            vec!["train", "--data", s(&sims), "--context", "2", "--preset", "sbi", "--steps", "20"];
+        args.extend_from_slice(extra);
+        args.extend(["--out", s(&q)]);
+        let out = rnvp(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&q), "--json"])).unwrap();
+        (String::from_utf8_lossy(&out.stderr).into_owned(), info)
+    };
+    let (err, info) = run(&[]);
+    assert!(err.contains("16 layers, hidden 64") && err.contains("patience 50"), "{err}");
+    assert_eq!(
+        (info["info"]["lr"].as_f64(), info["info"]["batch_size"].as_i64()),
+        (Some(2e-3), Some(256)),
+        "{info}"
+    );
+    let (err, info) = run(&["--patience", "7", "--lr", "1e-3", "--layers", "2"]);
+    assert!(err.contains("2 layers") && err.contains("patience 7"), "{err}");
+    assert_eq!(info["info"]["lr"].as_f64(), Some(1e-3), "{info}");
+}
+
 /// Whether `path` is a PNG file with an image in it.
 fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.len() > 1000 && b.starts_with(b"\x89PNG"))
