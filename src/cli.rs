@@ -151,7 +151,8 @@ impl TrainArgs {
             .into();
         }
         if default("warmup") {
-            self.warmup = p.warmup;
+            // a run shortened with --steps keeps its warm-up within the first fifth
+            self.warmup = p.warmup.min(self.steps / 5);
         }
         if default("init") {
             self.init = Some(
@@ -168,9 +169,7 @@ impl TrainArgs {
         if default("val_every") {
             self.val_every = p.val_every;
         }
-        if default("patience") && self.patience.is_none() {
-            self.patience = p.patience;
-        }
+
         if default("threads") && self.compute.threads.is_none() {
             self.compute.threads = Some(p.threads);
         }
@@ -206,11 +205,13 @@ impl TrainArgs {
         Ok(cfg)
     }
 
-    /// `--patience`, or its default for the data: 20 validations for a file, none for a toy set.
-    pub fn patience(&self, file: bool) -> Result<usize> {
+    /// `--patience`, or its default for the data: for a file the preset's (`preset`) or 20
+    /// validations, none for a toy set.
+    pub fn patience(&self, file: bool, preset: Option<i64>) -> Result<usize> {
         match self.patience {
             Some(p) => non_negative("--patience", p),
-            None => Ok(if file { 20 } else { 0 }),
+            None if file => non_negative("--patience", preset.unwrap_or(20)),
+            None => Ok(0),
         }
     }
 
@@ -487,7 +488,8 @@ pub struct PlotArgs {
     /// The trained flow.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Data to draw with the flow: a toy set or a .csv / .npy file.
+    /// Data to draw with the flow: a toy set or a .csv / .npy file (a conditional flow's: its d
+    /// modelled columns, then its m context columns).
     #[arg(long)]
     pub data: Option<String>,
     /// Directory for the PNG files.

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 pub struct Figures<'a> {
     /// The flow and the engine that runs it.
     pub flow: Run<'a>,
-    /// How file data reaches the flow (scaler, whitening; samples and densities are then in the
-    /// data's units); `None` for data in the flow's own coordinates.
+    /// How file data reaches the flow (bounds, scaler and whitening of the modelled columns, the
+    /// scaler of the context; samples, densities and the context are then in the data's units);
+    /// `None` for data in the flow's own coordinates.
     pub space: Option<DataSpace<'a>>,
     /// Data points in the data's units (for toy sets: a standardized batch).
     pub data: Option<&'a Matrix>,

@@ -22,7 +22,7 @@ pub struct Preset {
     pub lr: f64,
     /// The learning-rate schedule.
     pub schedule: Schedule,
-    /// Steps of linear warm-up.
+    /// Steps of linear warm-up (`rnvp train` caps it at a fifth of `--steps`).
     pub warmup: i64,
     /// Initialisation of the conditioners.
     pub init: Init,
@@ -30,8 +30,8 @@ pub struct Preset {
     pub clip_grad: Option<f64>,
     /// Validation (and checkpoint) interval.
     pub val_every: i64,
-    /// Early stopping's patience in validations (a data file is validated once per epoch);
-    /// `None`: the data's default (20 for a file, none for a toy set).
+    /// Early stopping's patience in validations for a data file (validated once per epoch);
+    /// `None`: the default of 20. Toy sets (fresh points every step) never stop early.
     pub patience: Option<i64>,
     /// Threads (small matrices: one thread avoids libtorch's threading overhead and contention,
     /// and keeps the result independent of the machine's core count).

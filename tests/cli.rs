@@ -881,6 +881,10 @@ fn preset_sbi_sets_its_recipe_and_flags_given_win() {
     let (err, info) = run(&["--patience", "7", "--lr", "1e-3", "--layers", "2"]);
     assert!(err.contains("2 layers") && err.contains("patience 7"), "{err}");
     assert_eq!(info["info"]["lr"].as_f64(), Some(1e-3), "{info}");
+    // a toy set draws fresh points every step: the preset's patience is for data files
+    let toy = rnvp(&["train", "--data", "two-moons", "--preset", "sbi", "--steps", "20", "--out", s(&q)]);
+    let err = String::from_utf8_lossy(&toy.stderr);
+    assert!(toy.status.success() && err.contains("16 layers") && !err.contains("patience"), "{err}");
 }
 
 /// Whether `path` is a PNG file with an image in it.

@@ -45,7 +45,11 @@ pub(crate) fn plot(a: cli::PlotArgs) -> Result<()> {
         n_samples: n as i64,
         context: context.as_deref(),
     }
-    .draw(&a.out_dir)?;
+    .draw(&a.out_dir)
+    .with_context(|| match &a.data {
+        Some(data) => format!("the figures of {} with --data {data}", a.checkpoint.display()),
+        None => format!("the figures of {}", a.checkpoint.display()),
+    })?;
     for p in written {
         println!("{}", p.display());
     }
