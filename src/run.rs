@@ -152,22 +152,59 @@ impl<'a> Run<'a> {
 
     /// `n` samples `f⁻¹(z)`, `z ~ N(0, I)`, drawn with libtorch's generator (seed it with
     /// `tch::manual_seed`).
+    ///
+    /// Every sample is finite: a trained flow's inverse can overflow far in the base's tails (a
+    /// sigmoid or exponential scale's inverse divides by a scale that underflows once its input is
+    /// large, so the growth feeds on itself; sbibm's two_moons gave 1 such draw in 10,000), and
+    /// the rows it makes infinite or NaN are drawn again, after the first draw of all `n`, so a
+    /// flow without such rows gives exactly the plain draw. An error when rows are still not
+    /// finite after [`REDRAWS`] rounds (a broken model). [`Run::sample_counted`] also says how
+    /// many draws were replaced.
     pub fn sample(&self, n: i64) -> Result<Tensor> {
+        Ok(self.sample_counted(n)?.0)
+    }
+
+    /// [`Run::sample`] and the number of draws it replaced because they were not finite.
+    pub fn sample_counted(&self, n: i64) -> Result<(Tensor, usize)> {
         if n < 0 {
             return Err(Error::InvalidConfig(format!("cannot draw {n} samples")));
         }
         let flow = self.flow;
-        self.decode_unchecked(&base::sample(n, flow.config().d, flow.kind(), flow.device()))
+        let (d, kind, device) = (flow.config().d, flow.kind(), flow.device());
+        let c = self.context_for(n)?;
+        let mut xs = self.decode_given(&base::sample(n, d, kind, device), c.as_ref())?;
+        let mut replaced = 0;
+        for _ in 0..REDRAWS {
+            let rows = xs.isfinite().all_dim(1, false).logical_not().nonzero().view([-1]);
+            let k = rows.size()[0];
+            if k == 0 {
+                return Ok((xs, replaced));
+            }
+            replaced += k as usize;
+            let ck = c.as_ref().map(|c| c.index_select(0, &rows));
+            let fresh = self.decode_given(&base::sample(k, d, kind, device), ck.as_ref())?;
+            xs = xs.index_copy(0, &rows, &fresh);
+        }
+        let left = xs.isfinite().all_dim(1, false).logical_not().sum(tch::Kind::Int64).int64_value(&[]);
+        Err(Error::Data(format!(
+            "sampling: {left} of {n} draws are still not finite after {REDRAWS} fresh draws each: \
+             the flow's inverse overflows on much of the base (a broken model)"
+        )))
     }
 
     fn decode_unchecked(&self, zs: &Tensor) -> Result<Tensor> {
         let c = self.context_for(zs.size()[0])?;
+        self.decode_given(zs, c.as_ref())
+    }
+
+    /// The inverse pass on `zs` given their context rows (`context_for`'s).
+    fn decode_given(&self, zs: &Tensor, c: Option<&Tensor>) -> Result<Tensor> {
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(zs, c.as_ref(), |zs, c| self.flow.untransform(zs, c)));
+            return Ok(chunked(zs, c, |zs, c| self.flow.untransform(zs, c)));
         };
         let params = pk.pack(self.flow.layers())?;
         let mut xs = kernel::flat(zs)?;
-        let ctx = c.as_ref().map(kernel::flat).transpose()?.unwrap_or_default();
+        let ctx = c.map(kernel::flat).transpose()?.unwrap_or_default();
         pk.inverse_given_par(&params, &mut xs, &ctx, threads());
         Ok(Tensor::from_slice(&xs).view([-1, self.flow.config().d]))
     }
@@ -183,6 +220,9 @@ impl<'a> Run<'a> {
         Ok((zs, log_det))
     }
 }
+
+/// Rounds in which [`Run::sample`] draws its non-finite rows again.
+pub const REDRAWS: usize = 20;
 
 /// Rows evaluated at once without autograd: the hidden activations of a chunk (`CHUNK × hidden`)
 /// stay in cache instead of making one pass over memory per operation for the whole input.

@@ -216,3 +216,36 @@ fn sampling_gives_the_requested_shape_and_dtype() {
     assert!(!xs.requires_grad());
     assert_eq!(f.stack().sample(0).unwrap().size(), [0, 4]);
 }
+
+#[test]
+fn samples_whose_inverse_overflows_are_drawn_again_and_the_rest_are_the_plain_draw() {
+    use rnvp::run::Engine;
+    // Glow's layers with scale networks 4² times too steep: sigmoid(h + 2) underflows on part of
+    // the base, where the inverse divides by it and overflows to inf, then NaN in the next layers
+    let cfg = FlowConfig::stacked(2, 1, 16, 4).with_arch(rnvp::Arch::GLOW).with_init(Init::Pytorch);
+    let f = flow(cfg, Kind::Float, 3);
+    scale_vars(&f, "sig_net", 4.0);
+    let n = 4000;
+    for engine in [Engine::Libtorch, Engine::Fused] {
+        let run = f.stack().run(engine);
+        let zs = seeded(11, || rnvp::base::sample(n, 2, Kind::Float, Device::Cpu));
+        let plain = run.decode(&zs).unwrap();
+        let finite = plain.isfinite().all_dim(1, false);
+        let bad = n - finite.sum(Kind::Int64).int64_value(&[]);
+        assert!(
+            bad > n / 100 && bad < n / 2,
+            "{engine:?}: {bad} of {n} plain draws are not finite (the test needs some)"
+        );
+        let (xs, replaced) = seeded(11, || run.sample_counted(n)).unwrap();
+        // the first round replaces the non-finite rows; a fresh draw can overflow too
+        assert!(replaced as i64 >= bad, "{engine:?}: {replaced} draws replaced for {bad} non-finite rows");
+        assert!(bool::try_from(xs.isfinite().all()).unwrap(), "{engine:?}: a sample is not finite");
+        let kept = xs.index_select(0, &finite.nonzero().view([-1]));
+        let same = plain.index_select(0, &finite.nonzero().view([-1]));
+        assert!(kept.equal(&same), "{engine:?}: the finite rows are not the plain draw's");
+    }
+    // 40² times too steep: nearly every draw overflows, and sampling says so instead of looping
+    scale_vars(&f, "sig_net", 10.0);
+    let err = f.stack().run(Engine::Auto).sample(n).unwrap_err().to_string();
+    assert!(err.contains("not finite") && err.contains("broken model"), "{err}");
+}

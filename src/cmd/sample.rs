@@ -41,15 +41,17 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
     let run = flow.stack().run(engine);
     let (kind, device) = (flow.stack().kind(), flow.stack().device());
     let mut out = Matrix { rows: 0, cols: d + if append { m } else { 0 }, data: vec![] };
+    let mut replaced = 0;
     for b in 0..blocks {
-        let xs = match &contexts {
-            None => run.sample(n as i64)?,
+        let (xs, r) = match &contexts {
+            None => run.sample_counted(n as i64)?,
             Some(c) => {
                 let row = Matrix::new(1, m, c.row(b).to_vec())?;
                 let ct = data::to_tensor(&space.context(&row)?, kind, device)?;
-                run.given(&ct).sample(n as i64)?
+                run.given(&ct).sample_counted(n as i64)?
             }
         };
+        replaced += r;
         let xs = space.from_flow(&data::from_tensor(&xs)?)?;
         for i in 0..xs.rows {
             out.data.extend_from_slice(xs.row(i));
@@ -58,6 +60,12 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
             }
         }
         out.rows += xs.rows;
+    }
+    if replaced > 0 {
+        eprintln!(
+            "note: {replaced} of {} draws overflowed the flow's inverse (not finite) and were drawn again",
+            n.saturating_mul(blocks)
+        );
     }
     if let Some(png) = &a.png {
         let xy: Vec<[f64; 2]> = (0..out.rows).map(|i| [out.row(i)[0], out.row(i)[1]]).collect();
