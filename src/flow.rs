@@ -191,7 +191,8 @@ impl StackedNvp {
     }
 
     /// `n` samples `f⁻¹(z)`, `z ~ N(0, I)`, run by [`Engine::Auto`] (seed libtorch's generator
-    /// with `tch::manual_seed`).
+    /// with `tch::manual_seed`); draws whose inverse overflows are drawn again (see
+    /// [`crate::run::Run::sample`]).
     pub fn sample(&self, n: i64) -> Result<Tensor> {
         self.run(Engine::Auto).sample(n)
     }

@@ -155,7 +155,7 @@ impl<'a> Run<'a> {
     ///
     /// Every sample is finite: a trained flow's inverse can overflow far in the base's tails (a
     /// sigmoid or exponential scale's inverse divides by a scale that underflows once its input is
-    /// large, so the growth feeds on itself; sbibm's two_moons gave 1 such draw in 10,000), and
+    /// large, so the growth feeds on itself; sbibm's two_moons at 10⁵ simulations gave 1 in 100,000), and
     /// the rows it makes infinite or NaN are drawn again, after the first draw of all `n`, so a
     /// flow without such rows gives exactly the plain draw. An error when rows are still not
     /// finite after [`REDRAWS`] rounds (a broken model). [`Run::sample_counted`] also says how
@@ -188,7 +188,7 @@ impl<'a> Run<'a> {
         let left = xs.isfinite().all_dim(1, false).logical_not().sum(tch::Kind::Int64).int64_value(&[]);
         Err(Error::Data(format!(
             "sampling: {left} of {n} draws are still not finite after {REDRAWS} fresh draws each: \
-             the flow's inverse overflows on much of the base (a broken model)"
+             the flow's inverse overflows on much of the base (a broken model, or a context far outside its data)"
         )))
     }
 

@@ -63,7 +63,7 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
     }
     if replaced > 0 {
         eprintln!(
-            "note: {replaced} of {} draws overflowed the flow's inverse (not finite) and were drawn again",
+            "note: {replaced} redraw(s) for {} sample(s): those draws overflowed the flow's inverse (not finite)",
             n.saturating_mul(blocks)
         );
     }
