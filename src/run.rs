@@ -173,23 +173,25 @@ impl<'a> Run<'a> {
         let (d, kind, device) = (flow.config().d, flow.kind(), flow.device());
         let c = self.context_for(n)?;
         let mut xs = self.decode_given(&base::sample(n, d, kind, device), c.as_ref())?;
-        let mut replaced = 0;
-        for _ in 0..REDRAWS {
+        let (mut replaced, mut round) = (0, 0);
+        loop {
             let rows = xs.isfinite().all_dim(1, false).logical_not().nonzero().view([-1]);
-            let k = rows.size()[0];
-            if k == 0 {
+            let left = rows.size()[0];
+            if left == 0 {
                 return Ok((xs, replaced));
             }
-            replaced += k as usize;
+            if round == REDRAWS {
+                return Err(Error::Data(format!(
+                    "sampling: {left} of {n} draws are still not finite after {REDRAWS} fresh draws each: \
+                     the flow's inverse overflows on much of the base (a broken model, or a context far outside its data)"
+                )));
+            }
+            replaced += left as usize;
             let ck = c.as_ref().map(|c| c.index_select(0, &rows));
-            let fresh = self.decode_given(&base::sample(k, d, kind, device), ck.as_ref())?;
+            let fresh = self.decode_given(&base::sample(left, d, kind, device), ck.as_ref())?;
             xs = xs.index_copy(0, &rows, &fresh);
+            round += 1;
         }
-        let left = xs.isfinite().all_dim(1, false).logical_not().sum(tch::Kind::Int64).int64_value(&[]);
-        Err(Error::Data(format!(
-            "sampling: {left} of {n} draws are still not finite after {REDRAWS} fresh draws each: \
-             the flow's inverse overflows on much of the base (a broken model, or a context far outside its data)"
-        )))
     }
 
     fn decode_unchecked(&self, zs: &Tensor) -> Result<Tensor> {
