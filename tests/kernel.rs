@@ -4,7 +4,7 @@
 mod common;
 
 use rnvp::data::{Rng, ToySet};
-use rnvp::kernel::{Packing, Scratch};
+use rnvp::kernel::{Isa, Packing, Scratch};
 use rnvp::train::{Adam, FusedAdam, Schedule, TrainConfig, TrainData, Trainer};
 use rnvp::{Arch, Engine, Flow, FlowConfig, Layout, Mixing, Scale};
 use std::collections::BTreeMap;
@@ -125,7 +125,7 @@ fn gradients_equal_autograd() {
             let params = pk.pack(flow.stack().layers()).unwrap();
             let (want_loss, want) = autograd(&flow, &xs, &pk);
             let x = flat(&xs);
-            for pk in [pk.clone(), pk.clone().baseline()] {
+            for pk in [pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()] {
                 for reversible in [false, true] {
                     // 512 rows on 3 threads are split three ways (blocks of at least 128 rows)
                     let threads: &[usize] = if n >= 3 * 128 { &[1, 3] } else { &[1] };
@@ -160,35 +160,63 @@ fn gradients_equal_autograd() {
 }
 
 #[test]
-fn the_avx2_build_runs_where_the_cpu_has_it() {
+fn the_widest_build_runs_where_the_cpu_has_it() {
     // what this CPU and the environment allow, found independently of the crate
     #[cfg(target_arch = "x86_64")]
-    let cpu = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    let (avx2, avx512) = (
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl"),
+    );
     #[cfg(not(target_arch = "x86_64"))]
-    let cpu = false;
-    let forced = std::env::var("RNVP_KERNELS").is_ok_and(|v| v.trim() == "baseline");
-    let expected = cpu && !forced;
-    assert_eq!(rnvp::kernel::has_avx2_fma(), expected, "cpu AVX2+FMA {cpu}, RNVP_KERNELS=baseline {forced}");
-    let cfg = FlowConfig::notebook(3);
-    let (flow, xs) = flow_and_data(&cfg, 4096, 5);
-    let pk = flow.stack().packing().unwrap();
-    assert_eq!(pk.instruction_set(), if expected { "AVX2+FMA" } else { "baseline" });
-    eprintln!("kernels: {} (CPU AVX2+FMA: {cpu}, RNVP_KERNELS=baseline: {forced})", pk.instruction_set());
-    let params = pk.pack(flow.stack().layers()).unwrap();
-    let run = |pk: &Packing| {
-        let mut z = flat(&xs);
-        let mut ld = vec![0.0; 4096];
-        pk.forward(&params, &mut z, &mut ld);
-        (z, ld)
+    let (avx2, avx512) = (false, false);
+    let cap = std::env::var("RNVP_KERNELS").unwrap_or_default();
+    let expected = match cap.trim() {
+        "baseline" => "baseline",
+        _ if !avx2 => "baseline",
+        "avx2" => "AVX2+FMA",
+        _ if avx512 => "AVX-512",
+        _ => "AVX2+FMA",
     };
-    let (z_auto, ld_auto) = run(&pk);
-    let (z_base, ld_base) = run(&pk.clone().baseline());
-    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs()));
-    assert!(close(&z_auto, &z_base) && close(&ld_auto, &ld_base), "the two builds disagree");
-    // the AVX2 build fuses multiply-adds, so it rounds differently from the baseline build: equal
-    // bits on every one of 4096 rows would mean the same code ran
-    let identical = z_auto == z_base && ld_auto == ld_base;
-    assert_eq!(!identical, expected, "AVX2 build expected: {expected}; results identical: {identical}");
+    assert_eq!(rnvp::kernel::has_avx2_fma(), expected != "baseline");
+    assert_eq!(
+        Isa::detected().name(),
+        expected,
+        "CPU AVX2+FMA {avx2}, AVX-512 F+VL {avx512}, RNVP_KERNELS={cap:?}"
+    );
+    eprintln!("kernels: {expected} (CPU AVX2+FMA: {avx2}, AVX-512 F+VL: {avx512}, RNVP_KERNELS={cap:?})");
+    // the narrow kernels (the notebook's d = 2) and the wide ones (d = 16 with a context)
+    for cfg in [FlowConfig::notebook(3), FlowConfig::stacked(16, 8, 64, 3).with_context(5)] {
+        let (flow, xs) = flow_and_data(&cfg, 4096, 5);
+        let ctx = common::seeded(6, || flat(&Tensor::randn([4096, cfg.context], (Kind::Float, Device::Cpu))));
+        let pk = flow.stack().packing().unwrap();
+        assert_eq!(pk.instruction_set(), expected);
+        let params = pk.pack(flow.stack().layers()).unwrap();
+        let run = |pk: &Packing| {
+            let mut z = flat(&xs);
+            let mut ld = vec![0.0; 4096];
+            pk.forward_given(&params, &mut z, &ctx, &mut ld);
+            (z, ld)
+        };
+        let (z_auto, ld_auto) = run(&pk);
+        let (z_avx2, ld_avx2) = run(&pk.clone().capped(Isa::Avx2));
+        let (z_base, ld_base) = run(&pk.clone().baseline());
+        let close =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs()));
+        assert!(close(&z_auto, &z_base) && close(&ld_auto, &ld_base), "{cfg:?}: the builds disagree");
+        // the AVX2 build fuses multiply-adds, so it rounds differently from the baseline build: equal
+        // bits on every one of 4096 rows would mean the same code ran
+        let identical = z_auto == z_base && ld_auto == ld_base;
+        assert_eq!(
+            !identical,
+            expected != "baseline",
+            "{cfg:?}, {expected} build: results identical {identical}"
+        );
+        // the AVX-512 build is the AVX2 build's operations, in the same order, with more registers
+        assert!(
+            z_auto == z_avx2 && ld_auto == ld_avx2,
+            "{cfg:?}: the {expected} build's bits differ from AVX2's"
+        );
+    }
 }
 
 #[test]

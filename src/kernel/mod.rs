@@ -17,9 +17,12 @@
 //! SIMD width (padded units are exactly zero and get zero gradients).
 //!
 //! On x86-64 CPUs with AVX2 and FMA (detected at run time) the kernels are compiled for them;
-//! elsewhere the same code runs with the baseline instruction set. `RNVP_KERNELS=baseline` in the
-//! environment forces the baseline build on any CPU (the AVX2 build fuses multiply-adds, so the two
-//! round differently; CI runs the suite both ways).
+//! elsewhere the same code runs with the baseline instruction set. Where the CPU also has AVX-512
+//! F and VL, the wide kernels run the same AVX2 code compiled with AVX-512's 32 vector registers
+//! (the same operations in the same order, so the same bits, with fewer spills to the stack).
+//! `RNVP_KERNELS=baseline` in the environment forces the baseline build on any CPU (the AVX2 build
+//! fuses multiply-adds, so the two round differently; CI runs the suite both ways), and
+//! `RNVP_KERNELS=avx2` stops at AVX2.
 //!
 //! Networks with more than [`MAX_WIDTH`] inputs or outputs run on the wide kernels: the
 //! same sweep over hidden blocks for eight rows at a time, with the rows' hidden units parked in
@@ -39,7 +42,7 @@ mod params;
 mod simd;
 mod wide;
 
-pub use simd::has_avx2_fma;
+pub use simd::{has_avx2_fma, Isa};
 
 use crate::config::{Coupling, FlowConfig, LayerKind, Scale};
 use crate::error::Result;
@@ -73,7 +76,7 @@ pub struct Packing {
     ops: Vec<Op>,
     len: usize,
     /// Use the AVX2 + FMA build of the kernels.
-    avx2: bool,
+    isa: Isa,
 }
 
 /// One layer of the packed stack.
@@ -149,7 +152,7 @@ impl Packing {
             offset += op.range().len();
             ops.push(op);
         }
-        Some(Packing { cfg: *cfg, d, k, m, hidden, hp, ops, len: offset, avx2: has_avx2_fma() })
+        Some(Packing { cfg: *cfg, d, k, m, hidden, hp, ops, len: offset, isa: Isa::detected() })
     }
 
     /// Whether the kernels beat libtorch's engine on this stack, as measured in `scripts/bench
@@ -169,18 +172,19 @@ impl Packing {
 
     /// The same packing with the kernels built for the baseline instruction set even where the CPU
     /// has AVX2 (for tests and comparisons).
-    pub fn baseline(mut self) -> Self {
-        self.avx2 = false;
+    pub fn baseline(self) -> Self {
+        self.capped(Isa::Baseline)
+    }
+
+    /// The same packing running at most the build `isa` (for tests and comparisons).
+    pub fn capped(mut self, isa: Isa) -> Self {
+        self.isa = self.isa.min(isa);
         self
     }
 
-    /// Which build of the kernels runs: "AVX2+FMA" or "baseline".
+    /// Which build of the kernels runs: "AVX-512", "AVX2+FMA" or "baseline".
     pub fn instruction_set(&self) -> &'static str {
-        if self.avx2 {
-            "AVX2+FMA"
-        } else {
-            "baseline"
-        }
+        self.isa.name()
     }
 
     /// Numbers in the flat buffer.
@@ -341,7 +345,7 @@ impl Packing {
             match *op {
                 Op::Coupling { .. } => {
                     let (c, o) = self.widths(l);
-                    fwd::run(self.avx2, c, o, p, self.geometry(l), xs, ctx, log_det, None);
+                    fwd::run(self.isa, c, o, p, self.geometry(l), xs, ctx, log_det, None);
                 }
                 Op::Linear { kind, .. } => linear::forward(kind, p, self.d, xs, log_det),
             }
@@ -364,7 +368,7 @@ impl Packing {
             match *op {
                 Op::Coupling { .. } => {
                     let (c, o) = self.widths(l);
-                    inv::run(self.avx2, c, o, p, self.geometry(l), zs, ctx, None);
+                    inv::run(self.isa, c, o, p, self.geometry(l), zs, ctx, None);
                 }
                 Op::Linear { kind, .. } => linear::inverse(kind, p, self.d, zs),
             }
@@ -423,7 +427,7 @@ impl Packing {
                     let keep = &mut scratch.sm[slot * n * 2 * o_max..][..n * 2 * o];
                     let keep = if reversible { None } else { Some(keep) };
                     fwd::run(
-                        self.avx2,
+                        self.isa,
                         c,
                         o,
                         p,
@@ -457,13 +461,13 @@ impl Packing {
                     if reversible {
                         // the input is recomputed from the output; σ and μ come with it
                         let keep = &mut scratch.sm[..n * 2 * o];
-                        inv::run(self.avx2, c, o, p, geo, &mut scratch.z, ctx, Some(keep));
+                        inv::run(self.isa, c, o, p, geo, &mut scratch.z, ctx, Some(keep));
                         let sm = &scratch.sm[..n * 2 * o];
-                        bwd::run(self.avx2, c, o, p, g, geo, &scratch.z, ctx, sm, &mut scratch.grad, -scale);
+                        bwd::run(self.isa, c, o, p, g, geo, &scratch.z, ctx, sm, &mut scratch.grad, -scale);
                     } else {
                         let input = &scratch.inputs[l * n * d..(l + 1) * n * d];
                         let sm = &scratch.sm[l * n * 2 * o_max..][..n * 2 * o];
-                        bwd::run(self.avx2, c, o, p, g, geo, input, ctx, sm, &mut scratch.grad, -scale);
+                        bwd::run(self.isa, c, o, p, g, geo, input, ctx, sm, &mut scratch.grad, -scale);
                     }
                 }
                 Op::Linear { kind, .. } => {

@@ -1,8 +1,9 @@
 //! The fused kernels' run-time dispatch: every coupling pass is compiled once for the baseline
-//! instruction set and once for AVX2 + FMA, for each pair of narrow widths and once for the wide
-//! kernels, and called for the CPU and the layer's widths. The only file of the kernels with
-//! `unsafe` (calling the `#[target_feature]` build after detection; the crate's one other exception
-//! is `sys`).
+//! instruction set, once for AVX2 + FMA and once for AVX2 + FMA with AVX-512's 32 registers, for
+//! each pair of narrow widths and once for the wide kernels, and called for the CPU and the
+//! layer's widths. The only
+//! file of the kernels with `unsafe` (calling the `#[target_feature]` builds after detection; the
+//! crate's one other exception is `sys`).
 // `unsafe` only calls `#[target_feature]` functions after run-time detection.
 #![allow(unsafe_code)]
 
@@ -12,11 +13,65 @@ use super::wide::{MAX_IN, MAX_OUT};
 /// Widths of the smaller instance of the wide kernels.
 const MID: usize = 16;
 
+/// A build of the kernels, from the most portable to the widest. `RNVP_KERNELS=baseline` or
+/// `RNVP_KERNELS=avx2` in the environment caps the build that runs on any CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// The baseline x86-64 (or other) instruction set: separate multiplies and adds.
+    Baseline,
+    /// AVX2 with fused multiply-adds, 8 lanes.
+    Avx2,
+    /// The AVX2 + FMA code compiled with AVX-512 F and VL enabled: the same 8-lane operations in the
+    /// same order (so the same bits), with 32 vector registers instead of 16, which spares the
+    /// wide kernels most of their spills to the stack.
+    Avx512,
+}
+
+impl Isa {
+    /// The name [`Packing::instruction_set`](super::Packing::instruction_set) reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Baseline => "baseline",
+            Isa::Avx2 => "AVX2+FMA",
+            Isa::Avx512 => "AVX-512",
+        }
+    }
+
+    /// The widest build this CPU runs, capped by `RNVP_KERNELS` (`baseline` or `avx2`; read once).
+    pub fn detected() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let cap = match std::env::var("RNVP_KERNELS").as_deref().map(str::trim) {
+                Ok("baseline") => Isa::Baseline,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512,
+            };
+            cpu_isa().min(cap)
+        })
+    }
+}
+
+/// The widest build the CPU supports.
+fn cpu_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let avx512 = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl");
+        match (avx2, avx512) {
+            (true, true) => Isa::Avx512,
+            (true, false) => Isa::Avx2,
+            _ => Isa::Baseline,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Isa::Baseline
+}
+
 /// Calls `f::<C, O, false>(args)` for the run-time widths `(c, o)` when both are at most
-/// [`MAX_WIDTH`](super::MAX_WIDTH), and the wide kernels `f::<MID, MID, true>` or `f::<MAX_IN,
-/// MAX_OUT, true>` otherwise.
+/// [`MAX_WIDTH`](super::MAX_WIDTH), and the wide kernels `wide::<MID, MID, true>` or
+/// `wide::<MAX_IN, MAX_OUT, true>` otherwise.
 macro_rules! dispatch {
-    ($c:expr, $o:expr, $f:ident, ($($arg:expr),*)) => {
+    ($c:expr, $o:expr, $f:ident, $wide:ident, ($($arg:expr),*)) => {
         match ($c, $o) {
             (1, 1) => $f::<1, 1, false>($($arg),*),
             (1, 2) => $f::<1, 2, false>($($arg),*),
@@ -36,14 +91,15 @@ macro_rules! dispatch {
             (4, 4) => $f::<4, 4, false>($($arg),*),
             // the wide kernels' row arrays sized to the widths: zeroing and copying them is a
             // large share of the work when the hidden layer is small
-            (c, o) if c <= MID && o <= MID => $f::<MID, MID, true>($($arg),*),
+            (c, o) if c <= MID && o <= MID => $wide::<MID, MID, true>($($arg),*),
             // Packing::new admits inputs up to MAX_IN and outputs up to MAX_OUT
-            _ => $f::<MAX_IN, MAX_OUT, true>($($arg),*),
+            _ => $wide::<MAX_IN, MAX_OUT, true>($($arg),*),
         }
     };
 }
 
-/// The per-width entry points, compiled once for the baseline and once for AVX2 + FMA.
+/// The per-width entry points, compiled once for the baseline, once for AVX2 + FMA and once for
+/// AVX-512.
 macro_rules! entry_points {
     ($($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*));* $(;)?) => {
         $(
@@ -61,15 +117,28 @@ macro_rules! entry_points {
                 fn avx2<const C: usize, const O: usize, const WIDE: bool>($($arg: $ty),*) {
                     $impl::<C, O, true, WIDE>($($arg),*)
                 }
+                #[cfg(target_arch = "x86_64")]
                 #[allow(clippy::too_many_arguments)]
-                pub(in crate::kernel) fn run(use_avx2: bool, c: usize, o: usize, $($arg: $ty),*) {
+                #[inline(never)]
+                #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+                fn avx512<const C: usize, const O: usize, const WIDE: bool>($($arg: $ty),*) {
+                    $impl::<C, O, true, WIDE>($($arg),*)
+                }
+                /// Runs the pass in the build `isa` (never above what the CPU runs) for networks of
+                /// `c` inputs and `o` outputs.
+                #[allow(clippy::too_many_arguments)]
+                pub(in crate::kernel) fn run(isa: Isa, c: usize, o: usize, $($arg: $ty),*) {
                     #[cfg(target_arch = "x86_64")]
-                    if use_avx2 && has_avx2_fma() {
-                        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-                        return unsafe { dispatch!(c, o, avx2, ($($arg),*)) };
+                    match isa.min(Isa::detected()) {
+                        // SAFETY: the CPU supports AVX-512 F and VL, AVX2 and FMA (detected at run
+                        // time by `Isa::detected`).
+                        Isa::Avx512 => return unsafe { dispatch!(c, o, avx2, avx512, ($($arg),*)) },
+                        // SAFETY: the CPU supports AVX2 and FMA (detected at run time).
+                        Isa::Avx2 => return unsafe { dispatch!(c, o, avx2, avx2, ($($arg),*)) },
+                        Isa::Baseline => {}
                     }
-                    let _ = use_avx2;
-                    dispatch!(c, o, base, ($($arg),*))
+                    let _ = isa;
+                    dispatch!(c, o, base, base, ($($arg),*))
                 }
             }
         )*
@@ -82,21 +151,9 @@ entry_points! {
     bwd, layer_backward, (params: &[f32], grads: &mut [f32], geo: Geometry, input: &[f32], ctx: &[f32], sm: &[f32], grad: &mut [f32], dlogdet: f32);
 }
 
-/// Whether the AVX2 + FMA build of the kernels runs: the CPU has both, and the environment
-/// variable `RNVP_KERNELS` is not `baseline` (which forces the baseline build everywhere, as
-/// `ATEN_CPU_CAPABILITY=default` does for libtorch's own kernels; read once).
+/// Whether the AVX2 + FMA build of the kernels (or a wider one) runs: the CPU has both, and the
+/// environment variable `RNVP_KERNELS` is not `baseline` (which forces the baseline build
+/// everywhere, as `ATEN_CPU_CAPABILITY=default` does for libtorch's own kernels).
 pub fn has_avx2_fma() -> bool {
-    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *USE.get_or_init(|| {
-        let forced_baseline = std::env::var("RNVP_KERNELS").is_ok_and(|v| v.trim() == "baseline");
-        #[cfg(target_arch = "x86_64")]
-        return !forced_baseline
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma");
-        #[allow(unreachable_code)]
-        {
-            let _ = forced_baseline;
-            false
-        }
-    })
+    Isa::detected() >= Isa::Avx2
 }
