@@ -1,6 +1,6 @@
 //! The fused CPU kernels against libtorch on the same weights: gradients against autograd (plain
-//! and reversible, both instruction-set builds, one and several threads), inference passes, and
-//! whole training runs.
+//! and reversible, every instruction-set build the CPU runs, one and several threads), inference
+//! passes, and whole training runs.
 mod common;
 
 use rnvp::data::{Rng, ToySet};
@@ -125,7 +125,9 @@ fn gradients_equal_autograd() {
             let params = pk.pack(flow.stack().layers()).unwrap();
             let (want_loss, want) = autograd(&flow, &xs, &pk);
             let x = flat(&xs);
-            for pk in [pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()] {
+            let mut builds = vec![pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()];
+            builds.dedup();
+            for pk in builds {
                 for reversible in [false, true] {
                     // 512 rows on 3 threads are split three ways (blocks of at least 128 rows)
                     let threads: &[usize] = if n >= 3 * 128 { &[1, 3] } else { &[1] };
@@ -184,17 +186,27 @@ fn the_widest_build_runs_where_the_cpu_has_it() {
         "CPU AVX2+FMA {avx2}, AVX-512 F+VL {avx512}, RNVP_KERNELS={cap:?}"
     );
     eprintln!("kernels: {expected} (CPU AVX2+FMA: {avx2}, AVX-512 F+VL: {avx512}, RNVP_KERNELS={cap:?})");
-    // the narrow kernels (the notebook's d = 2) and the wide ones (d = 16 with a context)
-    for cfg in [FlowConfig::notebook(3), FlowConfig::stacked(16, 8, 64, 3).with_context(5)] {
+    // the narrow kernels (the notebook's d = 2) and both instances of the wide ones (13 inputs and
+    // 8 outputs; 40 and 20)
+    let configs = [
+        FlowConfig::notebook(3),
+        FlowConfig::stacked(16, 8, 64, 3).with_context(5),
+        FlowConfig::stacked(40, 20, 16, 2).with_context(20),
+    ];
+    for cfg in configs {
         let (flow, xs) = flow_and_data(&cfg, 4096, 5);
         let ctx = common::seeded(6, || flat(&Tensor::randn([4096, cfg.context], (Kind::Float, Device::Cpu))));
         let pk = flow.stack().packing().unwrap();
         assert_eq!(pk.instruction_set(), expected);
         let params = pk.pack(flow.stack().layers()).unwrap();
+        // the forward pass, then the inverse of its result
         let run = |pk: &Packing| {
             let mut z = flat(&xs);
             let mut ld = vec![0.0; 4096];
             pk.forward_given(&params, &mut z, &ctx, &mut ld);
+            let mut x = z.clone();
+            pk.inverse_given(&params, &mut x, &ctx);
+            z.extend(x);
             (z, ld)
         };
         let (z_auto, ld_auto) = run(&pk);

@@ -68,6 +68,6 @@ fn the_instruction_sets_are_the_ones_the_environment_asks_for() {
     }
     eprintln!(
         "MKL lowered: {mkl_lowered}, ATen capability: {capability}, kernels: {}",
-        if rnvp::kernel::has_avx2_fma() { "AVX2+FMA" } else { "baseline" }
+        rnvp::kernel::Isa::detected().name()
     );
 }

@@ -386,7 +386,10 @@ fn header(md: &mut String, o: &Opts) -> Result<()> {
         mem,
         gpu.trim(),
         torch_version.trim(),
-        rnvp::kernel::Packing::new(&FlowConfig::notebook(1)).map_or("none", |p| p.instruction_set()),
+        match rnvp::kernel::Isa::detected().name() {
+            "AVX-512" => "AVX-512 for wide networks, AVX2+FMA for narrow ones",
+            name => name,
+        },
     )?;
     Ok(())
 }
@@ -667,7 +670,8 @@ fn ideas(md: &mut String, o: &Opts) -> Result<()> {
     writeln!(md, "| training step, libtorch autograd + Adam on tensors | {} ms | 1× |", fmt(&t[0], 1e3, 3))?;
     writeln!(
         md,
-        "| training step, fused kernels (AVX2+FMA) + flat Adam | {} ms | {:.1}× |",
+        "| training step, fused kernels ({}) + flat Adam | {} ms | {:.1}× |",
+        pk.capped(rnvp::kernel::Isa::Avx2).instruction_set(),
         fmt(&t[1], 1e3, 3),
         lt / stats(&t[1]).0
     )?;

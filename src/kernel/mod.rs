@@ -75,7 +75,7 @@ pub struct Packing {
     hp: usize,
     ops: Vec<Op>,
     len: usize,
-    /// Use the AVX2 + FMA build of the kernels.
+    /// The widest build the kernels may run (never above [`Isa::detected`]).
     isa: Isa,
 }
 
@@ -182,7 +182,8 @@ impl Packing {
         self
     }
 
-    /// Which build of the kernels runs: "AVX-512", "AVX2+FMA" or "baseline".
+    /// Which build of the kernels runs: "AVX-512" (the wide kernels; narrow networks run the AVX2
+    /// build), "AVX2+FMA" or "baseline".
     pub fn instruction_set(&self) -> &'static str {
         self.isa.name()
     }

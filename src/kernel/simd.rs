@@ -1,7 +1,7 @@
-//! The fused kernels' run-time dispatch: every coupling pass is compiled once for the baseline
-//! instruction set, once for AVX2 + FMA and once for AVX2 + FMA with AVX-512's 32 registers, for
-//! each pair of narrow widths and once for the wide kernels, and called for the CPU and the
-//! layer's widths. The only
+//! The fused kernels' run-time dispatch: every coupling pass is compiled for the baseline
+//! instruction set and for AVX2 + FMA (for each pair of narrow widths and for the wide kernels),
+//! and its wide kernels once more with AVX-512 F and VL enabled (their 32 vector registers); it is
+//! called for the CPU and the layer's widths. The only
 //! file of the kernels with `unsafe` (calling the `#[target_feature]` builds after detection; the
 //! crate's one other exception is `sys`).
 // `unsafe` only calls `#[target_feature]` functions after run-time detection.
@@ -21,9 +21,10 @@ pub enum Isa {
     Baseline,
     /// AVX2 with fused multiply-adds, 8 lanes.
     Avx2,
-    /// The AVX2 + FMA code compiled with AVX-512 F and VL enabled: the same 8-lane operations in the
-    /// same order (so the same bits), with 32 vector registers instead of 16, which spares the
-    /// wide kernels most of their spills to the stack.
+    /// The wide kernels' AVX2 + FMA code compiled with AVX-512 F and VL enabled: the same
+    /// per-element operations in the same order (so the same bits), with 32 vector registers
+    /// instead of 16, which spares them most of their spills to the stack. Narrow networks run
+    /// the AVX2 build.
     Avx512,
 }
 
@@ -37,7 +38,8 @@ impl Isa {
         }
     }
 
-    /// The widest build this CPU runs, capped by `RNVP_KERNELS` (`baseline` or `avx2`; read once).
+    /// The widest build this CPU runs, capped by `RNVP_KERNELS` (`baseline` or `avx2`, lower case;
+    /// any other value caps nothing; read once).
     pub fn detected() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
@@ -98,8 +100,8 @@ macro_rules! dispatch {
     };
 }
 
-/// The per-width entry points, compiled once for the baseline, once for AVX2 + FMA and once for
-/// AVX-512.
+/// The per-width entry points, compiled for the baseline and for AVX2 + FMA, and (used for the
+/// wide kernels only) for AVX-512.
 macro_rules! entry_points {
     ($($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*));* $(;)?) => {
         $(
