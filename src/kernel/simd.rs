@@ -1,9 +1,8 @@
 //! The fused kernels' run-time dispatch: every coupling pass is compiled for the baseline
 //! instruction set and for AVX2 + FMA (for each pair of narrow widths and for the wide kernels),
 //! and its wide kernels once more with AVX-512 F and VL enabled (their 32 vector registers); it is
-//! called for the CPU and the layer's widths. The only
-//! file of the kernels with `unsafe` (calling the `#[target_feature]` builds after detection; the
-//! crate's one other exception is `sys`).
+//! called for the CPU and the layer's widths. The only file of the kernels with `unsafe` (calling
+//! the `#[target_feature]` builds after detection; the crate's one other exception is `sys`).
 // `unsafe` only calls `#[target_feature]` functions after run-time detection.
 #![allow(unsafe_code)]
 
