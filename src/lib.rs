@@ -24,7 +24,7 @@
 //! kernels ([`kernel`]) instead of libtorch operations, with the same maths to float32 rounding;
 //! `flow.stack().run(Engine::Libtorch)` runs them with libtorch instead ([`Run`]); training takes
 //! the engine in its [`train::TrainConfig`].
-#![deny(unsafe_code)] // exceptions: `sys` (mallopt, dlopen) and `kernel::simd` (run-time CPU dispatch)
+#![deny(unsafe_code)] // exceptions: `sys` (mallopt, dlopen) and `kernel::simd` (run-time CPU dispatch, AVX2 vectors)
 #![deny(missing_docs)]
 
 pub mod arch;

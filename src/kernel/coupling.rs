@@ -7,6 +7,8 @@
 
 use super::net::{net_len, Blocks, BlocksMut, Lane, LANES};
 use super::{narrow, wide};
+#[cfg(target_arch = "x86_64")]
+use super::{simd::Avx2, tiled};
 use crate::arch::Scale;
 
 /// Rows the narrow kernels process together: their hidden units share each load of the weights.
@@ -144,22 +146,41 @@ fn layer_nets<const C: usize, const O: usize>(params: &[f32], geo: Geometry) -> 
 
 /// The outputs of `net` for `R` rows, by the narrow or the wide kernels.
 #[inline(always)]
-fn outputs<const R: usize, const C: usize, const O: usize, const F: bool, const WIDE: bool>(
+fn outputs<
+    const R: usize,
+    const C: usize,
+    const O: usize,
+    const F: bool,
+    const WIDE: bool,
+    const BIG: bool,
+>(
     net: &Blocks<'_, C, O>,
     x: &[[f32; C]; R],
     work: &mut [Lane],
 ) -> [[f32; O]; R] {
     if WIDE {
+        // the fused multiply-add builds run the tiled kernels on whole groups of rows
+        #[cfg(target_arch = "x86_64")]
+        if let (true, true, Some(t)) = (F, R == wide::ROWS, Avx2::detect()) {
+            let mut out = [[0.0f32; O]; R];
+            if BIG {
+                tiled::net_forward::<C, O, 4>(t, net, x, &mut out, work);
+            } else {
+                tiled::net_forward::<C, O, 2>(t, net, x, &mut out, work);
+            }
+            return out;
+        }
         wide::net_forward::<R, C, O, F>(net, x, work)
     } else {
         narrow::net_forward::<R, C, O, F>(net, x)
     }
 }
 
-/// Work space of the wide kernels for one layer (none for the narrow ones).
+/// Work space of the wide kernels for one layer (none for the narrow ones): room for the tiled
+/// kernels' activations and hidden-unit gradients of a group of rows.
 fn work<const WIDE: bool>(geo: Geometry) -> Vec<Lane> {
     if WIDE {
-        vec![[0.0; LANES]; wide::ROWS * geo.hp / LANES]
+        vec![[0.0; LANES]; 2 * wide::ROWS * geo.hp / LANES]
     } else {
         Vec::new()
     }
@@ -168,7 +189,13 @@ fn work<const WIDE: bool>(geo: Geometry) -> Vec<Lane> {
 /// Forward through one layer, in place (`xs`: rows of `x` become rows of `z`), adding `Σ log s`
 /// to `log_det`; with `keep`, stores each row's `s` then `μ` (`2·o` numbers per row).
 #[inline(always)]
-pub(super) fn layer_forward<const C: usize, const O: usize, const F: bool, const WIDE: bool>(
+pub(super) fn layer_forward<
+    const C: usize,
+    const O: usize,
+    const F: bool,
+    const WIDE: bool,
+    const BIG: bool,
+>(
     params: &[f32],
     geo: Geometry,
     xs: &mut [f32],
@@ -176,26 +203,39 @@ pub(super) fn layer_forward<const C: usize, const O: usize, const F: bool, const
     log_det: &mut [f32],
     keep: Option<&mut [f32]>,
 ) {
-    layer_pass::<C, O, F, WIDE, false>(params, geo, xs, ctx, log_det, keep)
+    layer_pass::<C, O, F, WIDE, BIG, false>(params, geo, xs, ctx, log_det, keep)
 }
 
 /// Inverse through one layer, in place (rows of `z` become rows of `x`); with `keep`, stores
 /// each row's `s` then `μ`.
 #[inline(always)]
-pub(super) fn layer_inverse<const C: usize, const O: usize, const F: bool, const WIDE: bool>(
+pub(super) fn layer_inverse<
+    const C: usize,
+    const O: usize,
+    const F: bool,
+    const WIDE: bool,
+    const BIG: bool,
+>(
     params: &[f32],
     geo: Geometry,
     zs: &mut [f32],
     ctx: &[f32],
     keep: Option<&mut [f32]>,
 ) {
-    layer_pass::<C, O, F, WIDE, true>(params, geo, zs, ctx, &mut [], keep)
+    layer_pass::<C, O, F, WIDE, BIG, true>(params, geo, zs, ctx, &mut [], keep)
 }
 
 /// The forward (`INVERSE = false`, adding `Σ log s` to `log_det`) or inverse pass of one layer
 /// over all rows of `data`, in place, in groups of rows and then single rows.
 #[inline(always)]
-fn layer_pass<const C: usize, const O: usize, const F: bool, const WIDE: bool, const INVERSE: bool>(
+fn layer_pass<
+    const C: usize,
+    const O: usize,
+    const F: bool,
+    const WIDE: bool,
+    const BIG: bool,
+    const INVERSE: bool,
+>(
     params: &[f32],
     geo: Geometry,
     data: &mut [f32],
@@ -212,13 +252,13 @@ fn layer_pass<const C: usize, const O: usize, const F: bool, const WIDE: bool, c
         let keep = keep.as_deref_mut();
         let out = (&mut *data, &mut *log_det, keep);
         if WIDE && i + wide::ROWS <= n {
-            pass_rows::<{ wide::ROWS }, C, O, F, WIDE, INVERSE>(nets, geo, out, ctx, &mut work, i);
+            pass_rows::<{ wide::ROWS }, C, O, F, WIDE, BIG, INVERSE>(nets, geo, out, ctx, &mut work, i);
             i += wide::ROWS;
         } else if !WIDE && i + ROWS <= n {
-            pass_rows::<ROWS, C, O, F, WIDE, INVERSE>(nets, geo, out, ctx, &mut work, i);
+            pass_rows::<ROWS, C, O, F, WIDE, BIG, INVERSE>(nets, geo, out, ctx, &mut work, i);
             i += ROWS;
         } else {
-            pass_rows::<1, C, O, F, WIDE, INVERSE>(nets, geo, out, ctx, &mut work, i);
+            pass_rows::<1, C, O, F, WIDE, BIG, INVERSE>(nets, geo, out, ctx, &mut work, i);
             i += 1;
         }
     }
@@ -238,6 +278,7 @@ fn pass_rows<
     const O: usize,
     const F: bool,
     const WIDE: bool,
+    const BIG: bool,
     const INVERSE: bool,
 >(
     (sig, mu, map): NetsRef<'_, '_, C, O>,
@@ -249,7 +290,7 @@ fn pass_rows<
 ) {
     let on = if WIDE { geo.outputs() } else { O };
     let x1 = gather::<R, C>(data, ctx, geo, i);
-    let m = outputs::<R, C, O, F, WIDE>(mu, &x1, work);
+    let m = outputs::<R, C, O, F, WIDE, BIG>(mu, &x1, work);
     let Some(sig) = sig else {
         // additive: z₂ = x₂ + μ(x₁), log|det| = 0
         for r in 0..R {
@@ -267,7 +308,7 @@ fn pass_rows<
         }
         return;
     };
-    let s = outputs::<R, C, O, F, WIDE>(sig, &x1, work);
+    let s = outputs::<R, C, O, F, WIDE, BIG>(sig, &x1, work);
     for r in 0..R {
         let row = (i + r) * geo.d + geo.tc;
         if INVERSE {
@@ -298,7 +339,13 @@ fn pass_rows<
 /// ∂loss/∂(Σ log s) of every row. Adds the parameter gradients to `grads`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn layer_backward<const C: usize, const O: usize, const F: bool, const WIDE: bool>(
+pub(super) fn layer_backward<
+    const C: usize,
+    const O: usize,
+    const F: bool,
+    const WIDE: bool,
+    const BIG: bool,
+>(
     params: &[f32],
     grads: &mut [f32],
     geo: Geometry,
@@ -329,13 +376,13 @@ pub(super) fn layer_backward<const C: usize, const O: usize, const F: bool, cons
         let args = (&mut sig, &mu, &mut gmu, &map, &mut ggamma);
         let rows = (input, ctx, sm);
         if WIDE && i + wide::ROWS <= n {
-            backward_rows::<{ wide::ROWS }, C, O, F, WIDE>(args, geo, rows, grad, dlogdet, &mut work, i);
+            backward_rows::<{ wide::ROWS }, C, O, F, WIDE, BIG>(args, geo, rows, grad, dlogdet, &mut work, i);
             i += wide::ROWS;
         } else if !WIDE && i + ROWS <= n {
-            backward_rows::<ROWS, C, O, F, WIDE>(args, geo, rows, grad, dlogdet, &mut work, i);
+            backward_rows::<ROWS, C, O, F, WIDE, BIG>(args, geo, rows, grad, dlogdet, &mut work, i);
             i += ROWS;
         } else {
-            backward_rows::<1, C, O, F, WIDE>(args, geo, rows, grad, dlogdet, &mut work, i);
+            backward_rows::<1, C, O, F, WIDE, BIG>(args, geo, rows, grad, dlogdet, &mut work, i);
             i += 1;
         }
     }
@@ -359,7 +406,14 @@ type BackwardNets<'s, 'a, 'g, const C: usize, const O: usize> = (
 /// ∂loss/∂input of `net` for `R` rows, adding its weight gradients to `g`, by the narrow or the
 /// wide kernels (the wide ones skip the context's gradient).
 #[inline(always)]
-fn backward_net<const R: usize, const C: usize, const O: usize, const F: bool, const WIDE: bool>(
+fn backward_net<
+    const R: usize,
+    const C: usize,
+    const O: usize,
+    const F: bool,
+    const WIDE: bool,
+    const BIG: bool,
+>(
     (net, g): (&Blocks<'_, C, O>, &mut BlocksMut<'_, C, O>),
     x: &[[f32; C]; R],
     gout: &[[f32; O]; R],
@@ -367,6 +421,16 @@ fn backward_net<const R: usize, const C: usize, const O: usize, const F: bool, c
     needed: usize,
 ) -> [[f32; C]; R] {
     if WIDE {
+        #[cfg(target_arch = "x86_64")]
+        if let (true, true, Some(t)) = (F, R == wide::ROWS, Avx2::detect()) {
+            let mut dx = [[0.0f32; C]; R];
+            if BIG {
+                tiled::net_backward::<C, O, 4>(t, net, g, x, gout, &mut dx, work, needed);
+            } else {
+                tiled::net_backward::<C, O, 2>(t, net, g, x, gout, &mut dx, work, needed);
+            }
+            return dx;
+        }
         wide::net_backward::<R, C, O, F>(net, g, x, gout, work, needed)
     } else {
         narrow::net_backward::<R, C, O, F>(net, g, x, gout)
@@ -374,7 +438,14 @@ fn backward_net<const R: usize, const C: usize, const O: usize, const F: bool, c
 }
 
 #[inline(always)]
-fn backward_rows<const R: usize, const C: usize, const O: usize, const F: bool, const WIDE: bool>(
+fn backward_rows<
+    const R: usize,
+    const C: usize,
+    const O: usize,
+    const F: bool,
+    const WIDE: bool,
+    const BIG: bool,
+>(
     (sig, mu, gmu, map, ggamma): BackwardNets<'_, '_, '_, C, O>,
     geo: Geometry,
     (input, ctx, sm): (&[f32], &[f32], &[f32]),
@@ -406,9 +477,9 @@ fn backward_rows<const R: usize, const C: usize, const O: usize, const F: bool, 
             grad[row + o] = g * e;
         }
     }
-    let dm = backward_net::<R, C, O, F, WIDE>((mu, gmu), &x1, &gm, work, geo.cond);
+    let dm = backward_net::<R, C, O, F, WIDE, BIG>((mu, gmu), &x1, &gm, work, geo.cond);
     let ds = match sig {
-        Some((net, g)) => backward_net::<R, C, O, F, WIDE>((net, g), &x1, &gs, work, geo.cond),
+        Some((net, g)) => backward_net::<R, C, O, F, WIDE, BIG>((net, g), &x1, &gs, work, geo.cond),
         None => [[0.0f32; C]; R],
     };
     // the context's gradient is not needed: only the data columns' are passed on

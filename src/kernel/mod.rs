@@ -26,11 +26,15 @@
 //!
 //! Networks with more than [`MAX_WIDTH`] inputs or outputs run on the wide kernels: the
 //! same sweep over hidden blocks for eight rows at a time, with the rows' hidden units parked in
-//! an L1-sized buffer and each output a dot product with a row of `W₂`.
+//! an L1-sized buffer and each output a dot product with a row of `W₂`. With fused multiply-adds
+//! they are written with explicit AVX2 vectors and tiled so that each product's accumulators stay
+//! in registers (`tiled`; the same numbers as the generic code in `wide`, which the baseline build
+//! runs).
 //!
 //! Files: this one is the slice API ([`Packing`]: layout, passes over rows, threads); `coupling`
-//! a coupling's passes over rows; `net` the packed network; `narrow` and `wide` a network's passes
-//! for a group of rows; `simd` the CPU and width dispatch (the kernels' only `unsafe`); `params`
+//! a coupling's passes over rows; `net` the packed network; `narrow`, `wide` and `tiled` a
+//! network's passes for a group of rows; `simd` the CPU and width dispatch and the AVX2 vector
+//! type (the kernels' only `unsafe`); `params`
 //! the packing of a stack's layers into the flat buffer and back; `linear` the per-row linear
 //! layers (ActNorm, diagonal scaling, permutations, LU). The kernels run every layer but batch
 //! norm.
@@ -40,6 +44,8 @@ mod narrow;
 mod net;
 mod params;
 mod simd;
+#[cfg(target_arch = "x86_64")]
+mod tiled;
 mod wide;
 
 pub use simd::{has_avx2_fma, Isa};

@@ -1,9 +1,10 @@
 //! The fused kernels' run-time dispatch: every coupling pass is compiled for the baseline
 //! instruction set and for AVX2 + FMA (for each pair of narrow widths and for the wide kernels),
 //! and its wide kernels once more with AVX-512 F and VL enabled (their 32 vector registers); it is
-//! called for the CPU and the layer's widths. The only file of the kernels with `unsafe` (calling
-//! the `#[target_feature]` builds after detection; the crate's one other exception is `sys`).
-// `unsafe` only calls `#[target_feature]` functions after run-time detection.
+//! called for the CPU and the layer's widths. Here too the tiled kernels' AVX2 vectors ([`V8`]),
+//! which only an [`Avx2`] token made after detection can create. The only file of the kernels with
+//! `unsafe` (the crate's one other exception is `sys`).
+// `unsafe` only calls `#[target_feature]` functions and intrinsics after run-time detection.
 #![allow(unsafe_code)]
 
 use super::coupling::{layer_backward, layer_forward, layer_inverse, Geometry};
@@ -109,21 +110,22 @@ macro_rules! entry_points {
                 #[allow(clippy::too_many_arguments)]
                 #[inline(never)]
                 fn base<const C: usize, const O: usize, const WIDE: bool>($($arg: $ty),*) {
-                    $impl::<C, O, false, WIDE>($($arg),*)
+                    $impl::<C, O, false, WIDE, false>($($arg),*)
                 }
                 #[cfg(target_arch = "x86_64")]
                 #[allow(clippy::too_many_arguments)]
                 #[inline(never)]
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2<const C: usize, const O: usize, const WIDE: bool>($($arg: $ty),*) {
-                    $impl::<C, O, true, WIDE>($($arg),*)
+                    $impl::<C, O, true, WIDE, false>($($arg),*)
                 }
                 #[cfg(target_arch = "x86_64")]
                 #[allow(clippy::too_many_arguments)]
                 #[inline(never)]
                 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
                 fn avx512<const C: usize, const O: usize, const WIDE: bool>($($arg: $ty),*) {
-                    $impl::<C, O, true, WIDE>($($arg),*)
+                    // 32 vector registers: the tiled kernels' larger tiles
+                    $impl::<C, O, true, WIDE, true>($($arg),*)
                 }
                 /// Runs the pass in the build `isa` (never above what the CPU runs) for networks of
                 /// `c` inputs and `o` outputs.
@@ -157,4 +159,120 @@ entry_points! {
 /// everywhere, as `ATEN_CPU_CAPABILITY=default` does for libtorch's own kernels).
 pub fn has_avx2_fma() -> bool {
     Isa::detected() >= Isa::Avx2
+}
+
+/// Proof that the CPU runs AVX2 and FMA, made only after run-time detection: [`V8`] vectors exist
+/// only through it, so their safe operations never execute where those instructions are missing.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Avx2(());
+
+/// Eight `f32` lanes in an AVX2 register (made through an [`Avx2`] token).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct V8(core::arch::x86_64::__m256);
+
+#[cfg(target_arch = "x86_64")]
+mod v8 {
+    use super::super::net::{Lane, LANES, SLOPE};
+    use super::{cpu_isa, Avx2, Isa, V8};
+    use core::arch::x86_64::*;
+
+    impl Avx2 {
+        /// The token, where the CPU has AVX2 and FMA (whatever `RNVP_KERNELS` says: the
+        /// caller picks the build).
+        #[inline(always)]
+        pub fn detect() -> Option<Avx2> {
+            (cpu_isa() >= Isa::Avx2).then_some(Avx2(()))
+        }
+
+        /// Eight zeros.
+        #[inline(always)]
+        pub fn zero(self) -> V8 {
+            // SAFETY (every block of this module): the token exists, so the CPU has AVX2 and FMA.
+            V8(unsafe { _mm256_setzero_ps() })
+        }
+
+        /// `v` in every lane.
+        #[inline(always)]
+        pub fn splat(self, v: f32) -> V8 {
+            V8(unsafe { _mm256_set1_ps(v) })
+        }
+
+        /// The lanes of `v`.
+        #[inline(always)]
+        pub fn load(self, v: &Lane) -> V8 {
+            // SAFETY: `v` is eight readable floats (unaligned load).
+            V8(unsafe { _mm256_loadu_ps(v.as_ptr()) })
+        }
+
+        /// All bits set in lanes below `valid`, zero above.
+        #[inline(always)]
+        pub fn mask(self, valid: usize) -> V8 {
+            let mut lanes: Lane = [0.0; LANES];
+            for (l, v) in lanes.iter_mut().enumerate() {
+                if l < valid {
+                    *v = f32::from_bits(u32::MAX);
+                }
+            }
+            self.load(&lanes)
+        }
+    }
+
+    impl V8 {
+        /// `self · b + c`, rounded once.
+        #[inline(always)]
+        pub fn mul_add(self, b: V8, c: V8) -> V8 {
+            V8(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })
+        }
+
+        /// `self + b`.
+        #[inline(always)]
+        pub fn add(self, b: V8) -> V8 {
+            V8(unsafe { _mm256_add_ps(self.0, b.0) })
+        }
+
+        /// The bits of `self` where `mask`'s are set (exact zeros elsewhere).
+        #[inline(always)]
+        pub fn and(self, mask: V8) -> V8 {
+            V8(unsafe { _mm256_and_ps(self.0, mask.0) })
+        }
+
+        /// LeakyReLU: `max(h, h · slope)`, which is `h` where `h > 0` and `h · slope` elsewhere (NaN
+        /// included: `max` returns its second operand), in two instructions.
+        #[inline(always)]
+        pub fn leaky(self) -> V8 {
+            unsafe { V8(_mm256_max_ps(self.0, _mm256_mul_ps(self.0, _mm256_set1_ps(SLOPE)))) }
+        }
+
+        /// `v` where `self > 0`, `v · slope` elsewhere: LeakyReLU's backward for an upstream
+        /// gradient `v` (`self` the pre-activation, or the activation, which is positive exactly
+        /// where the pre-activation is).
+        #[inline(always)]
+        pub fn leaky_select(self, v: V8) -> V8 {
+            unsafe {
+                let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, _mm256_setzero_ps());
+                V8(_mm256_blendv_ps(_mm256_mul_ps(v.0, _mm256_set1_ps(SLOPE)), v.0, pos))
+            }
+        }
+
+        /// Writes the lanes to `out`.
+        #[inline(always)]
+        pub fn store(self, out: &mut Lane) {
+            // SAFETY: `out` is eight writable floats (unaligned store).
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), self.0) }
+        }
+
+        /// The sum of the lanes in the order of `net::hsum`: with `hₗ = vₗ + vₗ₊₄`,
+        /// `(h₀ + h₂) + (h₁ + h₃)`.
+        #[inline(always)]
+        pub fn hsum(self) -> f32 {
+            const _: () = assert!(LANES == 8);
+            unsafe {
+                let h = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+                let t = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
+            }
+        }
+    }
 }
