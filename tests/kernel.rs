@@ -114,8 +114,11 @@ fn configs() -> Vec<FlowConfig> {
         FlowConfig::stacked(9, 4, 8, 2).with_arch(Arch { scale: Scale::SoftClamp, ..Arch::NOTEBOOK }),
         FlowConfig::stacked(70, 35, 8, 2),
         // wide networks with full tiles of hidden blocks (44 units: six blocks, the last half
-        // padding)
+        // padding; 28: four blocks, the padding inside a full tile of the AVX-512 build; 64 with
+        // five outputs: a last output alone in a tile of eight blocks)
         FlowConfig::stacked(10, 4, 44, 2),
+        FlowConfig::stacked(14, 7, 28, 2),
+        FlowConfig::stacked(10, 5, 64, 2),
     ]
 }
 
@@ -243,6 +246,45 @@ fn the_widest_build_runs_where_the_cpu_has_it() {
             loss_auto == loss_avx2 && g_auto == g_avx2,
             "{cfg:?}: the {expected} build's gradients differ from AVX2's"
         );
+    }
+}
+
+#[test]
+fn whole_row_groups_give_the_numbers_of_single_rows() {
+    // every row's forward pass and inverse are the same operations whether it runs in a group of
+    // eight (the tiled kernels, with fused multiply-adds) or alone (the generic wide kernels): the
+    // same bits, in every build
+    let configs = [
+        FlowConfig::stacked(14, 7, 28, 2),
+        FlowConfig::stacked(10, 5, 64, 2).with_context(3),
+        FlowConfig::stacked(16, 8, 44, 2).with_arch(Arch::GLOW).with_context(6),
+        FlowConfig::stacked(40, 20, 16, 2).with_context(20),
+    ];
+    for cfg in configs {
+        let n = 24;
+        let (flow, xs) = flow_and_data(&cfg, n, 9);
+        let ctx = common::seeded(10, || flat(&Tensor::randn([n, cfg.context], (Kind::Float, Device::Cpu))));
+        let pk = flow.stack().packing().unwrap();
+        let params = pk.pack(flow.stack().layers()).unwrap();
+        let (d, m) = (cfg.d as usize, cfg.context as usize);
+        let mut builds = vec![pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()];
+        builds.dedup();
+        for pk in builds {
+            let (mut z, mut ld) = (flat(&xs), vec![0.0; n as usize]);
+            pk.forward_given(&params, &mut z, &ctx, &mut ld);
+            let mut x = z.clone();
+            pk.inverse_given(&params, &mut x, &ctx);
+            for r in 0..n as usize {
+                let (mut zr, mut ldr) = (flat(&xs)[r * d..(r + 1) * d].to_vec(), vec![0.0]);
+                let cr = &ctx[r * m..(r + 1) * m];
+                pk.forward_given(&params, &mut zr, cr, &mut ldr);
+                let mut xr = zr.clone();
+                pk.inverse_given(&params, &mut xr, cr);
+                let what = format!("{cfg:?} {}: row {r}", pk.instruction_set());
+                assert_eq!((&z[r * d..(r + 1) * d], ld[r]), (&zr[..], ldr[0]), "{what}: forward");
+                assert_eq!(&x[r * d..(r + 1) * d], &xr[..], "{what}: inverse");
+            }
+        }
     }
 }
 

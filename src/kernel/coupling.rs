@@ -1,7 +1,8 @@
 //! A coupling layer's forward, inverse and backward passes over rows, on the packed parameters:
 //! `z₂ = x₂ ⊙ exp(g(s(x₁, c))) + μ(x₁, c)` (affine) or `z₂ = x₂ + μ(x₁, c)` (additive), with the
 //! networks evaluated a group of rows at a time by the narrow kernels (widths known at compile
-//! time) or the wide ones (`WIDE`: widths read from the geometry).
+//! time) or the wide ones (`WIDE`: widths read from the geometry; with fused multiply-adds, whole
+//! groups run the tiled AVX2 kernels, in larger tiles where `BIG`, the AVX-512 build).
 // The row loops index several arrays in step; written as index loops they read like the formulas.
 #![allow(clippy::needless_range_loop)]
 
@@ -161,7 +162,7 @@ fn outputs<
     if WIDE {
         // the fused multiply-add builds run the tiled kernels on whole groups of rows
         #[cfg(target_arch = "x86_64")]
-        if let (true, true, Some(t)) = (F, R == wide::ROWS, Avx2::detect()) {
+        if let Some(t) = (F && R == wide::ROWS).then(Avx2::detect).flatten() {
             let mut out = [[0.0f32; O]; R];
             if BIG {
                 tiled::net_forward::<C, O, 4>(t, net, x, &mut out, work);
@@ -422,7 +423,7 @@ fn backward_net<
 ) -> [[f32; C]; R] {
     if WIDE {
         #[cfg(target_arch = "x86_64")]
-        if let (true, true, Some(t)) = (F, R == wide::ROWS, Avx2::detect()) {
+        if let Some(t) = (F && R == wide::ROWS).then(Avx2::detect).flatten() {
             let mut dx = [[0.0f32; C]; R];
             if BIG {
                 tiled::net_backward::<C, O, 4>(t, net, g, x, gout, &mut dx, work, needed);

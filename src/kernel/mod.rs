@@ -18,8 +18,9 @@
 //!
 //! On x86-64 CPUs with AVX2 and FMA (detected at run time) the kernels are compiled for them;
 //! elsewhere the same code runs with the baseline instruction set. Where the CPU also has AVX-512
-//! F and VL, the wide kernels run the same AVX2 code compiled with AVX-512's 32 vector registers
-//! (the same operations in the same order, so the same bits, with fewer spills to the stack).
+//! F and VL, the wide kernels run the same AVX2 operations compiled with AVX-512's 32 vector
+//! registers, in larger register tiles (the same operations on each number in the same order, so
+//! the same bits).
 //! `RNVP_KERNELS=baseline` in the environment forces the baseline build on any CPU (the AVX2 build
 //! fuses multiply-adds, so the two round differently; CI runs the suite both ways), and
 //! `RNVP_KERNELS=avx2` stops at AVX2.
@@ -34,10 +35,9 @@
 //! Files: this one is the slice API ([`Packing`]: layout, passes over rows, threads); `coupling`
 //! a coupling's passes over rows; `net` the packed network; `narrow`, `wide` and `tiled` a
 //! network's passes for a group of rows; `simd` the CPU and width dispatch and the AVX2 vector
-//! type (the kernels' only `unsafe`); `params`
-//! the packing of a stack's layers into the flat buffer and back; `linear` the per-row linear
-//! layers (ActNorm, diagonal scaling, permutations, LU). The kernels run every layer but batch
-//! norm.
+//! type (the kernels' only `unsafe`); `params` the packing of a stack's layers into the flat
+//! buffer and back; `linear` the per-row linear layers (ActNorm, diagonal scaling, permutations,
+//! LU). The kernels run every layer but batch norm.
 mod coupling;
 mod linear;
 mod narrow;

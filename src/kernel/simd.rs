@@ -23,8 +23,7 @@ pub enum Isa {
     Avx2,
     /// The wide kernels' AVX2 + FMA code compiled with AVX-512 F and VL enabled: the same
     /// per-element operations in the same order (so the same bits), with 32 vector registers
-    /// instead of 16, which spares them most of their spills to the stack. Narrow networks run
-    /// the AVX2 build.
+    /// instead of 16, which hold larger register tiles. Narrow networks run the AVX2 build.
     Avx512,
 }
 

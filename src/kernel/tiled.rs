@@ -32,10 +32,24 @@ fn loads<const N: usize>(t: Avx2, v: &[Lane]) -> [V8; N] {
     out
 }
 
-/// The mask of block `b`'s real units, where it is the last block and has padding.
+/// The mask of block `b`'s real units: all lanes but the padding of the last block. (No
+/// closures here or below: they would not be inlined where the vector instructions are enabled.)
 #[inline(always)]
 fn pad_mask<const C: usize, const O: usize>(t: Avx2, net: &Blocks<'_, C, O>, b: usize) -> Option<V8> {
-    (b + 1 == net.blocks() && net.last_valid < LANES).then(|| t.mask(net.last_valid))
+    if b + 1 == net.blocks() && net.last_valid < LANES {
+        Some(t.mask(net.last_valid))
+    } else {
+        None
+    }
+}
+
+/// `v` with the lanes outside `mask` set to exact zeros (all of `v` without a mask).
+#[inline(always)]
+fn masked(v: V8, mask: Option<V8>) -> V8 {
+    match mask {
+        Some(m) => v.and(m),
+        None => v,
+    }
 }
 
 /// Pre-activations `b₁ + W₁ x` of blocks `b0..b0 + J` for rows `r0..r0 + R` of `xt` (the rows'
@@ -80,7 +94,7 @@ fn activations_tile<const R: usize, const J: usize, const C: usize, const O: usi
         let a = &mut a[(b0 + j) * ROWS + r0..][..R];
         for r in 0..R {
             let v = h[r][j].leaky();
-            mask.map_or(v, |m| v.and(m)).store(&mut a[r]);
+            masked(v, mask).store(&mut a[r]);
         }
     }
 }
@@ -267,8 +281,7 @@ fn rank_strip<const K: usize, const J: usize>(
 }
 
 /// `g_k += Σ_r s[r][k] · v[·][r]` for every `k < count` (`st`: `s` transposed), in tiles of `KT`
-/// rows of `g` × `J` blocks; the last rows of `g` in tiles of as many blocks as keep eight
-/// accumulators or more.
+/// rows of `g` × `J` blocks; the last one to three rows of `g` in tiles of 8, 4 and `J` blocks.
 #[inline(always)]
 fn rank_update<const J: usize>(
     t: Avx2,
@@ -320,7 +333,7 @@ fn deltas_tile<const R: usize, const J: usize, const C: usize, const O: usize>(
         let (a, dh) = (&a[at..at + R], &mut dh[at..at + R]);
         for r in 0..R {
             let v = t.load(&a[r]).leaky_select(da[r][j]);
-            mask.map_or(v, |m| v.and(m)).store(&mut dh[r]);
+            masked(v, mask).store(&mut dh[r]);
         }
     }
 }

@@ -2,7 +2,9 @@
 //! [`MAX_IN`] inputs and [`MAX_OUT`] outputs): the hidden units of the rows go through a small
 //! buffer that stays in the L1 cache instead of registers, and each output is a dot product of
 //! that buffer with a row of `W₂`. The maths and the summation order within a block are those of
-//! the narrow kernels.
+//! the narrow kernels. The baseline build runs them; the fused multiply-add builds run them for a
+//! layer's last rows only (fewer than a group) and the `tiled` kernels, which give the same
+//! numbers, for whole groups.
 // The lane loops index several arrays in step; written as index loops they vectorise predictably.
 #![allow(clippy::needless_range_loop)]
 
