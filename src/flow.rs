@@ -81,9 +81,10 @@ impl StackedNvp {
     }
 
     /// The packing of this flow for the fused kernels, or `None` where they do not apply (they
-    /// run float32 flows on the CPU whose networks take at most [`kernel::MAX_INPUTS`] and give
-    /// at most [`kernel::MAX_OUTPUTS`] columns, and every layer but batch norm), whatever the
-    /// engine.
+    /// run float32 flows on the CPU whose networks take at most
+    /// [`MAX_INPUTS`](crate::kernel::MAX_INPUTS) and give at most
+    /// [`MAX_OUTPUTS`](crate::kernel::MAX_OUTPUTS) columns, and every layer but batch norm),
+    /// whatever the engine.
     pub fn packing(&self) -> Option<Packing> {
         if self.device() != Device::Cpu || self.kind() != Kind::Float {
             return None;

@@ -3,7 +3,7 @@
 //! engine against PyTorch), `sbi` (neural posterior estimation on sbibm tasks, rnvp's `--preset
 //! sbi` beside the `sbi` package, through scripts/sbi.py) and `tables` (held-out NLL on
 //! scikit-learn's small tables against a full-covariance Gaussian, through scripts/tables.py).
-use super::{fmt, python, repo, rnvp_bin, stats, timed, torch, torch_version, Opts};
+use super::{fmt, python, repo, rnvp_bin, timed, torch, torch_version, Opts};
 use anyhow::{Context, Result};
 use rnvp::train::{Adam, FusedAdam, TrainConfig};
 use rnvp::{Arch, Flow, FlowConfig};
@@ -184,7 +184,9 @@ pub fn widths(md: &mut String, o: &Opts) -> Result<()> {
         "One training step (forward, loss, backward, Adam) on a fixed batch of standard-normal rows (and \
          context), in milliseconds: median (min–max) over {} repetitions, each the mean of {torch_steps} \
          steps in PyTorch (`reference.py step-time`, its own process, the same `Flow` class the parity \
-         tests use) and of {rnvp_steps} steps per rnvp engine (in-process), after 3 warm-up steps. \
+         tests use) and of {rnvp_steps} steps per rnvp engine (in-process), after 3 warm-up steps; \
+         PyTorch / fused is the median (min–max) of each repetition's ratio, PyTorch and rnvp measured \
+         back to back (the shared machine's speed drifts between repetitions). \
          `notebook`: 3 affine couplings with `exp` scales and alternating flips, hidden 512, batch 512; \
          `glow`: `--preset sbi`'s flow ({} steps of ActNorm, LU and a `sigmoid(h + 2)` coupling, hidden \
          {}, batch {}). The networks take `k + m` (or `d − k + m`) inputs and give `d − k` (or `k`) \
@@ -207,12 +209,12 @@ pub fn widths(md: &mut String, o: &Opts) -> Result<()> {
         let auto = flow.stack().run(rnvp::Engine::Auto).fused_packing()?.is_some();
         writeln!(
             md,
-            "| {} | {d} | {k} | {m} | {c}, {out} | {} | {} | {} | {:.1}× | {} |",
+            "| {} | {d} | {k} | {m} | {c}, {out} | {} | {} | {} | {}× | {} |",
             case.arch,
             fmt(&t[0], 1e3, 2),
             fmt(&t[1], 1e3, 2),
             fmt(&t[2], 1e3, 2),
-            stats(&t[0]).0 / stats(&t[2]).0,
+            fmt(&t[0].iter().zip(&t[2]).map(|(p, f)| p / f).collect::<Vec<_>>(), 1.0, 1),
             if auto { "fused" } else { "libtorch" }
         )?;
     }

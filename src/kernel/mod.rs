@@ -67,7 +67,7 @@ pub const MAX_INPUTS: usize = wide::MAX_IN;
 pub const MAX_OUTPUTS: usize = wide::MAX_OUT;
 /// Largest `(inputs + outputs) × hidden` of a wide network that `Engine::Auto` runs on the kernels
 /// ([`Packing::faster_than_libtorch`]).
-pub const WIDE_AUTO_LIMIT: usize = 12 * 1024;
+pub const WIDE_AUTO_LIMIT: usize = 16 * 1024;
 
 /// Where each layer's packed parameters lie in the flat buffer.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,8 +164,9 @@ impl Packing {
     /// Whether the kernels beat libtorch's engine on this stack, as measured in `scripts/bench
     /// --only widths` (docs/BENCHMARKS-conditional.md): always with narrow networks; with wide ones
     /// while each network's multiply-adds per row, `(inputs + outputs) × hidden`, stay at most
-    /// [`WIDE_AUTO_LIMIT`] (beyond, libtorch's matrix products win: at hidden 512, d = 32 and 64
-    /// ran 1.5–2.5× slower fused). `Engine::Auto` uses the kernels only then.
+    /// [`WIDE_AUTO_LIMIT`]: at hidden 512, d = 32 (16 inputs and outputs) ran 1.35× faster on the
+    /// tiled kernels than on libtorch's engine, d = 64 about even, and the margin of 40 inputs
+    /// with 8 outputs (1.15×) was too thin to count on. `Engine::Auto` uses the kernels only then.
     pub fn faster_than_libtorch(&self) -> bool {
         (0..self.layers()).all(|l| match self.ops[l] {
             Op::Coupling { .. } => {
