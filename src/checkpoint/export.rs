@@ -55,9 +55,11 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
         ),
         None => ((zeros(d), ones(d)), (zeros(m), ones(m)), 0.0),
     };
-    let mut examples = vec![Tensor::randn([4, d], (kind, Device::Cpu))];
+    // tracing examples: fixed values, so that exporting leaves libtorch's global generator alone
+    let example = |n: i64| (Tensor::arange(4 * n, (kind, Device::Cpu)) * 0.7).sin().view([4, n]);
+    let mut examples = vec![example(d)];
     if m > 0 {
-        examples.push(Tensor::randn([4, m], (kind, Device::Cpu)));
+        examples.push(example(m));
     }
     let flow = &flow;
     // bounded columns: y = logit((x − lo) / (hi − lo)), log|dy/dx| summed per row

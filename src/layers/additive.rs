@@ -22,6 +22,19 @@ impl Additive {
     /// A layer of `d` columns conditioned on the first `k` (flipped: on the last `d − k`) and a
     /// context of `context` columns.
     pub fn build(p: &nn::Path, d: i64, k: i64, hidden: i64, flip: bool, init: Init, context: i64) -> Self {
+        Self::assemble(p, d, k, hidden, flip, Some(init), context)
+    }
+
+    /// [`Additive::build`]; `init` `None`: zero weights that are about to be loaded.
+    pub(crate) fn assemble(
+        p: &nn::Path,
+        d: i64,
+        k: i64,
+        hidden: i64,
+        flip: bool,
+        init: Option<Init>,
+        context: i64,
+    ) -> Self {
         let halves = Halves { d, k, flip };
         let c = halves.cond();
         let (mu_net, w) = conditioner(p / "mu_net", c + context, hidden, d - c, init);

@@ -81,6 +81,21 @@ impl RNvp {
         scale: Scale,
         context: i64,
     ) -> Result<Self> {
+        Self::assemble(p, d, k, hidden, flip, Some(init), scale, context)
+    }
+
+    /// [`RNvp::build_conditional`]; `init` `None`: zero weights that are about to be loaded.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        p: &nn::Path,
+        d: i64,
+        k: i64,
+        hidden: i64,
+        flip: bool,
+        init: Option<Init>,
+        scale: Scale,
+        context: i64,
+    ) -> Result<Self> {
         let cfg = crate::config::FlowConfig::single(d, k, hidden).with_context(context);
         cfg.validate()?;
         let cond = cfg.cond_dim(flip);

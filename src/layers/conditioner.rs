@@ -6,28 +6,28 @@ use tch::nn;
 use tch::Tensor;
 
 /// A conditioner network `Linear(c, hidden) → LeakyReLU(0.01) → Linear(hidden, out)` at `p`,
-/// with variables `p.0.{weight,bias}` and `p.2.{weight,bias}`.
+/// with variables `p.0.{weight,bias}` and `p.2.{weight,bias}`. `init` `None`: the weights are about
+/// to be loaded, so they start at zero and nothing is drawn from libtorch's generator.
 pub(crate) fn conditioner(
     p: nn::Path,
     c: i64,
     hidden: i64,
     out: i64,
-    init: Init,
+    init: Option<Init>,
 ) -> (nn::Sequential, [Tensor; 4]) {
     let pytorch_default = |fan_in: i64| {
         let bound = 1.0 / (fan_in as f64).sqrt();
         let u = nn::Init::Uniform { lo: -bound, up: bound };
         nn::LinearConfig { ws_init: u, bs_init: Some(u), bias: true }
     };
-    let last = match init {
-        Init::Pytorch => pytorch_default(hidden),
-        Init::Identity => nn::LinearConfig {
-            ws_init: nn::Init::Const(0.0),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        },
+    let zero =
+        nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+    let (first, last) = match init {
+        Some(Init::Pytorch) => (pytorch_default(c), pytorch_default(hidden)),
+        Some(Init::Identity) => (pytorch_default(c), zero),
+        None => (zero, zero),
     };
-    let first = nn::linear(&p / 0, c, hidden, pytorch_default(c));
+    let first = nn::linear(&p / 0, c, hidden, first);
     let second = nn::linear(&p / 2, hidden, out, last);
     let bias = |l: &nn::Linear| l.bs.as_ref().expect("invariant: built with a bias").shallow_clone();
     let weights = [first.ws.shallow_clone(), bias(&first), second.ws.shallow_clone(), bias(&second)];

@@ -62,17 +62,23 @@ pub enum Layer {
 
 impl Layer {
     /// Builds layer `kind` of a flow with configuration `cfg` under `p`; with `loading`, weights
-    /// are about to be copied in, and the costly random initialisation of LU maps is skipped.
+    /// are about to be copied in: nothing is drawn from libtorch's generator (a user's seeded
+    /// stream is the same with or without a checkpoint loaded), and the costly random
+    /// initialisation of LU maps is skipped.
     pub fn build(p: &nn::Path, kind: LayerKind, cfg: &FlowConfig, loading: bool) -> Result<Layer> {
-        let (d, k, hidden, init, m) = (cfg.d, cfg.k, cfg.hidden, cfg.init, cfg.context);
+        let (d, k, hidden, m) = (cfg.d, cfg.k, cfg.hidden, cfg.context);
+        let init = (!loading).then_some(cfg.init);
         Ok(match kind {
             LayerKind::Affine { flip } => {
-                Layer::Affine(RNvp::build_conditional(p, d, k, hidden, flip, init, cfg.arch.scale, m)?, flip)
+                Layer::Affine(RNvp::assemble(p, d, k, hidden, flip, init, cfg.arch.scale, m)?, flip)
             }
-            LayerKind::Additive { flip } => Layer::Additive(Additive::build(p, d, k, hidden, flip, init, m)),
+            LayerKind::Additive { flip } => {
+                Layer::Additive(Additive::assemble(p, d, k, hidden, flip, init, m))
+            }
             LayerKind::ActNorm => Layer::ActNorm(ActNorm::build(p, d)),
             LayerKind::Permutation => {
-                Layer::Permutation(Permutation::build(p, d, cfg.arch.mixing == Mixing::Random))
+                let random = cfg.arch.mixing == Mixing::Random && !loading;
+                Layer::Permutation(Permutation::build(p, d, random))
             }
             LayerKind::Lu => Layer::Lu(LuLinear::build(p, d, !loading)),
             LayerKind::BatchNorm => Layer::BatchNorm(BatchNorm::build(p, d)),
