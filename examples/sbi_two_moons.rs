@@ -96,7 +96,12 @@ fn main() -> Result<()> {
     };
     let (data, scaler) =
         TrainData::from_table_in(&table, cfg.val_fraction, cfg.seed, Some(&bounds), Some(2))?;
-    let cfg = TrainConfig { val_every: (args.simulations * 9 / 10).div_ceil(cfg.batch_size), ..cfg };
+    // validated once per epoch; the preset's schedule spans 60 epochs where that is more steps
+    let batches = match &data {
+        TrainData::Table { train, .. } => train.rows.div_ceil(cfg.batch_size),
+        TrainData::Toy { .. } => anyhow::bail!("invariant: the data is a table"),
+    };
+    let cfg = TrainConfig { val_every: batches, steps: SBI.steps_for(batches) as usize, ..cfg };
     let flow_cfg = FlowConfig::stacked(2, 1, SBI.hidden, SBI.layers)
         .with_arch(SBI.arch)
         .with_init(Init::Identity)

@@ -31,12 +31,14 @@ const ARCHITECTURE_FLAGS: [&str; 11] = [
 pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     let sub = matches.subcommand_matches("train").context("invariant: train matches")?;
     let mut preset_patience = None;
+    let mut preset_used = None;
     if let Some(name) = a.preset.clone() {
         let names: Vec<&str> = rnvp::presets::ALL.iter().map(|p| p.name).collect();
         let preset = rnvp::presets::named(&name)
             .with_context(|| format!("--preset {name}: unknown preset (expected {})", names.join(", ")))?;
         a.apply_preset(&preset, sub);
         preset_patience = preset.patience;
+        preset_used = Some(preset);
     }
     let (device, kind) = compute(&a.compute)?;
     let mut cfg = a.train_config()?;
@@ -68,6 +70,12 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         // a file is validated once per epoch unless --val-every says otherwise
         if sub.value_source("val_every") != Some(clap::parser::ValueSource::CommandLine) {
             cfg.val_every = train.rows.div_ceil(cfg.batch_size).max(1);
+        }
+        // a preset's schedule may span a number of epochs rather than of steps
+        if let Some(p) =
+            preset_used.filter(|_| sub.value_source("steps") != Some(clap::parser::ValueSource::CommandLine))
+        {
+            cfg.steps = p.steps_for(train.rows.div_ceil(cfg.batch_size.max(1))) as usize;
         }
     }
     let d = train_data.dim() as i64 - context;
