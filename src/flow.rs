@@ -319,8 +319,11 @@ impl Flow {
         Self::build(cfg, device, kind, false)
     }
 
-    /// A flow whose weights are about to be loaded (a checkpoint's): as [`Flow::new`], without the
-    /// random initialisation that costs more than copying (LU maps start as the identity).
+    /// A flow whose weights are about to be loaded (a checkpoint's): as [`Flow::new`], but nothing
+    /// is drawn from libtorch's generator (a seeded stream is the same with or without a checkpoint
+    /// loaded) and the costly random initialisation is skipped: the networks start at zero, a
+    /// random permutation as the reversal and LU maps as the identity. Meaningful only once the
+    /// weights are copied in.
     pub fn for_loading(cfg: &FlowConfig, device: Device, kind: Kind) -> Result<Self> {
         Self::build(cfg, device, kind, true)
     }

@@ -77,9 +77,9 @@ pub const GLOW: Preset =
 /// slow linear warm-up (2,000 steps) inside a cosine schedule over 10,000 steps — or 60 epochs of
 /// the training rows where that is more, up to 20,000 steps (10⁵ simulations: 20,000) — gradient
 /// clipping, and early stopping on the 10% validation split with a patience of 50 epochs, keeping
-/// the best validation model. On two_moons at 10⁵ simulations the validation NLL was still falling
-/// at step 10,000 (−3.514 nats); 20,000 steps reached −3.603, and sbibm's C2ST on observations 1
-/// and 5 went from 0.537 and 0.690 to 0.512 and 0.668. The warm-up passes through small learning rates, where a task that
+/// the best validation model. On two_moons at 10⁵ simulations the validation NLL was still
+/// falling at step 10,000 (−3.514 nats); 20,000 steps reached −3.603, and sbibm's mean C2ST over
+/// the 10 observations went from 0.575 to 0.550. The warm-up passes through small learning rates, where a task that
 /// overfits early finds its best model (gaussian_linear at 10⁴ simulations: KL to the exact
 /// posterior 0.048 nats, against 0.12 with 1e-3 and no warm-up); a task that keeps improving
 /// (two_moons) trains to the end of the schedule, where the patience of 20 stopped it early.
@@ -100,8 +100,8 @@ pub const SBI: Preset = Preset {
 
 impl Preset {
     /// The optimizer steps for a data file whose training rows (the validation split excluded)
-    /// make `batches` batches per epoch: `steps`, or `epochs` epochs where that is more, at most
-    /// `max_steps`.
+    /// make `batches` batches per epoch: `steps`, or `epochs` epochs where that is more, capped at
+    /// `max_steps` (never below `steps`).
     pub fn steps_for(&self, batches: usize) -> i64 {
         match self.epochs {
             Some(e) => e

@@ -873,6 +873,7 @@ fn preset_sbi_sets_its_recipe_and_flags_given_win() {
     };
     let (err, info) = run(&[]);
     assert!(err.contains("16 layers, hidden 64") && err.contains("patience 50"), "{err}");
+    assert!(err.contains("for 20 steps"), "a given --steps wins over the preset's epochs: {err}");
     assert_eq!(
         (info["info"]["lr"].as_f64(), info["info"]["batch_size"].as_i64()),
         (Some(2e-3), Some(256)),
@@ -881,6 +882,25 @@ fn preset_sbi_sets_its_recipe_and_flags_given_win() {
     let (err, info) = run(&["--patience", "7", "--lr", "1e-3", "--layers", "2"]);
     assert!(err.contains("2 layers") && err.contains("patience 7"), "{err}");
     assert_eq!(info["info"]["lr"].as_f64(), Some(1e-3), "{info}");
+    // without --steps the schedule spans 60 epochs where that is more than 10,000 steps: 540
+    // training rows in batches of 2 make 270 batches per epoch (patience 1 ends the run early)
+    let out = rnvp(&[
+        "train",
+        "--data",
+        s(&sims),
+        "--context",
+        "2",
+        "--preset",
+        "sbi",
+        "--batch-size",
+        "2",
+        "--patience",
+        "1",
+        "--out",
+        s(&q),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("for 16200 steps"), "{err}");
     // a toy set draws fresh points every step: the preset's patience is for data files
     let toy = rnvp(&["train", "--data", "two-moons", "--preset", "sbi", "--steps", "20", "--out", s(&q)]);
     let err = String::from_utf8_lossy(&toy.stderr);

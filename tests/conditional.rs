@@ -50,7 +50,7 @@ fn the_density_at_every_context_integrates_to_one() {
             let c = Tensor::from_slice(&c);
             let integral = grid_integral(10.0, 700, |x| flow.stack().given(&c).log_prob(x).unwrap());
             assert!((integral - 1.0).abs() < 2e-3, "{name} at {c:?}: ∫ p(x | c) dx = {integral}");
-            let x = Tensor::randn([50, 2], (Kind::Double, Device::Cpu));
+            let x = seeded(8, || Tensor::randn([50, 2], (Kind::Double, Device::Cpu)));
             let lp = flow.stack().given(&c).log_prob(&x).unwrap();
             if let Some(prev) = previous.take() {
                 assert!(max_abs_diff(&lp, &prev) > 1e-3, "{name}: the context does not change the density");
@@ -99,15 +99,15 @@ fn log_det_equals_autograd_and_the_inverse_is_exact_given_the_context() {
 #[test]
 fn a_context_is_required_exactly_when_the_flow_is_conditional() {
     let cond = conditional(Arch::NOTEBOOK, 2, 1, 2);
-    let plain = Flow::new(&FlowConfig::stacked(2, 1, 8, 2), Device::Cpu, Kind::Double).unwrap();
-    let x = Tensor::randn([4, 2], (Kind::Double, Device::Cpu));
-    let c = Tensor::randn([4, 2], (Kind::Double, Device::Cpu));
+    let (plain, x, c, wide, short) = seeded(9, || {
+        let plain = Flow::new(&FlowConfig::stacked(2, 1, 8, 2), Device::Cpu, Kind::Double).unwrap();
+        let draw = |n: i64, m: i64| Tensor::randn([n, m], (Kind::Double, Device::Cpu));
+        (plain, draw(4, 2), draw(4, 2), draw(4, 3), draw(3, 2))
+    });
     let msg = |r: rnvp::Result<Tensor>| r.map(|_| ()).unwrap_err().to_string();
     assert!(msg(cond.stack().log_prob(&x)).contains("conditional on a context of 2 columns"));
     assert!(msg(plain.stack().given(&c).log_prob(&x)).contains("unconditional"));
-    let wide = Tensor::randn([4, 3], (Kind::Double, Device::Cpu));
     assert!(msg(cond.stack().given(&wide).log_prob(&x)).contains("context"));
-    let short = Tensor::randn([3, 2], (Kind::Double, Device::Cpu));
     assert!(msg(cond.stack().given(&short).log_prob(&x)).contains("one row per data row"));
     assert!(cond.stack().forward(&x).is_err(), "the notebook's forward(x) has no context");
     // m = 0 is today's flow: the same variables, shapes and numbers
@@ -125,8 +125,12 @@ fn conditional_checkpoints_round_trip_and_infer_the_context_from_pytorch_names()
         let flow = conditional(arch, 3, 1, 2);
         let dir = common::tmp_dir(&format!("conditional-ck-{name}"));
         let ck = Checkpoint::from_flow(&flow, None);
-        let x = Tensor::randn([20, 3], (Kind::Double, Device::Cpu));
-        let c = Tensor::randn([20, 2], (Kind::Double, Device::Cpu));
+        let (x, c) = seeded(10, || {
+            (
+                Tensor::randn([20, 3], (Kind::Double, Device::Cpu)),
+                Tensor::randn([20, 2], (Kind::Double, Device::Cpu)),
+            )
+        });
         let want = flow.stack().given(&c).log_prob(&x).unwrap();
         for file in ["q.safetensors", "q.pt"] {
             let path = dir.join(file);
@@ -189,7 +193,7 @@ fn bounds_scaler_and_whitening_keep_the_density_normalised_in_data_units() {
     let integral: f64 = lp.iter().zip(&log_det).map(|(a, b)| (a + b).exp()).sum::<f64>() * hx * hy;
     assert!((integral - 1.0).abs() < 5e-3, "∫ p(x | c) dx over the box = {integral}");
     // samples lie in the box, however far out the base samples are
-    let z = Tensor::randn([2000, 2], (Kind::Double, Device::Cpu)) * 6.0;
+    let z = seeded(11, || Tensor::randn([2000, 2], (Kind::Double, Device::Cpu))) * 6.0;
     let x =
         space.from_flow(&data::from_tensor(&flow.stack().given(&c).decode(&z).unwrap()).unwrap()).unwrap();
     for i in 0..x.rows {

@@ -68,14 +68,15 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize)?;
     if let TrainData::Table { train, .. } = &train_data {
         // a file is validated once per epoch unless --val-every says otherwise
+        let batches = train.rows.div_ceil(cfg.batch_size).max(1);
         if sub.value_source("val_every") != Some(clap::parser::ValueSource::CommandLine) {
-            cfg.val_every = train.rows.div_ceil(cfg.batch_size).max(1);
+            cfg.val_every = batches;
         }
         // a preset's schedule may span a number of epochs rather than of steps
         if let Some(p) =
             preset_used.filter(|_| sub.value_source("steps") != Some(clap::parser::ValueSource::CommandLine))
         {
-            cfg.steps = p.steps_for(train.rows.div_ceil(cfg.batch_size.max(1))) as usize;
+            cfg.steps = p.steps_for(batches) as usize;
         }
     }
     let d = train_data.dim() as i64 - context;
