@@ -287,10 +287,9 @@ pub struct TrainArgs {
     /// the same with --arch glow --layers 16 --steps 8000 (steadier than the notebook's layers
     /// off two moons, e.g. on eight-gaussians and two-spirals; about 30 s on one core); `sbi` =
     /// --arch glow --layers 16 --hidden 64 --batch-size 256 --lr 2e-3 --warmup 2000 --steps 10000
-    /// (without --steps, a data file trains for 60 epochs where that is more, up to 20000 steps)
-    /// --patience 50 with
-    /// best's cosine schedule and clipping, for posterior estimation on simulations (--context M),
-    /// keeping the best validation model.
+    /// (without --steps, a data file trains for 60 epochs where that is more than 10000 steps, up
+    /// to 20000) --patience 50 with best's cosine schedule and clipping, for posterior estimation on
+    /// simulations (--context M), keeping the best validation model.
     #[arg(long)]
     pub preset: Option<String>,
     /// Checkpoint to write (.safetensors). With early stopping (data files, by default) it holds

@@ -79,10 +79,11 @@ pub const GLOW: Preset =
 /// clipping, and early stopping on the 10% validation split with a patience of 50 epochs, keeping
 /// the best validation model. On two_moons at 10⁵ simulations the validation NLL was still
 /// falling at step 10,000 (−3.514 nats); 20,000 steps reached −3.603, and sbibm's mean C2ST over
-/// the 10 observations went from 0.575 to 0.550. The warm-up passes through small learning rates, where a task that
-/// overfits early finds its best model (gaussian_linear at 10⁴ simulations: KL to the exact
-/// posterior 0.048 nats, against 0.12 with 1e-3 and no warm-up); a task that keeps improving
-/// (two_moons) trains to the end of the schedule, where the patience of 20 stopped it early.
+/// the 10 observations went from 0.575 to 0.550. The warm-up passes through small learning
+/// rates, where a task that overfits early finds its best model (gaussian_linear at 10⁴
+/// simulations: KL to the exact posterior 0.048 nats, against 0.12 with 1e-3 and no warm-up); a
+/// task that keeps improving (two_moons) trains to the end of the schedule, where the patience of
+/// 20 stopped it early.
 pub const SBI: Preset = Preset {
     name: "sbi",
     arch: Arch::GLOW,

@@ -883,7 +883,8 @@ fn preset_sbi_sets_its_recipe_and_flags_given_win() {
     assert!(err.contains("2 layers") && err.contains("patience 7"), "{err}");
     assert_eq!(info["info"]["lr"].as_f64(), Some(1e-3), "{info}");
     // without --steps the schedule spans 60 epochs where that is more than 10,000 steps: 540
-    // training rows in batches of 2 make 270 batches per epoch (patience 1 ends the run early)
+    // training rows in batches of 2 make 270 batches per epoch (validating every step, patience 1
+    // ends the run after a few)
     let out = rnvp(&[
         "train",
         "--data",
@@ -895,6 +896,8 @@ fn preset_sbi_sets_its_recipe_and_flags_given_win() {
         "--batch-size",
         "2",
         "--patience",
+        "1",
+        "--val-every",
         "1",
         "--out",
         s(&q),
