@@ -30,14 +30,12 @@ const ARCHITECTURE_FLAGS: [&str; 11] = [
 
 pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     let sub = matches.subcommand_matches("train").context("invariant: train matches")?;
-    let mut preset_patience = None;
     let mut preset_used = None;
     if let Some(name) = a.preset.clone() {
         let names: Vec<&str> = rnvp::presets::ALL.iter().map(|p| p.name).collect();
         let preset = rnvp::presets::named(&name)
             .with_context(|| format!("--preset {name}: unknown preset (expected {})", names.join(", ")))?;
         a.apply_preset(&preset, sub);
-        preset_patience = preset.patience;
         preset_used = Some(preset);
     }
     let (device, kind) = compute(&a.compute)?;
@@ -46,7 +44,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     let spec = DataSpec::parse(&a.data)?;
     let file = matches!(spec, DataSpec::File(_));
     let init = a.initialisation(arch, file)?;
-    cfg.patience = a.patience(file, preset_patience)?;
+    cfg.patience = a.patience(file, preset_used.and_then(|p| p.patience))?;
     let context = cli::non_negative("--context", a.context)? as i64;
     if !file && (context > 0 || a.bounds.is_some() || a.bounds_file.is_some() || a.whiten == Some(true)) {
         bail!(
