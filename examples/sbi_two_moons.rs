@@ -1,5 +1,5 @@
 //! Neural posterior estimation on sbibm's `two_moons` task with a conditional flow: simulate
-//! `(θ, x)` pairs, train `q(θ | x)` with `--preset sbi`'s recipe (bounded to the prior's box),
+//! `(θ, x)` pairs, train `q(θ | x)` with `--preset sbi`'s recipe (truncated to the prior's box),
 //! sample the posterior at the benchmark's first observation, draw it over the exact posterior (a
 //! θ grid of the closed-form likelihood, `shared/docs/sbi.md`) as a PNG, and score it with a
 //! classifier two-sample test (C2ST: 0.5 = indistinguishable) against samples of that exact
@@ -81,8 +81,8 @@ fn main() -> Result<()> {
     }
     let table = Matrix::new(args.simulations, 4, rows)?;
 
-    // 2. q(θ | x): θ in logit space of the prior's box, the preset's flow and recipe
-    let bounds = Bounds::new(vec![-1.0; 2], vec![1.0; 2])?;
+    // 2. q(θ | x) truncated to the prior's box (the preset's mode), the preset's flow and recipe
+    let bounds = Bounds::new(vec![-1.0; 2], vec![1.0; 2])?.with_mode(SBI.bounds_mode);
     let cfg = TrainConfig {
         steps: SBI.steps as usize,
         batch_size: SBI.batch_size as usize,
@@ -129,13 +129,15 @@ fn main() -> Result<()> {
         args.simulations
     );
 
-    // 3. posterior samples at x_o, in θ's units (inside the box by construction)
+    // 3. posterior samples at x_o, in θ's units: the flow's draws inside the box
     let ck = rnvp::checkpoint::Checkpoint::load(&args.out_dir.join("q.safetensors"))?;
     let space = ck.space();
     let c =
         rnvp::data::to_tensor(&space.context(&Matrix::new(1, 2, X_O.to_vec())?)?, Kind::Float, Device::Cpu)?;
     tch::manual_seed(args.seed as i64 + 1);
-    let post = space.from_flow(&rnvp::data::from_tensor(&flow.stack().given(&c).sample(args.samples)?)?)?;
+    let n = usize::try_from(args.samples)?;
+    let (post, draws) = rnvp::truncation::sample(flow.stack().run(rnvp::Engine::Auto).given(&c), &space, n)?;
+    println!("posterior samples: {} of {} draws inside the prior's box", draws.kept, draws.drawn);
 
     // 4. the exact posterior on a θ grid (uniform prior × closed-form likelihood), and samples of it
     let n = 800;

@@ -327,7 +327,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "M", default_value_t = 0, allow_negative_numbers = true)]
     pub context: i64,
     /// The box every modelled column lies in, LO,HI (e.g. a uniform prior's): the flow trains in
-    /// logit space (its Jacobian is part of every density) and every sample lies inside the box.
+    /// logit space (its Jacobian is part of every density) and every sample lies inside the box
+    /// (see --bounds-mode).
     #[arg(long, value_name = "LO,HI", allow_hyphen_values = true, conflicts_with = "bounds_file")]
     pub bounds: Option<String>,
     /// Decorrelate a data file's standardized modelled columns (whitening), so that the untrained
@@ -338,6 +339,12 @@ pub struct TrainArgs {
     /// Per-column bounds: a .csv / .npy file with one row LO,HI per modelled column.
     #[arg(long, value_name = "FILE")]
     pub bounds_file: Option<PathBuf>,
+    /// How the flow keeps to the box of --bounds / --bounds-file: logit (it trains in logit space;
+    /// every sample lies inside by construction) or truncate (it trains on the columns themselves;
+    /// samples are its draws inside the box, and densities divide by its mass there, estimated
+    /// from draws) [default: the preset's (sbi: truncate), else logit].
+    #[arg(long, value_name = "MODE")]
+    pub bounds_mode: Option<String>,
     /// Early stopping: stop after this many validations in a row without a better validation NLL
     /// (0: train all --steps); --out then holds the best validation model (the initial one
     /// included) and <name>.last.safetensors the latest state [default: 20 for a data file, 0 for

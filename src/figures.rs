@@ -2,12 +2,14 @@
 //! `rnvp train --plot-dir` / `rnvp plot`: loss curve, samples `F⁻¹(Z)`, latents `F(X)` and a
 //! density heat map with the data over it. A conditional flow is drawn at one context `c`
 //! (samples and density of `p(x | c)`); its latents encode each data row with the row's own
-//! context. A bounded flow's density is drawn inside its box.
+//! context. A bounded flow's density is drawn inside its box (a truncated one's divided by its
+//! mass there, its samples drawn inside it).
 use crate::data::{self, DataSpace, Matrix};
 use crate::error::{Error, Result};
 use crate::plot::{self, Grid};
 use crate::run::Run;
 use crate::train::TrainReport;
+use crate::truncation;
 use std::path::{Path, PathBuf};
 
 /// What to draw.
@@ -106,11 +108,16 @@ impl Figures<'_> {
             }
         };
         let at = self.flow.given_opt(given.as_ref());
-        let samples = at.sample(self.n_samples)?;
-        let mut samples = data::from_tensor(&samples)?;
-        if let Some(s) = &self.space {
-            samples = s.from_flow(&samples)?;
-        }
+        // a flow truncated to its box: its draws inside the box, and densities divided by its mass there
+        let (samples, log_z) = match &self.space {
+            Some(s) => {
+                let n = usize::try_from(self.n_samples)
+                    .map_err(|_| Error::InvalidConfig(format!("cannot draw {} samples", self.n_samples)))?;
+                let log_z = truncation::log_mass(at, s, truncation::MASS_DRAWS.1)?.0;
+                (truncation::sample(at, s, n)?.0, log_z)
+            }
+            None => (data::from_tensor(&at.sample(self.n_samples)?)?, 0.0),
+        };
         let sample_xy = pairs(&samples);
         // data rows of a conditional flow have contexts of their own: not drawn over p(x | c)
         let data_xy = self.data.filter(|_| m == 0).map(pairs);
@@ -176,8 +183,12 @@ impl Figures<'_> {
             }
             let (xs, c) = crate::train::rows_and_context(flow, &cells)?;
             let lp = self.flow.given_opt(c.as_ref()).log_prob(&xs)?;
-            let values: Vec<f64> =
-                data::from_tensor(&lp.unsqueeze(1))?.data.iter().zip(&shift).map(|(v, s)| v + s).collect();
+            let values: Vec<f64> = data::from_tensor(&lp.unsqueeze(1))?
+                .data
+                .iter()
+                .zip(&shift)
+                .map(|(v, s)| v + s - log_z)
+                .collect();
             let path = dir.join("density.png");
             let (title, quantity) = if m > 0 {
                 (self.titled_given("Density p(x | c)"), "p(x | c)")

@@ -43,6 +43,7 @@ pub mod presets;
 pub mod run;
 pub mod sys;
 pub mod train;
+pub mod truncation;
 
 pub use config::{Arch, Coupling, FlowConfig, Init, Layout, Mixing, Scale};
 

@@ -1,6 +1,7 @@
 //! Named training recipes (`rnvp train --preset NAME`) as library values, so that a library user
 //! can reproduce what the command line runs.
 use crate::config::{Arch, Init};
+use crate::data::BoundsMode;
 use crate::train::Schedule;
 
 /// A recipe: the architecture's size and the training schedule.
@@ -38,6 +39,8 @@ pub struct Preset {
     /// Early stopping's patience in validations for a data file (validated once per epoch);
     /// `None`: the default of 20. Toy sets (fresh points every step) never stop early.
     pub patience: Option<i64>,
+    /// How a flow keeps to a declared box (`--bounds`) unless `--bounds-mode` says otherwise.
+    pub bounds_mode: BoundsMode,
     /// Threads (small matrices: one thread avoids libtorch's threading overhead and contention,
     /// and keeps the result independent of the machine's core count).
     pub threads: i32,
@@ -61,6 +64,7 @@ pub const BEST: Preset = Preset {
     clip_grad: Some(1.0),
     val_every: 500,
     patience: None,
+    bounds_mode: BoundsMode::Logit,
     threads: 1,
 };
 
@@ -83,7 +87,11 @@ pub const GLOW: Preset =
 /// rates, where a task that overfits early finds its best model (gaussian_linear at 10⁴
 /// simulations: KL to the exact posterior 0.048 nats, against 0.12 with 1e-3 and no warm-up); a
 /// task that keeps improving (two_moons) trains to the end of the schedule, where the patience of
-/// 20 stopped it early.
+/// 20 stopped it early. A declared box (`--bounds`) is kept by truncation, as the `sbi` package
+/// keeps a prior's support: the flow trains on the standardized θ and its samples are its draws
+/// inside the box. On two_moons at 10⁵ simulations that scored 0.524 against the logit map's
+/// 0.550 (the logit map turns posterior mass at an edge of the box into a long tail, and the
+/// posterior at observation 5 lies against two edges: 0.554 against 0.673).
 pub const SBI: Preset = Preset {
     name: "sbi",
     arch: Arch::GLOW,
@@ -96,6 +104,7 @@ pub const SBI: Preset = Preset {
     lr: 2e-3,
     warmup: 2_000,
     patience: Some(50),
+    bounds_mode: BoundsMode::Truncate,
     ..BEST
 };
 

@@ -146,7 +146,8 @@ pub enum TrainData {
         train: Matrix,
         /// Held-out rows.
         val: Matrix,
-        /// The box the modelled columns were declared to lie in (they are in logit space here).
+        /// The box the modelled columns were declared to lie in (in logit space here, unless
+        /// truncated).
         bounds: Option<Bounds>,
         /// The decorrelation of the standardized modelled columns, if any.
         whiten: Option<Whitening>,
@@ -165,7 +166,7 @@ impl TrainData {
     }
 
     /// [`TrainData::from_table`] for rows whose first columns lie in the box `bounds` (they are
-    /// taken to logit space, see [`Bounds`], before the scaler is fitted), and with `whiten =
+    /// taken to logit space, see [`Bounds`], before the scaler is fitted, unless truncated), and with `whiten =
     /// Some(d)`, the first `d` standardized columns decorrelated ([`Whitening`], fitted to all the
     /// rows): a flow that starts as the identity is then the full-covariance Gaussian fitted to
     /// the file.
@@ -182,10 +183,11 @@ impl TrainData {
         }
         let perm = Rng::new(mix(seed, u64::MAX - 1)).permutation(m.rows);
         let (val_idx, train_idx) = perm.split_at(n_val);
-        // bounded columns go to logit space first (errors name the file's row, not the split's)
+        // bounded columns go to logit space first, unless truncated (errors name the file's row,
+        // not the split's)
         let (logit, val_log_det) = match bounds {
             Some(b) => {
-                let (y, log_det) = b.to_logit(m)?;
+                let (y, log_det) = b.to_flow(m)?;
                 (Some(y), val_idx.iter().map(|&i| log_det[i]).sum::<f64>() / val_idx.len() as f64)
             }
             None => (None, 0.0),

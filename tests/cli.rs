@@ -856,6 +856,132 @@ fn conditional_flows_train_sample_and_score_from_the_cli() {
 }
 
 #[test]
+fn truncated_bounds_train_sample_score_plot_and_refuse_export() {
+    let dir = tmp_dir("cli-truncated");
+    let sims = dir.join("sims.csv");
+    simulations(&sims, 3000);
+    let q = dir.join("q.safetensors");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&sims),
+            "--context",
+            "2",
+            "--bounds=-1,1",
+            "--out",
+            s(&q),
+            "--layers",
+            "4",
+            "--hidden",
+            "32",
+            "--steps",
+            "600",
+            "--batch-size",
+            "256",
+            "--lr",
+            "3e-3",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        rnvp(&args)
+    };
+    let out = train(&["--bounds-mode", "truncate"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("truncated bounds") && err.contains("upper bounds"), "{err}");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&q), "--json"])).unwrap();
+    assert_eq!(info["bounds"]["mode"].as_str(), Some("truncate"), "{info}");
+    assert!(ok(&["inspect", s(&q)]).contains("truncated"));
+    // at a context by the box's corner part of the posterior lies outside: samples are kept inside
+    let post = dir.join("post.csv");
+    let out =
+        rnvp(&["sample", "--checkpoint", s(&q), "-n", "3000", "--context", "0.95,-0.95", "--out", s(&post)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("truncated to the box") && err.contains("draws fell inside"),
+        "{err}"
+    );
+    let m = rnvp::data::io::read_matrix(&post).unwrap();
+    assert_eq!((m.rows, m.cols), (3000, 2));
+    assert!(m.data.iter().all(|v| *v > -1.0 && *v < 1.0), "a sample is not strictly inside the box");
+    // log-prob divides by the mass in the box, the same numbers every run; eval too
+    let with_c: String =
+        (0..m.rows).map(|i| format!("{},{},0.95,-0.95\n", m.row(i)[0], m.row(i)[1])).collect();
+    let input = dir.join("in.csv");
+    std::fs::write(&input, with_c).unwrap();
+    let lp = |name: &str| {
+        let path = dir.join(name);
+        let out = rnvp(&["log-prob", "--checkpoint", s(&q), "--input", s(&input), "--out", s(&path)]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success() && err.contains("1 context(s)") && err.contains("standard error"),
+            "{err}"
+        );
+        rnvp::data::io::read_matrix(&path).unwrap()
+    };
+    let (a, b) = (lp("lp1.csv"), lp("lp2.csv"));
+    assert_eq!(a.data, b.data, "log-prob is repeatable");
+    assert!(a.data.iter().all(|v| v.is_finite()));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["eval", "--checkpoint", s(&q), "--data", s(&sims), "--json"])).unwrap();
+    assert!(v["nll"].as_f64().is_some_and(|n| n.is_finite() && n < 0.0), "{v}");
+    let figs = dir.join("figures");
+    let listed = ok(&["plot", "--checkpoint", s(&q), "--context", "0.95,-0.95", "--out-dir", s(&figs)]);
+    assert!(listed.contains("density.png") && is_png(&figs.join("density.png")), "{listed}");
+    // TorchScript has no normalizer; bad flags and a mode other than the checkpoint's
+    fails(
+        &["export", "--checkpoint", s(&q), "--out", s(&dir.join("ts"))],
+        &["truncate", "cannot be exported"],
+    );
+    fails(
+        &["train", "--data", s(&sims), "--context", "2", "--bounds-mode", "truncate", "--out", s(&q)],
+        &["--bounds-mode", "--bounds"],
+    );
+    fails(
+        &[
+            "train",
+            "--data",
+            s(&sims),
+            "--context",
+            "2",
+            "--bounds=-1,1",
+            "--bounds-mode",
+            "probit",
+            "--out",
+            s(&q),
+        ],
+        &["--bounds-mode", "probit", "logit or truncate"],
+    );
+    let last = dir.join("q.last.safetensors");
+    fails(
+        &[
+            "train",
+            "--data",
+            s(&sims),
+            "--context",
+            "2",
+            "--bounds=-1,1",
+            "--resume",
+            s(&last),
+            "--steps",
+            "700",
+            "--out",
+            s(&dir.join("r.safetensors")),
+        ],
+        &["--resume", "with truncate", "--bounds-mode"],
+    );
+    // the logit mode still needs no rejection: its samples carry no note
+    let out = train(&["--bounds-mode", "logit"]);
+    assert!(out.status.success());
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&q), "--json"])).unwrap();
+    assert!(info["bounds"].get("mode").is_none(), "logit is the mode of files without one: {info}");
+    let out =
+        rnvp(&["sample", "--checkpoint", s(&q), "-n", "100", "--context", "0.95,-0.95", "--out", s(&post)]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("truncated"));
+}
+
+#[test]
 fn preset_sbi_sets_its_recipe_and_flags_given_win() {
     let dir = tmp_dir("cli-preset-sbi");
     let sims = dir.join("sims.csv");
@@ -879,6 +1005,12 @@ fn preset_sbi_sets_its_recipe_and_flags_given_win() {
         (Some(2e-3), Some(256)),
         "{info}"
     );
+    assert!(info.get("bounds").is_none());
+    // the preset truncates a declared box unless --bounds-mode says otherwise
+    let (_, info) = run(&["--bounds=-1,1"]);
+    assert_eq!(info["bounds"]["mode"].as_str(), Some("truncate"), "{info}");
+    let (_, info) = run(&["--bounds=-1,1", "--bounds-mode", "logit"]);
+    assert!(info["bounds"].is_object() && info["bounds"].get("mode").is_none(), "{info}");
     let (err, info) = run(&["--patience", "7", "--lr", "1e-3", "--layers", "2"]);
     assert!(err.contains("2 layers") && err.contains("patience 7"), "{err}");
     assert_eq!(info["info"]["lr"].as_f64(), Some(1e-3), "{info}");

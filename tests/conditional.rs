@@ -202,3 +202,99 @@ fn bounds_scaler_and_whitening_keep_the_density_normalised_in_data_units() {
         assert!(inside(0) && inside(1), "sample {r:?} is not strictly inside the box");
     }
 }
+
+#[test]
+fn a_truncated_flow_is_normalised_on_its_box_and_samples_inside_it() {
+    use rnvp::data::BoundsMode;
+    use rnvp::truncation;
+    // a conditional flow truncated to the box (-1, 1.5) × (-0.5, 2), which cuts off part of its mass
+    let flow = conditional(Arch::GLOW, 2, 1, 1);
+    let mut ck = Checkpoint::from_flow(&flow, None);
+    let (lo, hi) = ([-1.0, -0.5], [1.5, 2.0]);
+    ck.bounds = Some(Bounds::new(lo.to_vec(), hi.to_vec()).unwrap().with_mode(BoundsMode::Truncate));
+    ck.scaler = Some(Scaler { mean: vec![0.2, -0.4, 5.0], std: vec![1.3, 0.7, 2.0] });
+    ck.whiten = Some(Whitening::new(vec![1.0, 0.0, 0.6, 0.8], 2).unwrap());
+    let dir = common::tmp_dir("conditional-truncated");
+    let path = dir.join("t.safetensors");
+    ck.save(&path).unwrap();
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(ck.bounds.as_ref().map(|b| b.mode), Some(BoundsMode::Truncate), "the mode is stored");
+    let flow = ck.to_flow(Device::Cpu, Kind::Double).unwrap();
+    let space = ck.space();
+    let run = flow.stack().run(rnvp::Engine::Libtorch);
+    let c = data::to_tensor(
+        &space.context(&Matrix::new(1, 1, vec![6.5]).unwrap()).unwrap(),
+        Kind::Double,
+        Device::Cpu,
+    )
+    .unwrap();
+    // brute force: q's mass in the box and in its left part (x₀ < 0.25) by the midpoint rule
+    let n = 800;
+    let (hx, hy) = ((hi[0] - lo[0]) / n as f64, (hi[1] - lo[1]) / n as f64);
+    let mut rows = Vec::with_capacity(n * n * 3);
+    for i in 0..n {
+        for j in 0..n {
+            rows.extend([lo[0] + (i as f64 + 0.5) * hx, lo[1] + (j as f64 + 0.5) * hy, 6.5]);
+        }
+    }
+    let cells = Matrix::new(n * n, 3, rows).unwrap();
+    let (ys, log_det) = space.to_flow(&cells).unwrap();
+    assert!(log_det.iter().all(|v| (v - log_det[0]).abs() < 1e-12), "no logit map: a constant log-det");
+    let (y, _) = rnvp::train::rows_and_context(flow.stack(), &ys).unwrap();
+    let lp: Vec<f64> = Vec::<f64>::try_from(&flow.stack().given(&c).log_prob(&y).unwrap()).unwrap();
+    let q: Vec<f64> = lp.iter().zip(&log_det).map(|(a, b)| (a + b).exp() * hx * hy).collect();
+    let z_grid: f64 = q.iter().sum();
+    let left_grid: f64 = (0..n * n).filter(|&r| cells.row(r)[0] < 0.25).map(|r| q[r]).sum::<f64>() / z_grid;
+    assert!(z_grid > 0.2 && z_grid < 0.9, "the box should cut part of q's mass: {z_grid}");
+    // the Monte Carlo normalizer agrees with the grid's, within its stated standard error
+    let one = Matrix::new(2, 3, vec![0.0, 0.0, 6.5, 0.3, 0.1, 6.5]).unwrap();
+    let z = seeded(21, || truncation::normalizer(run, &space, &one)).unwrap().unwrap();
+    assert_eq!((z.contexts, z.log_z.len()), (1, 2), "one context for two rows");
+    assert!(
+        (z.log_z[0] - z_grid.ln()).abs() < 5.0 * z.max_se + 2e-3,
+        "log Z: Monte Carlo {} ± {} against the grid's {}",
+        z.log_z[0],
+        z.max_se,
+        z_grid.ln()
+    );
+    // so log q − log Z integrates to 1 over the box
+    assert!(((z_grid.ln() - z.log_z[0]).exp() - 1.0).abs() < 0.02);
+    // samples: every one inside the box, accepted at the rate Z, with the truncated density's share
+    // in the left part (binomial errors, 5 σ)
+    let (x, draws) = seeded(22, || truncation::sample(run.given(&c), &space, 20_000)).unwrap();
+    assert_eq!((x.rows, x.cols, draws.kept), (20_000, 2, 20_000));
+    assert!(
+        (0..x.rows).all(|i| (0..2).all(|j| x.row(i)[j] > lo[j] && x.row(i)[j] < hi[j])),
+        "a sample outside"
+    );
+    let sigma = |p: f64, n: usize| (p * (1.0 - p) / n as f64).sqrt();
+    let rate = draws.acceptance();
+    assert!(
+        (rate - z_grid).abs() < 5.0 * sigma(z_grid, draws.drawn),
+        "acceptance {rate} against Z = {z_grid}"
+    );
+    let left = (0..x.rows).filter(|&i| x.row(i)[0] < 0.25).count() as f64 / x.rows as f64;
+    assert!(
+        (left - left_grid).abs() < 5.0 * sigma(left_grid, x.rows),
+        "share of x₀ < 0.25: samples {left}, grid {left_grid}"
+    );
+    // distinct contexts are estimated apart; a box the flow leaves empty is an error, not a hang
+    let two = Matrix::new(3, 3, vec![0.0, 0.0, 6.5, 0.0, 0.0, -3.0, 0.1, 0.1, 6.5]).unwrap();
+    let z2 = seeded(23, || truncation::normalizer(run, &space, &two)).unwrap().unwrap();
+    assert_eq!(z2.contexts, 2);
+    assert_eq!(z2.log_z[0], z2.log_z[2], "rows of one context share its estimate");
+    let mut far = ck.bounds.clone().unwrap();
+    (far.lo, far.hi) = (vec![40.0, 40.0], vec![41.0, 41.0]);
+    let far_space = rnvp::data::DataSpace { bounds: Some(&far), ..space };
+    let err = seeded(24, || truncation::sample(run.given(&c), &far_space, 100)).unwrap_err().to_string();
+    assert!(err.contains("below the 1%"), "{err}");
+    let err = seeded(25, || truncation::normalizer(run, &far_space, &one)).unwrap_err().to_string();
+    assert!(err.contains("none of"), "{err}");
+    // an unbounded or logit space passes through: the plain draw, a normalizer of 1
+    let plain = rnvp::data::DataSpace { bounds: None, ..space };
+    let a = seeded(26, || truncation::sample(run.given(&c), &plain, 50)).unwrap().0;
+    let b = seeded(26, || space.from_flow(&data::from_tensor(&run.given(&c).sample(50).unwrap()).unwrap()))
+        .unwrap();
+    assert_eq!(a.data, b.data);
+    assert!(truncation::normalizer(run, &plain, &one).unwrap().is_none());
+}

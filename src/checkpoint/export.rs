@@ -3,6 +3,7 @@
 //! `tch::CModule`. A scaler, whitening and bounds stored with the model are part of each
 //! function, so they work in the data's own units.
 use super::Checkpoint;
+use crate::data::BoundsMode;
 use crate::error::{io_err, Error, Result};
 use std::path::{Path, PathBuf};
 use tch::{CModule, Device, Kind, Tensor};
@@ -27,7 +28,17 @@ fn trace_and_save(path: &Path, examples: &[Tensor], f: &mut dyn FnMut(&[Tensor])
 /// Writes `dir/encode.pt`, `dir/log_prob.pt` and `dir/decode.pt` for the checkpoint's flow in
 /// `kind`; returns the paths. For a conditional flow each function takes the context as its
 /// second argument: `log_prob(x, c)`, `encode(x, c)`, `decode(z, c)` (one context row per row).
+/// A flow truncated to its box (`--bounds-mode truncate`) is refused: its density needs the
+/// normalizer `Z(c)`, estimated by sampling, which a traced function does not carry.
 pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec<PathBuf>> {
+    if ck.bounds.as_ref().is_some_and(|b| b.mode == BoundsMode::Truncate) {
+        return Err(Error::InvalidConfig(
+            "a flow truncated to its box (--bounds-mode truncate) cannot be exported: its density divides by \
+             its mass in the box, estimated by sampling, which TorchScript functions do not carry; train \
+             with --bounds-mode logit to export"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let mut flow = ck.to_flow(Device::Cpu, kind)?;
     flow.var_store_mut().freeze();

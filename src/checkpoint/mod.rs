@@ -17,7 +17,7 @@ pub mod torch;
 pub use names::{check_tensors, infer_config};
 
 use crate::config::{Arch, FlowConfig, Init, Layout};
-use crate::data::{Bounds, DataSpace, Scaler, Whitening};
+use crate::data::{Bounds, BoundsMode, DataSpace, Scaler, Whitening};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use serde_json::{json, Map, Value};
@@ -44,7 +44,7 @@ pub struct Checkpoint {
     /// Standardization of file data (`None`: the model works in the data's own coordinates); a
     /// conditional flow's covers its context columns too (`d + m` columns).
     pub scaler: Option<Scaler>,
-    /// The box the modelled columns lie in, for a flow trained in logit space (`--bounds`).
+    /// The box the modelled columns lie in (`--bounds`), and how the flow keeps to it.
     pub bounds: Option<Bounds>,
     /// The decorrelation of the standardized modelled columns (data files, by default).
     pub whiten: Option<Whitening>,
@@ -330,7 +330,7 @@ impl Checkpoint {
             m.insert("scaler".into(), json!({ "mean": s.mean, "std": s.std }));
         }
         if let Some(b) = &self.bounds {
-            m.insert("bounds".into(), json!({ "lo": b.lo, "hi": b.hi }));
+            m.insert("bounds".into(), bounds_json(b));
         }
         if let Some(w) = &self.whiten {
             m.insert("whiten".into(), json!({ "chol": w.chol }));
@@ -343,6 +343,16 @@ impl Checkpoint {
         }
         m
     }
+}
+
+/// A box as JSON: `lo`, `hi`, and `mode` where it is not the logit map (files without it are
+/// read as logit, as before truncation existed).
+pub fn bounds_json(b: &Bounds) -> Value {
+    let mut v = json!({ "lo": b.lo, "hi": b.hi });
+    if b.mode != BoundsMode::Logit {
+        v["mode"] = json!(b.mode.name());
+    }
+    v
 }
 
 /// The configuration as JSON (`d`, `k`, `hidden`, `layers`, `layout`, `init`, and for another

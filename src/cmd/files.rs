@@ -31,7 +31,7 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
             v["scaler"] = json!({ "mean": s.mean, "std": s.std });
         }
         if let Some(b) = &ck.bounds {
-            v["bounds"] = json!({ "lo": b.lo, "hi": b.hi });
+            v["bounds"] = rnvp::checkpoint::bounds_json(b);
         }
         if let Some(w) = &ck.whiten {
             v["whiten"] = json!({ "chol": w.chol });
@@ -83,7 +83,13 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
         println!("scaler: mean {:?}, std {:?}", s.mean, s.std);
     }
     if let Some(b) = &ck.bounds {
-        println!("bounds: lo {:?}, hi {:?} (trained in logit space)", b.lo, b.hi);
+        let how = match b.mode {
+            rnvp::data::BoundsMode::Logit => "trained in logit space",
+            rnvp::data::BoundsMode::Truncate => {
+                "truncated: sampled by rejection, densities divided by the mass inside"
+            }
+        };
+        println!("bounds: lo {:?}, hi {:?} ({how})", b.lo, b.hi);
     }
     if ck.whiten.is_some() {
         println!("whitening: the standardized modelled columns are decorrelated (Cholesky factor stored)");

@@ -5,6 +5,7 @@ use super::{check_points, header, load_flow, parse_numbers, read_rows, write_row
 use crate::cli::{self, non_negative};
 use anyhow::{bail, Context, Result};
 use rnvp::data::{self, io, Matrix};
+use rnvp::truncation::{self, Draws};
 
 pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
     let n = non_negative("-n", a.n)?;
@@ -41,18 +42,21 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
     let run = flow.stack().run(engine);
     let (kind, device) = (flow.stack().kind(), flow.stack().device());
     let mut out = Matrix { rows: 0, cols: d + if append { m } else { 0 }, data: vec![] };
-    let mut replaced = 0;
+    let (mut draws, mut lowest) = (Draws::default(), (f64::INFINITY, 0));
     for b in 0..blocks {
-        let (xs, r) = match &contexts {
-            None => run.sample_counted(n as i64)?,
+        let (xs, drawn) = match &contexts {
+            None => truncation::sample(run, &space, n),
             Some(c) => {
                 let row = Matrix::new(1, m, c.row(b).to_vec())?;
                 let ct = data::to_tensor(&space.context(&row)?, kind, device)?;
-                run.given(&ct).sample_counted(n as i64)?
+                truncation::sample(run.given(&ct), &space, n)
             }
-        };
-        replaced += r;
-        let xs = space.from_flow(&data::from_tensor(&xs)?)?;
+        }
+        .with_context(|| if append { format!("context row {b}") } else { "sampling".into() })?;
+        draws.add(drawn);
+        if drawn.acceptance() < lowest.0 {
+            lowest = (drawn.acceptance(), b);
+        }
         for i in 0..xs.rows {
             out.data.extend_from_slice(xs.row(i));
             if append {
@@ -61,10 +65,24 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
         }
         out.rows += xs.rows;
     }
-    if replaced > 0 {
+    if draws.redrawn > 0 {
         eprintln!(
-            "note: {replaced} redraw(s) for {} sample(s): those draws overflowed the flow's inverse (not finite)",
+            "note: {} redraw(s) for {} sample(s): those draws overflowed the flow's inverse (not finite)",
+            draws.redrawn,
             n.saturating_mul(blocks)
+        );
+    }
+    if truncation::truncates(&space) {
+        let at = if blocks > 1 {
+            format!("; lowest {:.1}% at context row {}", 100.0 * lowest.0, lowest.1)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "note: truncated to the box: {} of {} draws fell inside ({:.1}%{at})",
+            draws.kept,
+            draws.drawn,
+            100.0 * draws.acceptance()
         );
     }
     if let Some(png) = &a.png {
@@ -100,7 +118,10 @@ pub(crate) fn map(a: cli::MapArgs, what: Map) -> Result<()> {
             let run = run.given_opt(c.as_ref());
             if let Map::LogProb = what {
                 let lp = data::from_tensor(&run.log_prob(&xs)?.unsqueeze(1))?;
-                let lp = Matrix::new(lp.rows, 1, lp.data.iter().zip(&log_det).map(|(v, s)| v + s).collect())?;
+                // a truncated flow's density divides by its mass in the box at each row's context
+                let log_z = normalizer(flow.stack().run(engine), &space, &rows)?;
+                let lp = lp.data.iter().zip(&log_det).zip(&log_z).map(|((v, s), z)| v + s - z).collect();
+                let lp = Matrix::new(rows.rows, 1, lp)?;
                 (lp, vec!["log_prob".to_string()])
             } else {
                 (data::from_tensor(&run.encode(&xs)?)?, header("z", d))
@@ -123,3 +144,23 @@ pub(crate) fn map(a: cli::MapArgs, what: Map) -> Result<()> {
     };
     write_rows(a.out.as_deref(), &out, &head)
 }
+
+/// `log Z(c)` of each row of a truncated flow (zeros otherwise), from draws seeded with
+/// [`NORMALIZER_SEED`] so that the same file gives the same numbers; says how it was estimated.
+pub(crate) fn normalizer(run: rnvp::Run, space: &data::DataSpace, rows: &Matrix) -> Result<Vec<f64>> {
+    tch::manual_seed(NORMALIZER_SEED);
+    match truncation::normalizer(run, space, rows)? {
+        None => Ok(vec![0.0; rows.rows]),
+        Some(z) => {
+            eprintln!(
+                "note: truncated to the box: log-densities divide by the flow's mass there, estimated from {} \
+                 draws at each of {} context(s) (standard error of log Z at most {:.4})",
+                z.draws, z.contexts, z.max_se
+            );
+            Ok(z.log_z)
+        }
+    }
+}
+
+/// The seed of the draws that estimate a truncated flow's normalizer.
+pub(crate) const NORMALIZER_SEED: i64 = 0;

@@ -5,8 +5,9 @@ use crate::cli::{self, positive};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rnvp::checkpoint::Checkpoint;
-use rnvp::data::{io, Bounds, DataSpace, DataSpec, Scaler};
+use rnvp::data::{io, Bounds, BoundsMode, DataSpace, DataSpec, Scaler};
 use rnvp::figures::Figures;
+use rnvp::presets::Preset;
 use rnvp::train::{best_path, last_path, Event, TrainConfig, TrainData, Trainer};
 use rnvp::{Engine, Flow, FlowConfig, Init};
 use serde_json::json;
@@ -46,6 +47,9 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     let init = a.initialisation(arch, file)?;
     cfg.patience = a.patience(file, preset_used.and_then(|p| p.patience))?;
     let context = cli::non_negative("--context", a.context)? as i64;
+    if a.bounds_mode.is_some() && a.bounds.is_none() && a.bounds_file.is_none() {
+        bail!("--bounds-mode needs a box: give --bounds LO,HI or --bounds-file");
+    }
     if !file && (context > 0 || a.bounds.is_some() || a.bounds_file.is_some() || a.whiten == Some(true)) {
         bail!(
             "--context, --bounds, --bounds-file and --whiten need a data file (.csv / .npy), not the toy set {}",
@@ -63,7 +67,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             a.out.display()
         );
     }
-    let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize)?;
+    let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize, preset_used.as_ref())?;
     if let TrainData::Table { train, .. } = &train_data {
         // a file is validated once per epoch unless --val-every says otherwise
         let batches = train.rows.div_ceil(cfg.batch_size).max(1);
@@ -229,6 +233,12 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     }
     // a completed run ends with a validation whose NLL is finite (else it stopped above)
     let (best_step, best_nll) = report.best.context("invariant: a completed run has a best validation")?;
+    if train_data.bounds().is_some_and(|b| b.mode == BoundsMode::Truncate) {
+        eprintln!(
+            "note: truncated bounds: the NLLs here are of the flow's density before it is divided by its mass \
+             in the box (upper bounds on the truncated model's); `rnvp eval` and `log-prob` divide by it"
+        );
+    }
     let last = report.losses.iter().rev().copied().find(|l| l.is_finite()).unwrap_or(f64::NAN);
     if cfg.patience > 0 {
         let why = match (report.stopped_early, report.diverged) {
@@ -303,6 +313,7 @@ fn training_data(
     a: &cli::TrainArgs,
     cfg: &TrainConfig,
     context: usize,
+    preset: Option<&Preset>,
 ) -> Result<(TrainData, Option<Scaler>)> {
     Ok(match spec {
         DataSpec::Toy(set) => (TrainData::Toy { set: *set, noise: toy_noise(*set, a.noise)? }, None),
@@ -315,7 +326,7 @@ fn training_data(
                     m.cols
                 );
             }
-            let bounds = bounds(a, m.cols - context)?;
+            let bounds = bounds(a, m.cols - context, preset)?;
             let whiten = a.whiten.unwrap_or(true).then_some(m.cols - context);
             let (d, s) = TrainData::from_table_in(&m, cfg.val_fraction, cfg.seed, bounds.as_ref(), whiten)
                 .with_context(|| format!("preparing {}", p.display()))?;
@@ -324,8 +335,17 @@ fn training_data(
     })
 }
 
-/// The box of the `d` modelled columns from `--bounds LO,HI` or `--bounds-file`.
-fn bounds(a: &cli::TrainArgs, d: usize) -> Result<Option<Bounds>> {
+/// The box of the `d` modelled columns from `--bounds LO,HI` or `--bounds-file`, kept as
+/// `--bounds-mode` says, else as the preset's.
+fn bounds(a: &cli::TrainArgs, d: usize, preset: Option<&Preset>) -> Result<Option<Bounds>> {
+    let mode = match &a.bounds_mode {
+        Some(text) => text.parse().map_err(|e| anyhow::anyhow!("--bounds-mode: {e}"))?,
+        None => preset.map_or(BoundsMode::Logit, |p| p.bounds_mode),
+    };
+    Ok(box_of(a, d)?.map(|b| b.with_mode(mode)))
+}
+
+fn box_of(a: &cli::TrainArgs, d: usize) -> Result<Option<Bounds>> {
     if let Some(text) = &a.bounds {
         let v = parse_numbers(text).with_context(|| format!("--bounds {text}"))?;
         let [lo, hi] = v[..] else { bail!("--bounds {text}: expected two numbers LO,HI") };
@@ -372,9 +392,9 @@ fn model_to_train(
             if ck.bounds.as_ref() != data.bounds() || ck.whiten.is_some() != data.whitening().is_some() {
                 bail!(
                     "--resume {}: the checkpoint was trained {} bounds and {} whitening; give the same \
-                     --bounds/--bounds-file and --whiten as its run",
+                     --bounds/--bounds-file, --bounds-mode and --whiten as its run",
                     path.display(),
-                    if ck.bounds.is_some() { "with" } else { "without" },
+                    ck.bounds.as_ref().map_or("without".into(), |b| format!("with {}", b.mode.name())),
                     if ck.whiten.is_some() { "with" } else { "without" }
                 );
             }

@@ -1,9 +1,44 @@
-//! A box `lo < x < hi` that bounded variables live in, and the logit map that takes them to the
-//! whole real line: `y = logit(u)`, `u = (x − lo) / (hi − lo)`, with
-//! `log|dy/dx| = −ln(hi − lo) − ln u − ln(1 − u)`. A flow trained on `y` has a density on the
-//! box, and its samples `x = lo + (hi − lo) σ(y)` lie inside it.
+//! A box `lo < x < hi` that bounded variables live in, and how a flow keeps to it
+//! ([`BoundsMode`]):
+//! - `logit`: the map that takes the box to the whole real line, `y = logit(u)`,
+//!   `u = (x − lo) / (hi − lo)`, with `log|dy/dx| = −ln(hi − lo) − ln u − ln(1 − u)`. A flow
+//!   trained on `y` has a density on the box, and its samples `x = lo + (hi − lo) σ(y)` lie inside it;
+//! - `truncate`: no map; the flow's density `q` is restricted to the box,
+//!   `p(x) = q(x) 1[x ∈ box] / Z` with `Z = P_q(box)` (see [`crate::truncation`]).
 use super::Matrix;
 use crate::error::{Error, Result};
+
+/// How a flow keeps to its box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BoundsMode {
+    /// The flow models `logit(u)`: samples lie inside the box by construction.
+    #[default]
+    Logit,
+    /// The flow models `x` itself, restricted to the box: samples are drawn by rejection and
+    /// densities divide by the flow's mass in the box.
+    Truncate,
+}
+
+impl BoundsMode {
+    /// Its name on the command line and in checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            BoundsMode::Logit => "logit",
+            BoundsMode::Truncate => "truncate",
+        }
+    }
+}
+
+impl std::str::FromStr for BoundsMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "logit" => Ok(BoundsMode::Logit),
+            "truncate" => Ok(BoundsMode::Truncate),
+            o => Err(Error::InvalidConfig(format!("unknown bounds mode '{o}' (expected logit or truncate)"))),
+        }
+    }
+}
 
 /// Per-column bounds of the modelled columns.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,6 +47,8 @@ pub struct Bounds {
     pub lo: Vec<f64>,
     /// Upper bounds (each above its lower bound).
     pub hi: Vec<f64>,
+    /// How the flow keeps to the box.
+    pub mode: BoundsMode,
 }
 
 impl Bounds {
@@ -27,7 +64,59 @@ impl Bounds {
                 )));
             }
         }
-        Ok(Bounds { lo, hi })
+        Ok(Bounds { lo, hi, mode: BoundsMode::Logit })
+    }
+
+    /// The same box kept by `mode`.
+    pub fn with_mode(self, mode: BoundsMode) -> Bounds {
+        Bounds { mode, ..self }
+    }
+
+    /// Whether the first `self.len()` values of `row` lie inside the open box.
+    pub fn contains(&self, row: &[f64]) -> bool {
+        self.lo.iter().zip(&self.hi).zip(row).all(|((l, h), x)| x > l && x < h)
+    }
+
+    /// Rows of data (the first `self.len()` columns bounded) as the flow sees them, with
+    /// `log|dy/dx|` of each row: [`Bounds::to_logit`], or for `truncate` the rows themselves
+    /// (checked to lie inside the box) and zeros.
+    pub fn to_flow(&self, m: &Matrix) -> Result<(Matrix, Vec<f64>)> {
+        match self.mode {
+            BoundsMode::Logit => self.to_logit(m),
+            BoundsMode::Truncate => {
+                self.check_width(m)?;
+                if let Some((i, j)) = (0..m.rows)
+                    .find_map(|i| self.outside(&m.data[i * m.cols..i * m.cols + self.len()]).map(|j| (i, j)))
+                {
+                    return Err(self.outside_error(i, j, m.data[i * m.cols + j]));
+                }
+                Ok((m.clone(), vec![0.0; m.rows]))
+            }
+        }
+    }
+
+    /// The inverse of [`Bounds::to_flow`]: [`Bounds::from_logit`], or for `truncate` the rows
+    /// themselves (which may lie outside the box: [`crate::truncation`] keeps those inside).
+    pub fn from_flow(&self, m: &Matrix) -> Result<Matrix> {
+        match self.mode {
+            BoundsMode::Logit => self.from_logit(m),
+            BoundsMode::Truncate => {
+                self.check_width(m)?;
+                Ok(m.clone())
+            }
+        }
+    }
+
+    /// The first bounded column of `row` outside the open box.
+    fn outside(&self, row: &[f64]) -> Option<usize> {
+        (0..self.len()).find(|&j| !(row[j] > self.lo[j] && row[j] < self.hi[j]))
+    }
+
+    fn outside_error(&self, i: usize, j: usize, x: f64) -> Error {
+        Error::Data(format!(
+            "row {i}, column {j}: {x} is outside the bounds ({}, {})",
+            self.lo[j], self.hi[j]
+        ))
     }
 
     /// Number of bounded columns.
@@ -52,9 +141,7 @@ impl Bounds {
                 let x = m.data[i * m.cols + j];
                 let (lo, hi) = (self.lo[j], self.hi[j]);
                 if !(x > lo && x < hi) {
-                    return Err(Error::Data(format!(
-                        "row {i}, column {j}: {x} is outside the bounds ({lo}, {hi})"
-                    )));
+                    return Err(self.outside_error(i, j, x));
                 }
                 let u = (x - lo) / (hi - lo);
                 out.data[i * m.cols + j] = u.ln() - (-u).ln_1p();
@@ -116,6 +203,22 @@ mod tests {
             }
             assert!((got - want).abs() < 1e-6, "row {i}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn truncated_bounds_pass_rows_through_and_still_check_them() {
+        let b = Bounds::new(vec![-1.0, 0.0], vec![1.0, 10.0]).unwrap().with_mode("truncate".parse().unwrap());
+        let m = Matrix::new(2, 3, vec![0.3, 9.0, 5.0, -0.99, 0.5, -7.0]).unwrap();
+        let (y, ld) = b.to_flow(&m).unwrap();
+        assert_eq!((y.data.clone(), ld), (m.data.clone(), vec![0.0, 0.0]));
+        assert_eq!(b.from_flow(&y).unwrap().data, m.data);
+        let outside = Matrix::new(2, 2, vec![0.0, 5.0, 0.5, 10.0]).unwrap();
+        assert!(b.to_flow(&outside).unwrap_err().to_string().contains("row 1, column 1"));
+        assert_eq!(b.from_flow(&outside).unwrap().data, outside.data, "draws outside are left to rejection");
+        assert!(b.contains(&[0.0, 5.0, 99.0]) && !b.contains(&[0.5, 10.0]) && !b.contains(&[f64::NAN, 1.0]));
+        assert_eq!(b.clone().with_mode(BoundsMode::Logit).to_flow(&m).unwrap(), b.to_logit(&m).unwrap());
+        assert!("probit".parse::<BoundsMode>().unwrap_err().to_string().contains("logit or truncate"));
+        assert_eq!(BoundsMode::default(), BoundsMode::Logit);
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod space;
 pub mod toy;
 pub mod whiten;
 
-pub use bounds::Bounds;
+pub use bounds::{Bounds, BoundsMode};
 pub use rng::Rng;
 pub use scaler::Scaler;
 pub use space::DataSpace;

@@ -1,5 +1,5 @@
 //! The map between the user's columns and the flow's: bounded columns through a logit
-//! ([`Bounds`]), then the [`Scaler`], then the [`Whitening`]; a conditional flow's context
+//! ([`Bounds`], unless truncated), then the [`Scaler`], then the [`Whitening`]; a conditional flow's context
 //! columns (the last `m`) through the scaler only. `log p(x | c) = log p_flow(y | c') + log|dy/dx|`, where `log|dy/dx|` is
 //! [`DataSpace::to_flow`]'s per-row log-determinant.
 use super::{Bounds, Matrix, Scaler, Whitening};
@@ -26,7 +26,7 @@ impl DataSpace<'_> {
     pub fn to_flow(&self, rows: &Matrix) -> Result<(Matrix, Vec<f64>)> {
         self.check(rows, self.d + self.m, "rows")?;
         let (mut out, mut log_det) = match self.bounds {
-            Some(b) => b.to_logit(rows)?,
+            Some(b) => b.to_flow(rows)?,
             None => (rows.clone(), vec![0.0; rows.rows]),
         };
         if let Some(s) = self.scaler {
@@ -42,7 +42,8 @@ impl DataSpace<'_> {
         Ok((out, log_det))
     }
 
-    /// The flow's `d` columns back in the user's units (inside the bounds).
+    /// The flow's `d` columns back in the user's units (inside logit bounds; truncated bounds
+    /// leave rows outside the box to [`crate::truncation`]).
     pub fn from_flow(&self, xs: &Matrix) -> Result<Matrix> {
         self.check(xs, self.d, "flow rows")?;
         let colored = match self.whiten {
@@ -55,7 +56,7 @@ impl DataSpace<'_> {
             None => colored,
         };
         if let Some(b) = self.bounds {
-            out = b.from_logit(&out)?;
+            out = b.from_flow(&out)?;
         }
         Ok(out)
     }

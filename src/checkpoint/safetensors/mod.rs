@@ -7,7 +7,7 @@ mod header;
 
 use super::names::{self, Shaped};
 use super::{check_tensors, config_from_json, Checkpoint, OptimizerState};
-use crate::data::{Bounds, Scaler, Whitening};
+use crate::data::{Bounds, BoundsMode, Scaler, Whitening};
 use crate::error::{Error, Result};
 use header::{Entry, Header};
 use serde_json::{Map, Value};
@@ -308,7 +308,13 @@ fn bounds_from_json(v: &Value, d: i64) -> std::result::Result<Bounds, String> {
     if lo.len() as i64 != d || hi.len() as i64 != d {
         return Err(format!("expected {d} lower and {d} upper bounds"));
     }
-    Bounds::new(lo, hi).map_err(|e| e.to_string())
+    let mode = match v.get("mode") {
+        None => BoundsMode::Logit,
+        Some(m) => {
+            m.as_str().ok_or("'mode' is not text")?.parse().map_err(|e: crate::error::Error| e.to_string())?
+        }
+    };
+    Ok(Bounds::new(lo, hi).map_err(|e| e.to_string())?.with_mode(mode))
 }
 
 fn scaler_from_json(v: &Value, d: i64) -> std::result::Result<Scaler, String> {

@@ -1,0 +1,200 @@
+//! A flow truncated to a box (`--bounds-mode truncate`, [`BoundsMode::Truncate`]): the flow's
+//! density `q(x | c)` restricted to the box `B`,
+//!
+//! `p(x | c) = q(x | c) 1[x ∈ B] / Z(c)`, with `Z(c) = P_q(x ∈ B | c)`.
+//!
+//! Samples of `p` are the draws of `q` that fall in `B` (rejection, refused below an acceptance of
+//! [`MIN_ACCEPTANCE`]); `Z(c)` is estimated as the fraction of draws of `q` that fall in `B`, a
+//! Monte Carlo estimate with a stated standard error. Spaces without truncated bounds pass
+//! through: their samples are the flow's plain draws and their normalizer is 1.
+use crate::data::{self, BoundsMode, DataSpace, Matrix};
+use crate::error::{Error, Result};
+use crate::run::Run;
+use std::collections::HashMap;
+
+/// The lowest fraction of draws inside the box that sampling accepts (below it, a flow puts
+/// almost none of its mass in the box at that context, and rejection would run for long).
+pub const MIN_ACCEPTANCE: f64 = 0.01;
+
+/// Draws before the acceptance is judged against [`MIN_ACCEPTANCE`].
+const JUDGED_AFTER: usize = 10_000;
+
+/// The most rows drawn at once.
+const ROUND: usize = 1 << 20;
+
+/// Draws of `q` for all the contexts of one normalizer together (split evenly between them).
+pub const MASS_BUDGET: usize = 1 << 20;
+
+/// The fewest and the most draws of `q` for one context's `Z(c)`.
+pub const MASS_DRAWS: (usize, usize) = (1_000, 100_000);
+
+/// What sampling drew.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Draws {
+    /// Draws kept (inside the box, or all of them without truncation).
+    pub kept: usize,
+    /// Draws made (the non-finite ones the flow drew again not counted).
+    pub drawn: usize,
+    /// Draws replaced because the flow's inverse overflowed ([`Run::sample_counted`]).
+    pub redrawn: usize,
+}
+
+impl Draws {
+    /// The fraction of draws kept.
+    pub fn acceptance(&self) -> f64 {
+        self.kept as f64 / self.drawn.max(1) as f64
+    }
+
+    /// Both counts added.
+    pub fn add(&mut self, o: Draws) {
+        self.kept += o.kept;
+        self.drawn += o.drawn;
+        self.redrawn += o.redrawn;
+    }
+}
+
+/// Whether `space` truncates its flow to a box.
+pub fn truncates(space: &DataSpace) -> bool {
+    space.bounds.is_some_and(|b| b.mode == BoundsMode::Truncate)
+}
+
+/// `n` samples of `p(x | c)` in the user's units from `run` (given its context, in the flow's
+/// units): without truncation the flow's plain draw ([`Run::sample_counted`]); truncated, the draws
+/// inside the box, in the order drawn. Errors when fewer than [`MIN_ACCEPTANCE`] of the draws fall
+/// inside.
+pub fn sample(run: Run, space: &DataSpace, n: usize) -> Result<(Matrix, Draws)> {
+    let draw = |rows: usize| -> Result<(Matrix, usize)> {
+        let (xs, redrawn) = run.sample_counted(rows as i64)?;
+        Ok((space.from_flow(&data::from_tensor(&xs)?)?, redrawn))
+    };
+    let Some(b) = space.bounds.filter(|_| truncates(space)) else {
+        let (xs, redrawn) = draw(n)?;
+        return Ok((xs, Draws { kept: n, drawn: n, redrawn }));
+    };
+    let d = space.d;
+    let mut out = Matrix { rows: 0, cols: d, data: Vec::with_capacity(n.saturating_mul(d)) };
+    let mut draws = Draws::default();
+    while out.rows < n {
+        let need = n - out.rows;
+        // as many as the acceptance so far says are needed, and a tenth more
+        let rate = if draws.drawn == 0 { 1.0 } else { draws.acceptance().max(MIN_ACCEPTANCE) };
+        let rows = ((need as f64 / rate * 1.1).ceil() as usize).clamp(need.min(ROUND), ROUND);
+        let (xs, redrawn) = draw(rows)?;
+        let mut kept = 0;
+        for i in 0..xs.rows {
+            if b.contains(xs.row(i)) && out.rows < n {
+                out.data.extend_from_slice(xs.row(i));
+                out.rows += 1;
+                kept += 1;
+            }
+        }
+        // draws past the n-th kept one are not counted as rejected
+        let used = if out.rows < n { rows } else { last_used(&xs, b, kept) };
+        draws.add(Draws { kept, drawn: used, redrawn });
+        if draws.drawn >= JUDGED_AFTER && draws.acceptance() < MIN_ACCEPTANCE {
+            return Err(Error::Data(format!(
+                "sampling: {} of {} draws fell inside the box ({:.2}%, below the {}% that rejection accepts): \
+                 the flow puts almost none of its mass there (a context far outside the training data?)",
+                draws.kept,
+                draws.drawn,
+                100.0 * draws.acceptance(),
+                100.0 * MIN_ACCEPTANCE
+            )));
+        }
+    }
+    Ok((out, draws))
+}
+
+/// The rows of `xs` up to and including its `kept`-th row inside the box.
+fn last_used(xs: &Matrix, b: &data::Bounds, kept: usize) -> usize {
+    let mut seen = 0;
+    for i in 0..xs.rows {
+        if b.contains(xs.row(i)) {
+            seen += 1;
+            if seen == kept {
+                return i + 1;
+            }
+        }
+    }
+    xs.rows
+}
+
+/// `log Z(c)` of each row's context, estimated from draws of `q`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalizer {
+    /// `log Z(c)` of each row (0 without truncation).
+    pub log_z: Vec<f64>,
+    /// Distinct contexts estimated (1 for an unconditional flow).
+    pub contexts: usize,
+    /// Draws of `q` for each context.
+    pub draws: usize,
+    /// The largest standard error of a `log Z(c)`, `√((1 − Z) / (N Z))` (delta method).
+    pub max_se: f64,
+}
+
+/// [`Normalizer`] of `rows` (`d + m` columns in the user's units: each row's context is its last
+/// `m`): one estimate per distinct context, from `MASS_BUDGET / contexts` draws each (within
+/// [`MASS_DRAWS`]), with libtorch's generator (seed it for repeatable numbers). `None` without
+/// truncation. Errors for a context where no draw falls in the box.
+pub fn normalizer(run: Run, space: &DataSpace, rows: &Matrix) -> Result<Option<Normalizer>> {
+    if !truncates(space) {
+        return Ok(None);
+    }
+    let (d, m) = (space.d, space.m);
+    if rows.cols != d + m {
+        return Err(Error::Data(format!("normalizer: {} columns for {d} + {m}", rows.cols)));
+    }
+    // each row's context by its bits, numbered in order of first appearance
+    let mut index: HashMap<Vec<u64>, usize> = HashMap::new();
+    let mut firsts = vec![];
+    let of_row: Vec<usize> = (0..rows.rows)
+        .map(|i| {
+            let c = &rows.row(i)[d..];
+            let next = index.len();
+            *index.entry(c.iter().map(|v| v.to_bits()).collect()).or_insert_with(|| {
+                firsts.push(i);
+                next
+            })
+        })
+        .collect();
+    let contexts = firsts.len().max(1);
+    let draws = (MASS_BUDGET / contexts).clamp(MASS_DRAWS.0, MASS_DRAWS.1);
+    let (kind, device) = (run.flow().kind(), run.flow().device());
+    let mut log_z = Vec::with_capacity(firsts.len());
+    let mut max_se: f64 = 0.0;
+    for &i in &firsts {
+        let (z, se) = if m == 0 {
+            log_mass(run, space, draws)?
+        } else {
+            let c = Matrix::new(1, m, rows.row(i)[d..].to_vec())?;
+            let ct = data::to_tensor(&space.context(&c)?, kind, device)?;
+            log_mass(run.given(&ct), space, draws)
+                .map_err(|e| Error::Data(format!("row {i}'s context: {e}")))?
+        };
+        max_se = max_se.max(se);
+        log_z.push(z);
+    }
+    Ok(Some(Normalizer { log_z: of_row.iter().map(|&k| log_z[k]).collect(), contexts, draws, max_se }))
+}
+
+/// `(log Z, its standard error)` at `run`'s context from `draws` draws of `q` (`(0, 0)` without
+/// truncation). Errors when no draw falls in the box.
+pub fn log_mass(run: Run, space: &DataSpace, draws: usize) -> Result<(f64, f64)> {
+    let Some(b) = space.bounds.filter(|_| truncates(space)) else { return Ok((0.0, 0.0)) };
+    let (mut inside, mut done) = (0usize, 0usize);
+    while done < draws {
+        let rows = (draws - done).min(ROUND);
+        let (xs, _) = run.sample_counted(rows as i64)?;
+        let xs = space.from_flow(&data::from_tensor(&xs)?)?;
+        inside += (0..xs.rows).filter(|&i| b.contains(xs.row(i))).count();
+        done += rows;
+    }
+    if inside == 0 {
+        return Err(Error::Data(format!(
+            "none of {draws} draws of the flow fell inside its box: its mass there (the truncated density's \
+             normalizer) is too small to estimate"
+        )));
+    }
+    let z = inside as f64 / draws as f64;
+    Ok((z.ln(), ((1.0 - z) / (draws as f64 * z)).sqrt()))
+}
