@@ -369,6 +369,13 @@ fn the_fused_engine_refuses_what_it_cannot_run() {
             Flow::new(&FlowConfig::stacked(10, 5, 64, 2).with_context(10), Device::Cpu, Kind::Float).unwrap();
         assert!(sbi.stack().packing().unwrap().faster_than_libtorch());
         assert!(sbi.stack().run(Engine::Auto).fused_packing().unwrap().is_some());
+        let conditional =
+            Flow::new(&FlowConfig::stacked(16, 8, 512, 2).with_context(32), Device::Cpu, Kind::Float)
+                .unwrap();
+        assert!(
+            conditional.stack().packing().unwrap().faster_than_libtorch(),
+            "40 inputs, 8 outputs, hidden 512"
+        );
         let big = Flow::new(&FlowConfig::stacked(64, 32, 512, 2), Device::Cpu, Kind::Float).unwrap();
         assert!(!big.stack().packing().unwrap().faster_than_libtorch());
         assert!(big.stack().run(Engine::Auto).fused_packing().unwrap().is_none());

@@ -66,10 +66,8 @@ pub const MAX_INPUTS: usize = wide::MAX_IN;
 /// Most network outputs (`k`, `d − k`) the kernels give.
 pub const MAX_OUTPUTS: usize = wide::MAX_OUT;
 /// Largest `(inputs + outputs) × hidden` of a wide network that `Engine::Auto` runs on the kernels
-/// ([`Packing::faster_than_libtorch`]) in the AVX2 and baseline builds.
-pub const WIDE_AUTO_LIMIT: usize = 12 * 1024;
-/// [`WIDE_AUTO_LIMIT`] of the AVX-512 build (its larger register tiles).
-pub const WIDE_AUTO_LIMIT_AVX512: usize = 16 * 1024;
+/// ([`Packing::faster_than_libtorch`]).
+pub const WIDE_AUTO_LIMIT: usize = 24 * 1024;
 
 /// Where each layer's packed parameters lie in the flat buffer.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,18 +164,17 @@ impl Packing {
     /// Whether the kernels beat libtorch's engine on this stack, as measured in `scripts/bench
     /// --only widths` (docs/BENCHMARKS-conditional.md): always with narrow networks; with wide ones
     /// while each network's multiply-adds per row, `(inputs + outputs) × hidden`, stay at most
-    /// [`WIDE_AUTO_LIMIT`], or [`WIDE_AUTO_LIMIT_AVX512`] in the AVX-512 build: at hidden 512 there,
-    /// d = 32 (16 inputs and outputs) ran 1.2–1.35× faster fused than on libtorch's engine in three
-    /// runs, 40 inputs with 8 outputs 1.1–1.3× (left out: not measured where the limit would sit),
-    /// d = 64 1.1–1.3× slower. The AVX2 build's smaller tiles ran about 30% slower than the
-    /// AVX-512 build's on the same machine, which puts d = 32 about even there. `Engine::Auto` uses
-    /// the kernels only within the limit.
+    /// [`WIDE_AUTO_LIMIT`]. At hidden 512, one thread, a training step ran fused / libtorch engine:
+    /// - 40 inputs, 8 outputs (24,576): 10.5 / 14.0 ms on an AVX-512 Xeon, 16.7 / 23.7 on an AVX2
+    ///   EPYC;
+    /// - d = 32, 16 inputs and outputs (16,384): 1.2–1.35× faster fused on the Xeon in three runs,
+    ///   12.7 / 18.1 ms on the EPYC (an AVX2-capped build on the Xeon: about even);
+    /// - d = 64 (32,768): 22.8 / 17.3 ms on the Xeon, 23.7 / 24.3 on the EPYC — left to libtorch.
     pub fn faster_than_libtorch(&self) -> bool {
         (0..self.layers()).all(|l| match self.ops[l] {
             Op::Coupling { .. } => {
                 let (c, o) = self.widths(l);
-                let limit = if self.isa >= Isa::Avx512 { WIDE_AUTO_LIMIT_AVX512 } else { WIDE_AUTO_LIMIT };
-                (c <= MAX_WIDTH && o <= MAX_WIDTH) || (c + o) * self.hidden <= limit
+                (c <= MAX_WIDTH && o <= MAX_WIDTH) || (c + o) * self.hidden <= WIDE_AUTO_LIMIT
             }
             Op::Linear { .. } => true,
         })
