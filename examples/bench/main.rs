@@ -297,7 +297,7 @@ fn main() -> Result<()> {
     let cond_file = o.out.join(conditional::FILE);
     let cond = conditional::SECTIONS.iter().any(|s| o.runs(s));
     if cond {
-        report_part(&cond_file, &conditional::SECTIONS, "header", &conditional::header(&o)?)?;
+        report_part(&cond_file, &conditional::SECTIONS, "header", &conditional::header()?)?;
     }
     if o.runs("widths") {
         let mut md = String::new();
