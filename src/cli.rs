@@ -288,8 +288,9 @@ pub struct TrainArgs {
     /// off two moons, e.g. on eight-gaussians and two-spirals; about 30 s on one core); `sbi` =
     /// --arch glow --layers 16 --hidden 64 --batch-size 256 --lr 2e-3 --warmup 2000 --steps 10000
     /// (without --steps, a data file trains for 60 epochs where that is more than 10000 steps, up
-    /// to 20000) --patience 50 with best's cosine schedule and clipping, for posterior estimation on
-    /// simulations (--context M), keeping the best validation model.
+    /// to 20000) --patience 50 with best's cosine schedule and clipping, and with --bounds
+    /// --bounds-mode truncate, for posterior estimation on simulations (--context M), keeping the
+    /// best validation model.
     #[arg(long)]
     pub preset: Option<String>,
     /// Checkpoint to write (.safetensors). With early stopping (data files, by default) it holds
@@ -326,9 +327,9 @@ pub struct TrainArgs {
     /// the others are modelled.
     #[arg(long, value_name = "M", default_value_t = 0, allow_negative_numbers = true)]
     pub context: i64,
-    /// The box every modelled column lies in, LO,HI (e.g. a uniform prior's): the flow trains in
-    /// logit space (its Jacobian is part of every density) and every sample lies inside the box
-    /// (see --bounds-mode).
+    /// The box every modelled column lies in, LO,HI (e.g. a uniform prior's): every sample lies
+    /// inside it and every density is one on it, kept as --bounds-mode says (logit space by
+    /// default; --preset sbi truncates).
     #[arg(long, value_name = "LO,HI", allow_hyphen_values = true, conflicts_with = "bounds_file")]
     pub bounds: Option<String>,
     /// Decorrelate a data file's standardized modelled columns (whitening), so that the untrained

@@ -2,6 +2,7 @@
 //! `−mean(log p(x))`), seeded batches, validation, checkpoints and resuming.
 use crate::checkpoint::{Checkpoint, OptimizerState};
 use crate::config::Layout;
+use crate::data::rng::mix;
 use crate::data::{self, Bounds, Matrix, Rng, Scaler, ToySet, Whitening};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, StackedNvp};
@@ -120,14 +121,6 @@ pub enum Schedule {
     Exponential,
     /// Cosine annealing from `lr` to 0 over the run: `lr · ½(1 + cos(π t / steps))`.
     Cosine,
-}
-
-/// Mixes a seed with a counter (SplitMix64's finaliser), so each step has its own stream.
-fn mix(seed: u64, n: u64) -> u64 {
-    let mut z = seed ^ n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Where batches come from.

@@ -33,7 +33,7 @@ pub const MASS_DRAWS: (usize, usize) = (1_000, 100_000);
 pub struct Draws {
     /// Draws kept (inside the box, or all of them without truncation).
     pub kept: usize,
-    /// Draws made (the non-finite ones the flow drew again not counted).
+    /// Draws made (the non-finite ones the flow drew again included, as draws outside the box).
     pub drawn: usize,
     /// Draws replaced because the flow's inverse overflowed ([`Run::sample_counted`]).
     pub redrawn: usize,
@@ -72,7 +72,7 @@ pub fn sample(run: Run, space: &DataSpace, n: usize) -> Result<(Matrix, Draws)> 
         return Ok((xs, Draws { kept: n, drawn: n, redrawn }));
     };
     let d = space.d;
-    let mut out = Matrix { rows: 0, cols: d, data: Vec::with_capacity(n.saturating_mul(d)) };
+    let mut out = Matrix { rows: 0, cols: d, data: Vec::with_capacity(n.min(ROUND).saturating_mul(d)) };
     let mut draws = Draws::default();
     while out.rows < n {
         let need = n - out.rows;
@@ -88,8 +88,9 @@ pub fn sample(run: Run, space: &DataSpace, n: usize) -> Result<(Matrix, Draws)> 
                 kept += 1;
             }
         }
-        // draws past the n-th kept one are not counted as rejected
-        let used = if out.rows < n { rows } else { last_used(&xs, b, kept) };
+        // draws past the n-th kept one are not counted as rejected; non-finite draws that the flow
+        // drew again are draws outside the box
+        let used = if out.rows < n { rows + redrawn } else { last_used(&xs, b, kept) };
         draws.add(Draws { kept, drawn: used, redrawn });
         if draws.drawn >= JUDGED_AFTER && draws.acceptance() < MIN_ACCEPTANCE {
             return Err(Error::Data(format!(
@@ -134,9 +135,11 @@ pub struct Normalizer {
 
 /// [`Normalizer`] of `rows` (`d + m` columns in the user's units: each row's context is its last
 /// `m`): one estimate per distinct context, from `MASS_BUDGET / contexts` draws each (within
-/// [`MASS_DRAWS`]), with libtorch's generator (seed it for repeatable numbers). `None` without
-/// truncation. Errors for a context where no draw falls in the box.
-pub fn normalizer(run: Run, space: &DataSpace, rows: &Matrix) -> Result<Option<Normalizer>> {
+/// [`MASS_DRAWS`]). Libtorch's generator is seeded for each context from `seed` and the context's
+/// values, so that a context's estimate does not depend on the other rows (only on how many
+/// distinct contexts share the budget). `None` without truncation. Errors for a context where no
+/// draw falls in the box.
+pub fn normalizer(run: Run, space: &DataSpace, rows: &Matrix, seed: u64) -> Result<Option<Normalizer>> {
     if !truncates(space) {
         return Ok(None);
     }
@@ -162,7 +165,15 @@ pub fn normalizer(run: Run, space: &DataSpace, rows: &Matrix) -> Result<Option<N
     let (kind, device) = (run.flow().kind(), run.flow().device());
     let mut log_z = Vec::with_capacity(firsts.len());
     let mut max_se: f64 = 0.0;
+    if firsts.len() >= 1_000 {
+        eprintln!(
+            "note: estimating the truncated flow's mass in the box at {} contexts ({draws} draws each)",
+            firsts.len()
+        );
+    }
     for &i in &firsts {
+        let bits = rows.row(i)[d..].iter().fold(seed, |h, v| crate::data::rng::mix(h, v.to_bits()));
+        tch::manual_seed(bits as i64);
         let (z, se) = if m == 0 {
             log_mass(run, space, draws)?
         } else {
@@ -178,23 +189,31 @@ pub fn normalizer(run: Run, space: &DataSpace, rows: &Matrix) -> Result<Option<N
 }
 
 /// `(log Z, its standard error)` at `run`'s context from `draws` draws of `q` (`(0, 0)` without
-/// truncation). Errors when no draw falls in the box.
+/// truncation), or from up to [`MASS_DRAWS`]`.1` where fewer than [`MASS_HITS`] of them fall in the
+/// box. Errors when none does.
 pub fn log_mass(run: Run, space: &DataSpace, draws: usize) -> Result<(f64, f64)> {
     let Some(b) = space.bounds.filter(|_| truncates(space)) else { return Ok((0.0, 0.0)) };
-    let (mut inside, mut done) = (0usize, 0usize);
-    while done < draws {
-        let rows = (draws - done).min(ROUND);
-        let (xs, _) = run.sample_counted(rows as i64)?;
+    let (mut inside, mut done, mut target) = (0usize, 0usize, draws.max(1));
+    while done < target {
+        let rows = (target - done).min(ROUND);
+        let (xs, redrawn) = run.sample_counted(rows as i64)?;
         let xs = space.from_flow(&data::from_tensor(&xs)?)?;
         inside += (0..xs.rows).filter(|&i| b.contains(xs.row(i))).count();
-        done += rows;
+        // a non-finite draw that the flow drew again is a draw outside the box
+        done += rows + redrawn;
+        if done >= target && inside < MASS_HITS {
+            target = target.max(MASS_DRAWS.1);
+        }
     }
     if inside == 0 {
         return Err(Error::Data(format!(
-            "none of {draws} draws of the flow fell inside its box: its mass there (the truncated density's \
+            "none of {done} draws of the flow fell inside its box: its mass there (the truncated density's \
              normalizer) is too small to estimate"
         )));
     }
-    let z = inside as f64 / draws as f64;
-    Ok((z.ln(), ((1.0 - z) / (draws as f64 * z)).sqrt()))
+    let z = inside as f64 / done as f64;
+    Ok((z.ln(), ((1.0 - z) / (done as f64 * z)).sqrt()))
 }
+
+/// Draws inside the box below which [`log_mass`] draws on, up to [`MASS_DRAWS`]`.1`.
+pub const MASS_HITS: usize = 100;

@@ -248,7 +248,7 @@ fn a_truncated_flow_is_normalised_on_its_box_and_samples_inside_it() {
     assert!(z_grid > 0.2 && z_grid < 0.9, "the box should cut part of q's mass: {z_grid}");
     // the Monte Carlo normalizer agrees with the grid's, within its stated standard error
     let one = Matrix::new(2, 3, vec![0.0, 0.0, 6.5, 0.3, 0.1, 6.5]).unwrap();
-    let z = seeded(21, || truncation::normalizer(run, &space, &one)).unwrap().unwrap();
+    let z = seeded(21, || truncation::normalizer(run, &space, &one, 1)).unwrap().unwrap();
     assert_eq!((z.contexts, z.log_z.len()), (1, 2), "one context for two rows");
     assert!(
         (z.log_z[0] - z_grid.ln()).abs() < 5.0 * z.max_se + 2e-3,
@@ -280,7 +280,7 @@ fn a_truncated_flow_is_normalised_on_its_box_and_samples_inside_it() {
     );
     // distinct contexts are estimated apart; a box the flow leaves empty is an error, not a hang
     let two = Matrix::new(3, 3, vec![0.0, 0.0, 6.5, 0.0, 0.0, -3.0, 0.1, 0.1, 6.5]).unwrap();
-    let z2 = seeded(23, || truncation::normalizer(run, &space, &two)).unwrap().unwrap();
+    let z2 = seeded(23, || truncation::normalizer(run, &space, &two, 1)).unwrap().unwrap();
     assert_eq!(z2.contexts, 2);
     assert_eq!(z2.log_z[0], z2.log_z[2], "rows of one context share its estimate");
     let mut far = ck.bounds.clone().unwrap();
@@ -288,13 +288,21 @@ fn a_truncated_flow_is_normalised_on_its_box_and_samples_inside_it() {
     let far_space = rnvp::data::DataSpace { bounds: Some(&far), ..space };
     let err = seeded(24, || truncation::sample(run.given(&c), &far_space, 100)).unwrap_err().to_string();
     assert!(err.contains("below the 1%"), "{err}");
-    let err = seeded(25, || truncation::normalizer(run, &far_space, &one)).unwrap_err().to_string();
+    let err = seeded(25, || truncation::normalizer(run, &far_space, &one, 1)).unwrap_err().to_string();
     assert!(err.contains("none of"), "{err}");
-    // an unbounded or logit space passes through: the plain draw, a normalizer of 1
+    // an unbounded or logit space passes through: the plain draw, a normalizer of 1 (log Z = 0)
     let plain = rnvp::data::DataSpace { bounds: None, ..space };
     let a = seeded(26, || truncation::sample(run.given(&c), &plain, 50)).unwrap().0;
     let b = seeded(26, || space.from_flow(&data::from_tensor(&run.given(&c).sample(50).unwrap()).unwrap()))
         .unwrap();
     assert_eq!(a.data, b.data);
-    assert!(truncation::normalizer(run, &plain, &one).unwrap().is_none());
+    assert!(truncation::normalizer(run, &plain, &one, 1).unwrap().is_none());
+    let logit = ck.bounds.clone().unwrap().with_mode(BoundsMode::Logit);
+    let logit_space = rnvp::data::DataSpace { bounds: Some(&logit), ..space };
+    assert!(truncation::normalizer(run, &logit_space, &one, 1).unwrap().is_none());
+    assert_eq!(truncation::log_mass(run.given(&c), &logit_space, 10).unwrap(), (0.0, 0.0));
+    // a context's estimate does not depend on the other rows of the file (same draws per context)
+    let swapped = Matrix::new(3, 3, vec![0.0, 0.0, -3.0, 0.0, 0.0, 6.5, 0.1, 0.1, -3.0]).unwrap();
+    let z3 = seeded(27, || truncation::normalizer(run, &space, &swapped, 1)).unwrap().unwrap();
+    assert_eq!((z3.log_z[1], z3.log_z[0]), (z2.log_z[0], z2.log_z[1]));
 }

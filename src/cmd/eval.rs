@@ -37,7 +37,7 @@ pub(crate) fn eval(a: cli::EvalArgs) -> Result<()> {
             let rows = read_rows(p, ck.config.d, ck.config.context)?;
             let (ys, log_det) = ck.space().to_flow(&rows).with_context(|| p.display().to_string())?;
             let (nll, bad) = rnvp::train::nll_and_non_finite(run, &ys, None)?;
-            let log_z = super::sample::normalizer(run, &ck.space(), &rows)?;
+            let log_z = super::normalizer(run, &ck.space(), &rows)?;
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
             (nll - mean(&log_det) + mean(&log_z), bad, rows.rows)
         }

@@ -124,11 +124,17 @@ pub(crate) fn convert(a: cli::ConvertArgs) -> Result<()> {
     .filter_map(|(has, what)| has.then_some(what))
     .collect();
     if !dropped.is_empty() && a.output.extension().is_some_and(|e| e != "safetensors") {
+        let truncated = ck.bounds.as_ref().is_some_and(|b| b.mode == rnvp::data::BoundsMode::Truncate);
         eprintln!(
             "warning: {} holds only the state_dict: {} stay(s) in .safetensors files (the model there works in \
-             the flow's coordinates; `rnvp export` bakes them into TorchScript functions)",
+             the flow's coordinates; {})",
             a.output.display(),
-            dropped.join(", ")
+            dropped.join(", "),
+            if truncated {
+                "a flow truncated to its box cannot be exported either: its density needs the box's mass"
+            } else {
+                "`rnvp export` bakes them into TorchScript functions"
+            }
         );
     }
     ck.save(&a.output)?;

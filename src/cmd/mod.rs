@@ -115,3 +115,23 @@ pub(crate) fn check_points(n: usize, d: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// `log Z(c)` of each row of a truncated flow (zeros otherwise), from draws seeded with
+/// [`NORMALIZER_SEED`] and each row's context, so that a file gives the same numbers every run;
+/// says how it was estimated.
+pub(crate) fn normalizer(run: rnvp::Run, space: &data::DataSpace, rows: &Matrix) -> Result<Vec<f64>> {
+    match rnvp::truncation::normalizer(run, space, rows, NORMALIZER_SEED)? {
+        None => Ok(vec![0.0; rows.rows]),
+        Some(z) => {
+            eprintln!(
+                "note: truncated to the box: log-densities divide by the flow's mass there, estimated from {} \
+                 draws at each of {} context(s) (standard error of log Z at most {:.4})",
+                z.draws, z.contexts, z.max_se
+            );
+            Ok(z.log_z)
+        }
+    }
+}
+
+/// The seed of the draws that estimate a truncated flow's normalizer.
+const NORMALIZER_SEED: u64 = 0;

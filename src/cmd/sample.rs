@@ -52,7 +52,10 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
                 truncation::sample(run.given(&ct), &space, n)
             }
         }
-        .with_context(|| if append { format!("context row {b}") } else { "sampling".into() })?;
+        .map_err(|e| match append {
+            true => anyhow::anyhow!("{what} row {b}: {e}"),
+            false => e.into(),
+        })?;
         draws.add(drawn);
         if drawn.acceptance() < lowest.0 {
             lowest = (drawn.acceptance(), b);
@@ -72,7 +75,7 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
             n.saturating_mul(blocks)
         );
     }
-    if truncation::truncates(&space) {
+    if truncation::truncates(&space) && draws.drawn > 0 {
         let at = if blocks > 1 {
             format!("; lowest {:.1}% at context row {}", 100.0 * lowest.0, lowest.1)
         } else {
@@ -119,7 +122,7 @@ pub(crate) fn map(a: cli::MapArgs, what: Map) -> Result<()> {
             if let Map::LogProb = what {
                 let lp = data::from_tensor(&run.log_prob(&xs)?.unsqueeze(1))?;
                 // a truncated flow's density divides by its mass in the box at each row's context
-                let log_z = normalizer(flow.stack().run(engine), &space, &rows)?;
+                let log_z = super::normalizer(flow.stack().run(engine), &space, &rows)?;
                 let lp = lp.data.iter().zip(&log_det).zip(&log_z).map(|((v, s), z)| v + s - z).collect();
                 let lp = Matrix::new(rows.rows, 1, lp)?;
                 (lp, vec!["log_prob".to_string()])
@@ -144,23 +147,3 @@ pub(crate) fn map(a: cli::MapArgs, what: Map) -> Result<()> {
     };
     write_rows(a.out.as_deref(), &out, &head)
 }
-
-/// `log Z(c)` of each row of a truncated flow (zeros otherwise), from draws seeded with
-/// [`NORMALIZER_SEED`] so that the same file gives the same numbers; says how it was estimated.
-pub(crate) fn normalizer(run: rnvp::Run, space: &data::DataSpace, rows: &Matrix) -> Result<Vec<f64>> {
-    tch::manual_seed(NORMALIZER_SEED);
-    match truncation::normalizer(run, space, rows)? {
-        None => Ok(vec![0.0; rows.rows]),
-        Some(z) => {
-            eprintln!(
-                "note: truncated to the box: log-densities divide by the flow's mass there, estimated from {} \
-                 draws at each of {} context(s) (standard error of log Z at most {:.4})",
-                z.draws, z.contexts, z.max_se
-            );
-            Ok(z.log_z)
-        }
-    }
-}
-
-/// The seed of the draws that estimate a truncated flow's normalizer.
-pub(crate) const NORMALIZER_SEED: i64 = 0;

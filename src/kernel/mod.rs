@@ -68,6 +68,9 @@ pub const MAX_OUTPUTS: usize = wide::MAX_OUT;
 /// Largest `(inputs + outputs) × hidden` of a wide network that `Engine::Auto` runs on the kernels
 /// ([`Packing::faster_than_libtorch`]).
 pub const WIDE_AUTO_LIMIT: usize = 24 * 1024;
+/// [`WIDE_AUTO_LIMIT`] of the baseline build (CPUs without AVX2 and FMA: no register tiles; not
+/// measured beyond the AVX2 build's former limit).
+pub const WIDE_AUTO_LIMIT_BASELINE: usize = 12 * 1024;
 
 /// Where each layer's packed parameters lie in the flat buffer.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +167,7 @@ impl Packing {
     /// Whether the kernels beat libtorch's engine on this stack, as measured in `scripts/bench
     /// --only widths` (docs/BENCHMARKS-conditional.md): always with narrow networks; with wide ones
     /// while each network's multiply-adds per row, `(inputs + outputs) × hidden`, stay at most
-    /// [`WIDE_AUTO_LIMIT`]. At hidden 512, one thread, a training step ran fused / libtorch engine:
+    /// [`WIDE_AUTO_LIMIT`] ([`WIDE_AUTO_LIMIT_BASELINE`] in the baseline build). At hidden 512, one thread, a training step ran fused / libtorch engine:
     /// - 40 inputs, 8 outputs (24,576): 10.5 / 14.0 ms on an AVX-512 Xeon, 16.7 / 23.7 on an AVX2
     ///   EPYC;
     /// - d = 32, 16 inputs and outputs (16,384): 1.2–1.35× faster fused on the Xeon in three runs,
@@ -174,7 +177,9 @@ impl Packing {
         (0..self.layers()).all(|l| match self.ops[l] {
             Op::Coupling { .. } => {
                 let (c, o) = self.widths(l);
-                (c <= MAX_WIDTH && o <= MAX_WIDTH) || (c + o) * self.hidden <= WIDE_AUTO_LIMIT
+                let limit =
+                    if self.isa == Isa::Baseline { WIDE_AUTO_LIMIT_BASELINE } else { WIDE_AUTO_LIMIT };
+                (c <= MAX_WIDTH && o <= MAX_WIDTH) || (c + o) * self.hidden <= limit
             }
             Op::Linear { .. } => true,
         })
