@@ -119,7 +119,7 @@ impl<'a> Run<'a> {
         self.flow.check(xs, "input")?;
         let c = self.context_for(xs.size()[0])?;
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(xs, c.as_ref(), |xs, c| {
+            return Ok(chunked(xs, c.as_ref(), self.flow.config().hidden, |xs, c| {
                 let (zs, log_jacob) = self.flow.transform(xs, c);
                 base::log_prob(&zs) + log_jacob
             }));
@@ -138,7 +138,9 @@ impl<'a> Run<'a> {
         self.flow.check(xs, "input")?;
         let c = self.context_for(xs.size()[0])?;
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(xs, c.as_ref(), |xs, c| self.flow.transform(xs, c).0));
+            return Ok(chunked(xs, c.as_ref(), self.flow.config().hidden, |xs, c| {
+                self.flow.transform(xs, c).0
+            }));
         };
         let (zs, _) = self.fused_forward(&pk, xs, c.as_ref())?;
         Ok(Tensor::from_slice(&zs).view([-1, self.flow.config().d]))
@@ -202,7 +204,7 @@ impl<'a> Run<'a> {
     /// The inverse pass on `zs` given their context rows (`context_for`'s).
     fn decode_given(&self, zs: &Tensor, c: Option<&Tensor>) -> Result<Tensor> {
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(zs, c, |zs, c| self.flow.untransform(zs, c)));
+            return Ok(chunked(zs, c, self.flow.config().hidden, |zs, c| self.flow.untransform(zs, c)));
         };
         let params = pk.pack(self.flow.layers())?;
         let mut xs = kernel::flat(zs)?;
@@ -230,18 +232,26 @@ pub const REDRAWS: usize = 20;
 /// stay in cache instead of making one pass over memory per operation for the whole input.
 const CHUNK: i64 = 2048;
 
+/// Hidden activations a chunk may hold (fewer rows than [`CHUNK`] for very wide networks).
+const CHUNK_UNITS: i64 = 1 << 22;
+
 /// `f` applied to row blocks of `xs` (and of their context) without autograd, the results
 /// concatenated.
-fn chunked(xs: &Tensor, context: Option<&Tensor>, f: impl Fn(&Tensor, Option<&Tensor>) -> Tensor) -> Tensor {
+fn chunked(
+    xs: &Tensor,
+    context: Option<&Tensor>,
+    hidden: i64,
+    f: impl Fn(&Tensor, Option<&Tensor>) -> Tensor,
+) -> Tensor {
+    let rows = (CHUNK_UNITS / hidden.max(1)).clamp(1, CHUNK);
     tch::no_grad(|| {
         let n = xs.size()[0];
-        if n <= CHUNK {
+        if n <= rows {
             return f(xs, context);
         }
-        let cs = context.map(|c| c.split(CHUNK, 0));
-        let parts: Vec<Tensor> = (xs.split(CHUNK, 0).iter().enumerate())
-            .map(|(i, x)| f(x, cs.as_ref().map(|cs| &cs[i])))
-            .collect();
+        let cs = context.map(|c| c.split(rows, 0));
+        let parts: Vec<Tensor> =
+            (xs.split(rows, 0).iter().enumerate()).map(|(i, x)| f(x, cs.as_ref().map(|cs| &cs[i]))).collect();
         Tensor::cat(&parts, 0)
     })
 }

@@ -310,6 +310,18 @@ fn bad_input_gives_one_line_errors_and_a_non_zero_exit() {
         &["float32"],
     );
     fails(&["log-prob", "--checkpoint", ck, "--input", &points, "--threads", "0"], &["--threads"]);
+    // sizes that would exhaust the machine are refused before anything is allocated
+    let huge = "4000000000000";
+    fails(&["sample", "--checkpoint", ck, "-n", "3", "--threads", "1000000"], &["--threads 1000000", "1024"]);
+    fails(&["plot", "--checkpoint", ck, "-n", huge, "--out-dir", s(&dir.join("f"))], &["-n", "GB"]);
+    fails(&["eval", "--checkpoint", ck, "--data", "two-moons", "-n", huge], &["-n", "GB"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--batch-size", huge], &["--batch-size", "GB"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--val-size", huge], &["--val-size", "GB"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--hidden", "1000000000000"], &["--hidden", "GB"]);
+    fails(
+        &["train", "--data", "two-moons", "--out", out, "--hidden", "1", "--layers", "1000000000000"],
+        &["--layers 1000000000000", "GB"],
+    );
     fails(&["sample", "--checkpoint", ck], &["-n"]);
     fails(&["frobnicate"], &["frobnicate"]);
     fails(&["train", "--data", "two-moons", "--out", out, "--steps", "abc"], &["abc"]);

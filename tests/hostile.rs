@@ -178,6 +178,14 @@ fn safetensors_cases() -> Vec<(String, Vec<u8>)> {
         header.insert("__metadata__".into(), meta(cfg));
         cases.push((format!("{name}.safetensors"), safetensors(Value::Object(header), &data)));
     }
+    // a configuration and an optimizer step of megabytes of text (parsed before any size is known)
+    for (name, key) in [("config-8mb", "config"), ("optimizer-step-8mb", "optimizer_step")] {
+        let (mut header, data) = small_model();
+        let mut m = meta(config(big(2), big(1), big(4), big(2)));
+        m[key] = json!(format!("[{}1]", "1,".repeat(4 << 20)));
+        header.insert("__metadata__".into(), m);
+        cases.push((format!("{name}.safetensors"), safetensors(Value::Object(header), &data)));
+    }
     // tensor entries with absurd shapes and offsets
     let entry = |shape: Value, offsets: Value| {
         let (mut header, data) = small_model();

@@ -20,13 +20,17 @@ use tch::{Device, Kind};
 /// Device and dtype from the flags (and the thread count applied).
 pub(crate) fn compute(c: &Compute) -> Result<(Device, Kind)> {
     if let Some(t) = c.threads {
-        if t < 1 {
-            bail!("--threads {t}: needs at least 1 thread");
+        if !(1..=MAX_THREADS).contains(&t) {
+            bail!("--threads {t}: between 1 and {MAX_THREADS}");
         }
         tch::set_num_threads(t);
     }
     Ok((parse_device(&c.device)?, parse_kind(&c.dtype)?))
 }
+
+/// The most threads `--threads` takes (far beyond any machine's cores; above it thread creation
+/// itself fails).
+const MAX_THREADS: i32 = 1024;
 
 /// The checkpoint at `path` as a flow on `--device` in `--dtype`, and the `--engine` to run it.
 pub(crate) fn load_flow(path: &Path, c: &Compute) -> Result<(Flow, Checkpoint, Engine)> {
@@ -96,6 +100,7 @@ pub(crate) fn toy_noise(set: data::ToySet, noise: Option<f64>) -> Result<f64> {
 
 /// Toy points: `n` drawn with `seed`, standardized on themselves (as the notebook does).
 pub(crate) fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: u64) -> Result<Matrix> {
+    check_points(n, 2)?;
     let noise = toy_noise(set, noise)?;
     Ok(data::scaler::standardize(&set.sample(n, noise, &mut Rng::new(seed)))?)
 }
@@ -103,11 +108,16 @@ pub(crate) fn toy_points(set: data::ToySet, noise: Option<f64>, n: usize, seed: 
 /// Checks that `n` points of `d` columns fit in what rnvp holds at once (the share of the available
 /// memory it reads data files into), before anything is drawn.
 pub(crate) fn check_points(n: usize, d: usize) -> Result<()> {
+    check_rows("-n", n, d)
+}
+
+/// [`check_points`] for `n` rows asked for by the flag `flag`.
+pub(crate) fn check_rows(flag: &str, n: usize, d: usize) -> Result<()> {
     let limit = io::read_limit(io::Contents::Data);
     let bytes = (n as u128) * (d as u128) * 8;
     if bytes > limit as u128 {
         bail!(
-            "-n {n}: {n} points of {d} columns take {:.1} GB, more than rnvp holds at once ({:.1} GB, 1/16 of the \
+            "{flag} {n}: {n} points of {d} columns take {:.1} GB, more than rnvp holds at once ({:.1} GB, 1/16 of the \
              available memory; RNVP_MAX_FILE_BYTES sets another limit)",
             bytes as f64 / 1e9,
             limit as f64 / 1e9

@@ -9,6 +9,7 @@ pub(crate) fn plot(a: cli::PlotArgs) -> Result<()> {
     let (flow, ck, engine) = load_flow(&a.checkpoint, &a.compute)?;
     let n = non_negative("-n", a.n)?;
     let (d, m) = (flow.stack().config().d, flow.stack().config().context);
+    super::check_points(n, d as usize)?;
     let context = match (&a.context, m) {
         (None, 0) => None,
         (None, m) => bail!(

@@ -67,6 +67,11 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             a.out.display()
         );
     }
+    if !file {
+        // a toy set's batches and validation points are drawn, not read: size them first
+        super::check_rows("--batch-size", cfg.batch_size, 2)?;
+        super::check_rows("--val-size", cfg.val_size, 2)?;
+    }
     let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize, preset_used.as_ref())?;
     if let TrainData::Table { train, .. } = &train_data {
         // a file is validated once per epoch unless --val-every says otherwise
@@ -95,6 +100,9 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     .with_arch(arch)
     .with_init(init)
     .with_context(context);
+    if resume.is_none() {
+        check_size(&fresh, kind)?;
+    }
     tch::manual_seed(a.seed as i64);
     if resume.is_some() {
         let given: Vec<String> = ARCHITECTURE_FLAGS
@@ -117,7 +125,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         None => None,
     };
     let start = optimizer.map_or(0, |o| o.step.max(0) as usize);
-    if start >= cfg.steps && cfg.steps > 0 {
+    if start >= cfg.steps && (cfg.steps > 0 || start > 0) {
         bail!("--resume: the checkpoint is at step {start}; ask for more --steps than that");
     }
     let mut info = serde_json::Map::new();
@@ -200,7 +208,8 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     if let Some(dir) = &a.plot_dir {
         let points = match &spec {
             DataSpec::Toy(set) => toy_points(*set, a.noise, 3000, a.seed.wrapping_add(1))?,
-            DataSpec::File(p) => io::read_matrix(p)?,
+            // read again, so checked again (the file may have changed during training)
+            DataSpec::File(p) => super::read_rows(p, flow_cfg.d, flow_cfg.context)?,
         };
         let (d, m) = (flow_cfg.d as usize, flow_cfg.context as usize);
         // a conditional flow is drawn at its data's mean context
@@ -411,4 +420,31 @@ fn model_to_train(
     // an engine that cannot run this flow fails before training starts
     flow.stack().run(engine).fused_packing()?;
     Ok(flow)
+}
+
+/// Refuses a model whose weights and Adam's state (three copies) would be more than rnvp reads
+/// back from a checkpoint, before anything is allocated. The count is a bound: per step two
+/// networks of `d + m` inputs and `d` outputs, an LU map and an ActNorm.
+fn check_size(cfg: &FlowConfig, kind: Kind) -> Result<()> {
+    let (d, m, h, layers) = (
+        cfg.d.max(0) as u128,
+        cfg.context.max(0) as u128,
+        cfg.hidden.max(0) as u128,
+        cfg.layers.max(0) as u128,
+    );
+    let numbers = layers * (2 * ((d + m + 1) * h + (h + 1) * d) + 3 * d * d + 2 * d);
+    let bytes = numbers * kind.elt_size_in_bytes() as u128 * 3;
+    let limit = io::read_limit(io::Contents::Checkpoint);
+    if bytes > limit as u128 {
+        bail!(
+            "--hidden {} --layers {} (d = {}): up to {numbers} parameters take {:.1} GB with Adam's state, more than \
+             rnvp reads back from a checkpoint ({:.1} GB, 1/8 of the available memory)",
+            cfg.hidden,
+            cfg.layers,
+            cfg.d,
+            bytes as f64 / 1e9,
+            limit as f64 / 1e9
+        );
+    }
+    Ok(())
 }

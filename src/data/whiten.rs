@@ -21,6 +21,17 @@ impl Whitening {
         if m.rows == 0 || m.cols < d {
             return Err(Error::Data(format!("cannot whiten {d} columns of a {} × {} table", m.rows, m.cols)));
         }
+        // the covariance, its factor and the factor's inverse: three d × d matrices
+        let bytes = (d as u128).pow(2) * 8 * 3;
+        let limit = super::io::read_limit(super::io::Contents::Data);
+        if bytes > limit as u128 {
+            return Err(Error::Data(format!(
+                "whitening {d} columns needs {:.1} GB of d × d matrices, more than rnvp holds at once ({:.1} GB); \
+                 train with --whiten false",
+                bytes as f64 / 1e9,
+                limit as f64 / 1e9
+            )));
+        }
         let n = m.rows as f64;
         let mut cov = vec![0.0; d * d];
         for i in 0..m.rows {

@@ -131,6 +131,16 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
         let text = v.ok_or_else(|| bad(format!("metadata '{}' is not a string", k.escape_debug())))?;
         meta.insert(k, text);
     }
+    // the values parsed before their sizes are known from the config: an architecture's and a
+    // step's text is short
+    for (key, most) in [("config", 4096), ("optimizer_step", 32)] {
+        if let Some(t) = meta.get(key).filter(|t| t.len() > most) {
+            return Err(bad(format!(
+                "metadata '{key}': {} bytes, more than the {most} it can need",
+                t.len()
+            )));
+        }
+    }
     let json = |key: &str| {
         meta.get(key).map(|t| serde_json::from_str::<Value>(t).unwrap_or(Value::String(t.clone())))
     };
