@@ -386,6 +386,12 @@ fn torch_cases() -> Vec<(String, Vec<u8>)> {
     }
     p.op(b"u.");
     cases.push(("views-2e4-x-1e4", torch_zip(&p.0, &[("0", &four[..4])])));
+    // five million empty tuples: one object per byte (each some 130 bytes in memory)
+    let mut tuples = vec![0x80, 2];
+    tuples.extend(std::iter::repeat_n(b')', 5_000_000));
+    tuples.push(b'.');
+    cases.push(("legacy-5e6-tuples", tuples.clone()));
+    cases.push(("zip-5e6-tuples", torch_zip(&tuples, &[])));
     // 20,000 layers named, each an empty tensor: the inferred model is bounded by the file
     let mut p = Pickle::new();
     p.op(b"}(");

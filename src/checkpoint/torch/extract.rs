@@ -3,6 +3,9 @@ use super::pickle::{Arena, ElemType, Node, TensorRef, Value, MAX_DEPTH};
 use super::RawTensor;
 use std::collections::HashSet;
 
+/// The longest module path the walks build (state_dict names are far shorter).
+const MAX_NAME: usize = 4096;
+
 /// Keys under which training checkpoints keep the model's state_dict, most likely first.
 const PREFERRED: [&str; 8] =
     ["model_state_dict", "state_dict", "model", "net", "module", "network", "model_state", "weights"];
@@ -211,6 +214,11 @@ impl<'g> Walker<'g> {
         if depth > MAX_DEPTH {
             return Err(format!("modules nested deeper than {MAX_DEPTH} levels"));
         }
+        if prefix.len() > MAX_NAME {
+            return Err(format!(
+                "module names longer than {MAX_NAME} bytes (a module that contains itself?)"
+            ));
+        }
         let arena = self.arena;
         let Some(st) = self.module_state(m) else { return Ok(()) };
         self.step(st.entries.len())?;
@@ -264,6 +272,11 @@ impl<'g> Walker<'g> {
     ) -> Result<(), String> {
         if depth > MAX_DEPTH {
             return Err(format!("modules nested deeper than {MAX_DEPTH} levels"));
+        }
+        if prefix.len() > MAX_NAME {
+            return Err(format!(
+                "module names longer than {MAX_NAME} bytes (a module that contains itself?)"
+            ));
         }
         let arena = self.arena;
         let Some(Node::Object { state: Some(st), .. }) = arena.node(m) else { return Ok(()) };

@@ -18,6 +18,9 @@ use std::rc::Rc;
 pub(super) const MAX_DEPTH: usize = 200;
 /// Most dimensions a tensor may have.
 pub(super) const MAX_DIMS: usize = 64;
+/// Most objects and stack entries one unpickling holds (about 130 bytes each, whatever the input's
+/// size; a model's file holds some twenty per tensor).
+pub(super) const MAX_VALUES: usize = 1 << 19;
 
 /// A pickled value. Containers and objects are [`Value::Ref`]s into the [`Arena`].
 #[derive(Debug, Clone, PartialEq)]
@@ -453,6 +456,9 @@ impl<'a> Unpickler<'a> {
     fn run(&mut self) -> Result<Value, String> {
         loop {
             let at = self.pos;
+            if self.arena.nodes.len() + self.stack.len() > MAX_VALUES {
+                return self.err(at, format!("more than {MAX_VALUES} objects (not a model's checkpoint)"));
+            }
             let op = match self.data.get(self.pos) {
                 Some(&b) => b,
                 None => return Err(format!("truncated pickle (no STOP opcode before offset {at})")),
