@@ -714,6 +714,15 @@ fn sizes_and_buffers_from_the_user_are_checked() {
     fails(&["sample", "--checkpoint", s(&ck), "-n", "10000000000000"], &["-n 10000000000000", "GB"]);
 }
 
+/// `rnvp train` of a small posterior flow `q(θ | x)` on `sims` into `q` (4 layers of 32 units, 600
+/// steps), with `extra` flags.
+fn train_posterior(sims: &Path, q: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--data", s(sims), "--context", "2", "--out", s(q), "--layers", "4"];
+    args.extend(["--hidden", "32", "--steps", "600", "--batch-size", "256", "--lr", "3e-3", "--quiet"]);
+    args.extend_from_slice(extra);
+    rnvp(&args)
+}
+
 /// Rows `[θ₀, θ₁, x₀, x₁]` with `θ ~ U(−1, 1)²` and `x = θ + N(0, 0.1²)`: the posterior of θ given
 /// x is narrow around x (inside the box).
 fn simulations(path: &Path, n: usize) {
@@ -733,30 +742,11 @@ fn conditional_flows_train_sample_and_score_from_the_cli() {
     let sims = dir.join("sims.csv");
     simulations(&sims, 3000);
     let q = dir.join("q.safetensors");
-    let out = ok(&[
-        "train",
-        "--data",
-        s(&sims),
-        "--context",
-        "2",
-        "--bounds",
-        "-1,1",
-        "--out",
-        s(&q),
-        "--layers",
-        "4",
-        "--hidden",
-        "32",
-        "--steps",
-        "600",
-        "--batch-size",
-        "256",
-        "--lr",
-        "3e-3",
-        "--quiet",
-        "--plot-dir",
-        s(&dir.join("train-figures")),
-    ]);
+    // the box's value starts with a minus sign, given after a space
+    let plots = dir.join("train-figures");
+    let out = train_posterior(&sims, &q, &["--bounds", "-1,1", "--plot-dir", s(&plots)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("kept step"), "{out}");
     for f in ["loss.png", "samples.png", "latent.png", "density.png"] {
         assert!(is_png(&dir.join("train-figures").join(f)), "train --plot-dir: no {f}");
@@ -874,29 +864,9 @@ fn truncated_bounds_train_sample_score_plot_and_refuse_export() {
     simulations(&sims, 3000);
     let q = dir.join("q.safetensors");
     let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--data",
-            s(&sims),
-            "--context",
-            "2",
-            "--bounds=-1,1",
-            "--out",
-            s(&q),
-            "--layers",
-            "4",
-            "--hidden",
-            "32",
-            "--steps",
-            "600",
-            "--batch-size",
-            "256",
-            "--lr",
-            "3e-3",
-            "--quiet",
-        ];
+        let mut args = vec!["--bounds=-1,1"];
         args.extend_from_slice(extra);
-        rnvp(&args)
+        train_posterior(&sims, &q, &args)
     };
     let out = train(&["--bounds-mode", "truncate"]);
     let err = String::from_utf8_lossy(&out.stderr);
