@@ -925,41 +925,19 @@ fn truncated_bounds_train_sample_score_plot_and_refuse_export() {
         &["export", "--checkpoint", s(&q), "--out", s(&dir.join("ts"))],
         &["truncate", "cannot be exported"],
     );
-    fails(
-        &["train", "--data", s(&sims), "--context", "2", "--bounds-mode", "truncate", "--out", s(&q)],
-        &["--bounds-mode", "--bounds"],
-    );
-    fails(
-        &[
-            "train",
-            "--data",
-            s(&sims),
-            "--context",
-            "2",
-            "--bounds=-1,1",
-            "--bounds-mode",
-            "probit",
-            "--out",
-            s(&q),
-        ],
+    let training_fails = |extra: &[&str], expect: &[&str]| {
+        let mut args = vec!["train", "--data", s(&sims), "--context", "2"];
+        args.extend_from_slice(extra);
+        fails(&args, expect)
+    };
+    training_fails(&["--bounds-mode", "truncate", "--out", s(&q)], &["--bounds-mode", "--bounds"]);
+    training_fails(
+        &["--bounds=-1,1", "--bounds-mode", "probit", "--out", s(&q)],
         &["--bounds-mode", "probit", "logit or truncate"],
     );
-    let last = dir.join("q.last.safetensors");
-    fails(
-        &[
-            "train",
-            "--data",
-            s(&sims),
-            "--context",
-            "2",
-            "--bounds=-1,1",
-            "--resume",
-            s(&last),
-            "--steps",
-            "700",
-            "--out",
-            s(&dir.join("r.safetensors")),
-        ],
+    let (last, resumed) = (dir.join("q.last.safetensors"), dir.join("r.safetensors"));
+    training_fails(
+        &["--bounds=-1,1", "--resume", s(&last), "--steps", "700", "--out", s(&resumed)],
         &["--resume", "with truncate", "--bounds-mode"],
     );
     // the logit mode still needs no rejection: its samples carry no note
