@@ -31,7 +31,7 @@ pub enum Command {
         after_help = "Example:\n  rnvp eval --checkpoint moons.safetensors --data two-moons -n 20000 --json"
     )]
     Eval(EvalArgs),
-    /// Draw samples x = F⁻¹(z), z ~ N(0, I).
+    /// Draw samples x = F⁻¹(z), z ~ N(0, I) (a flow truncated to its box keeps the draws inside it).
     #[command(
         after_help = "Example:\n  rnvp sample --checkpoint moons.safetensors -n 5000 --out samples.npy --png samples.png"
     )]
@@ -328,8 +328,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "M", default_value_t = 0, allow_negative_numbers = true)]
     pub context: i64,
     /// The box every modelled column lies in, LO,HI (e.g. a uniform prior's): every sample lies
-    /// inside it and every density is one on it, kept as --bounds-mode says (logit space by
-    /// default; --preset sbi truncates).
+    /// inside it and every density is normalised over it, kept as --bounds-mode says (logit space
+    /// by default; --preset sbi truncates).
     #[arg(long, value_name = "LO,HI", allow_hyphen_values = true, conflicts_with = "bounds_file")]
     pub bounds: Option<String>,
     /// Decorrelate a data file's standardized modelled columns (whitening), so that the untrained

@@ -113,7 +113,9 @@ impl Figures<'_> {
             Some(s) => {
                 let n = usize::try_from(self.n_samples)
                     .map_err(|_| Error::InvalidConfig(format!("cannot draw {} samples", self.n_samples)))?;
-                let log_z = truncation::log_mass(at, s, truncation::MASS_DRAWS.1)?.0;
+                // the density figure (d = 2) divides by the mass in the box
+                let log_z =
+                    if d == 2 { truncation::log_mass(at, s, truncation::MASS_DRAWS.1)?.0 } else { 0.0 };
                 (truncation::sample(at, s, n)?.0, log_z)
             }
             None => (data::from_tensor(&at.sample(self.n_samples)?)?, 0.0),

@@ -19,8 +19,13 @@ pub const MIN_ACCEPTANCE: f64 = 0.01;
 /// Draws before the acceptance is judged against [`MIN_ACCEPTANCE`].
 const JUDGED_AFTER: usize = 10_000;
 
-/// The most rows drawn at once.
-const ROUND: usize = 1 << 20;
+/// The most numbers drawn at once (rows × columns; 16 MB per copy in f64).
+const ROUND: usize = 1 << 21;
+
+/// The most rows of `d` columns drawn at once.
+fn round_rows(d: usize) -> usize {
+    (ROUND / d.max(1)).max(1)
+}
 
 /// Draws of `q` for all the contexts of one normalizer together (split evenly between them).
 pub const MASS_BUDGET: usize = 1 << 20;
@@ -59,7 +64,7 @@ pub fn truncates(space: &DataSpace) -> bool {
 }
 
 /// `n` samples of `p(x | c)` in the user's units from `run` (given its context, in the flow's
-/// units): without truncation the flow's plain draw ([`Run::sample_counted`]); truncated, the draws
+/// units: one row, the same for every sample, when truncated): without truncation the flow's plain draw ([`Run::sample_counted`]); truncated, the draws
 /// inside the box, in the order drawn. Errors when fewer than [`MIN_ACCEPTANCE`] of the draws fall
 /// inside.
 pub fn sample(run: Run, space: &DataSpace, n: usize) -> Result<(Matrix, Draws)> {
@@ -72,13 +77,15 @@ pub fn sample(run: Run, space: &DataSpace, n: usize) -> Result<(Matrix, Draws)> 
         return Ok((xs, Draws { kept: n, drawn: n, redrawn }));
     };
     let d = space.d;
-    let mut out = Matrix { rows: 0, cols: d, data: Vec::with_capacity(n.min(ROUND).saturating_mul(d)) };
+    let mut out =
+        Matrix { rows: 0, cols: d, data: Vec::with_capacity(n.min(round_rows(d)).saturating_mul(d)) };
     let mut draws = Draws::default();
     while out.rows < n {
         let need = n - out.rows;
         // as many as the acceptance so far says are needed, and a tenth more
         let rate = if draws.drawn == 0 { 1.0 } else { draws.acceptance().max(MIN_ACCEPTANCE) };
-        let rows = ((need as f64 / rate * 1.1).ceil() as usize).clamp(need.min(ROUND), ROUND);
+        let most = round_rows(d);
+        let rows = ((need as f64 / rate * 1.1).ceil() as usize).clamp(need.min(most), most);
         let (xs, redrawn) = draw(rows)?;
         let mut kept = 0;
         for i in 0..xs.rows {
@@ -195,7 +202,7 @@ pub fn log_mass(run: Run, space: &DataSpace, draws: usize) -> Result<(f64, f64)>
     let Some(b) = space.bounds.filter(|_| truncates(space)) else { return Ok((0.0, 0.0)) };
     let (mut inside, mut done, mut target) = (0usize, 0usize, draws.max(1));
     while done < target {
-        let rows = (target - done).min(ROUND);
+        let rows = (target - done).min(round_rows(space.d));
         let (xs, redrawn) = run.sample_counted(rows as i64)?;
         let xs = space.from_flow(&data::from_tensor(&xs)?)?;
         inside += (0..xs.rows).filter(|&i| b.contains(xs.row(i))).count();

@@ -317,10 +317,10 @@ fn bad_input_gives_one_line_errors_and_a_non_zero_exit() {
     fails(&["eval", "--checkpoint", ck, "--data", "two-moons", "-n", huge], &["-n", "GB"]);
     fails(&["train", "--data", "two-moons", "--out", out, "--batch-size", huge], &["--batch-size", "GB"]);
     fails(&["train", "--data", "two-moons", "--out", out, "--val-size", huge], &["--val-size", "GB"]);
-    fails(&["train", "--data", "two-moons", "--out", out, "--hidden", "1000000000000"], &["--hidden", "GB"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--hidden", "1000000000000"], &["--hidden", "MB", "checkpoint"]);
     fails(
         &["train", "--data", "two-moons", "--out", out, "--hidden", "1", "--layers", "1000000000000"],
-        &["--layers 1000000000000", "GB"],
+        &["--layers 1000000000000", "MB", "checkpoint"],
     );
     fails(&["sample", "--checkpoint", ck], &["-n"]);
     fails(&["frobnicate"], &["frobnicate"]);
@@ -937,9 +937,37 @@ fn truncated_bounds_train_sample_score_plot_and_refuse_export() {
     );
     let (last, resumed) = (dir.join("q.last.safetensors"), dir.join("r.safetensors"));
     training_fails(
-        &["--bounds=-1,1", "--resume", s(&last), "--steps", "700", "--out", s(&resumed)],
+        &[
+            "--bounds=-1,1",
+            "--bounds-mode",
+            "logit",
+            "--resume",
+            s(&last),
+            "--steps",
+            "700",
+            "--out",
+            s(&resumed),
+        ],
         &["--resume", "with truncate", "--bounds-mode"],
     );
+    // without --bounds-mode a resumed run keeps its checkpoint's mode
+    ok(&[
+        "train",
+        "--data",
+        s(&sims),
+        "--context",
+        "2",
+        "--bounds=-1,1",
+        "--resume",
+        s(&last),
+        "--steps",
+        "700",
+        "--out",
+        s(&resumed),
+        "--quiet",
+    ]);
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&resumed), "--json"])).unwrap();
+    assert_eq!(info["bounds"]["mode"].as_str(), Some("truncate"), "{info}");
     // the logit mode still needs no rejection: its samples carry no note
     let out = train(&["--bounds-mode", "logit"]);
     assert!(out.status.success());

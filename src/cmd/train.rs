@@ -72,7 +72,13 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         super::check_rows("--batch-size", cfg.batch_size, 2)?;
         super::check_rows("--val-size", cfg.val_size, 2)?;
     }
-    let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize, preset_used.as_ref())?;
+    let resume = match &a.resume {
+        Some(p) => Some((p.as_path(), Checkpoint::load_with(p, a.compute.prefix.as_deref())?)),
+        None => None,
+    };
+    // a resumed run keeps its checkpoint's bounds mode unless --bounds-mode says otherwise
+    let mode = resume.as_ref().and_then(|(_, ck)| ck.bounds.as_ref()).map(|b| b.mode);
+    let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize, preset_used.as_ref(), mode)?;
     if let TrainData::Table { train, .. } = &train_data {
         // a file is validated once per epoch unless --val-every says otherwise
         let batches = train.rows.div_ceil(cfg.batch_size).max(1);
@@ -87,10 +93,6 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         }
     }
     let d = train_data.dim() as i64 - context;
-    let resume = match &a.resume {
-        Some(p) => Some((p.as_path(), Checkpoint::load_with(p, a.compute.prefix.as_deref())?)),
-        None => None,
-    };
     let fresh = FlowConfig::stacked(
         d,
         a.k.unwrap_or(d / 2),
@@ -323,6 +325,7 @@ fn training_data(
     cfg: &TrainConfig,
     context: usize,
     preset: Option<&Preset>,
+    resumed: Option<BoundsMode>,
 ) -> Result<(TrainData, Option<Scaler>)> {
     Ok(match spec {
         DataSpec::Toy(set) => (TrainData::Toy { set: *set, noise: toy_noise(*set, a.noise)? }, None),
@@ -335,7 +338,7 @@ fn training_data(
                     m.cols
                 );
             }
-            let bounds = bounds(a, m.cols - context, preset)?;
+            let bounds = bounds(a, m.cols - context, resumed.or(preset.map(|p| p.bounds_mode)))?;
             let whiten = a.whiten.unwrap_or(true).then_some(m.cols - context);
             let (d, s) = TrainData::from_table_in(&m, cfg.val_fraction, cfg.seed, bounds.as_ref(), whiten)
                 .with_context(|| format!("preparing {}", p.display()))?;
@@ -345,11 +348,12 @@ fn training_data(
 }
 
 /// The box of the `d` modelled columns from `--bounds LO,HI` or `--bounds-file`, kept as
-/// `--bounds-mode` says, else as the preset's.
-fn bounds(a: &cli::TrainArgs, d: usize, preset: Option<&Preset>) -> Result<Option<Bounds>> {
+/// `--bounds-mode` says, else as `default` (a resumed checkpoint's mode, else the preset's), else
+/// by the logit map.
+fn bounds(a: &cli::TrainArgs, d: usize, default: Option<BoundsMode>) -> Result<Option<Bounds>> {
     let mode = match &a.bounds_mode {
         Some(text) => text.parse().map_err(|e| anyhow::anyhow!("--bounds-mode: {e}"))?,
-        None => preset.map_or(BoundsMode::Logit, |p| p.bounds_mode),
+        None => default.unwrap_or_default(),
     };
     Ok(box_of(a, d)?.map(|b| b.with_mode(mode)))
 }
@@ -423,27 +427,33 @@ fn model_to_train(
 }
 
 /// Refuses a model whose weights and Adam's state (three copies) would be more than rnvp reads
-/// back from a checkpoint, before anything is allocated. The count is a bound: per step two
-/// networks of `d + m` inputs and `d` outputs, an LU map and an ActNorm.
+/// back from a checkpoint, before anything is allocated: the numbers of the first two steps
+/// (whose flips differ) counted from their shapes, times the steps.
 fn check_size(cfg: &FlowConfig, kind: Kind) -> Result<()> {
-    let (d, m, h, layers) = (
-        cfg.d.max(0) as u128,
-        cfg.context.max(0) as u128,
-        cfg.hidden.max(0) as u128,
-        cfg.layers.max(0) as u128,
-    );
-    let numbers = layers * (2 * ((d + m + 1) * h + (h + 1) * d) + 3 * d * d + 2 * d);
+    let steps = cfg.layers.clamp(1, 2);
+    let few = FlowConfig { layers: steps, ..*cfg };
+    let counted: u128 = few
+        .variable_names()
+        .filter(|n| !rnvp::config::is_buffer(n.rsplit('.').next().unwrap_or("")))
+        .filter_map(|n| few.variable_shape(&n))
+        .map(|shape| shape.iter().map(|&v| v.max(0) as u128).product::<u128>())
+        .sum();
+    let numbers = counted * cfg.layers.max(0) as u128 / steps as u128;
     let bytes = numbers * kind.elt_size_in_bytes() as u128 * 3;
     let limit = io::read_limit(io::Contents::Checkpoint);
     if bytes > limit as u128 {
+        let how = match std::env::var_os("RNVP_MAX_FILE_BYTES") {
+            Some(_) => "RNVP_MAX_FILE_BYTES",
+            None => "1/8 of the available memory; RNVP_MAX_FILE_BYTES sets another limit",
+        };
         bail!(
-            "--hidden {} --layers {} (d = {}): up to {numbers} parameters take {:.1} GB with Adam's state, more than \
-             rnvp reads back from a checkpoint ({:.1} GB, 1/8 of the available memory)",
+            "--hidden {} --layers {} (d = {}): {numbers} parameters take {} MB with Adam's state, more than rnvp \
+             reads back from a checkpoint ({} MB, {how})",
             cfg.hidden,
             cfg.layers,
             cfg.d,
-            bytes as f64 / 1e9,
-            limit as f64 / 1e9
+            bytes / 1_000_000,
+            limit / 1_000_000
         );
     }
     Ok(())

@@ -167,7 +167,8 @@ impl Packing {
     /// Whether the kernels beat libtorch's engine on this stack, as measured in `scripts/bench
     /// --only widths` (docs/BENCHMARKS-conditional.md): always with narrow networks; with wide ones
     /// while each network's multiply-adds per row, `(inputs + outputs) × hidden`, stay at most
-    /// [`WIDE_AUTO_LIMIT`] ([`WIDE_AUTO_LIMIT_BASELINE`] in the baseline build). At hidden 512, one thread, a training step ran fused / libtorch engine:
+    /// [`WIDE_AUTO_LIMIT`] ([`WIDE_AUTO_LIMIT_BASELINE`] in the baseline build). At hidden 512,
+    /// one thread, a training step ran fused / libtorch engine:
     /// - 40 inputs, 8 outputs (24,576): 10.5 / 14.0 ms on an AVX-512 Xeon, 16.7 / 23.7 on an AVX2
     ///   EPYC;
     /// - d = 32, 16 inputs and outputs (16,384): 1.2–1.35× faster fused on the Xeon in three runs,
