@@ -317,7 +317,10 @@ fn bad_input_gives_one_line_errors_and_a_non_zero_exit() {
     fails(&["eval", "--checkpoint", ck, "--data", "two-moons", "-n", huge], &["-n", "GB"]);
     fails(&["train", "--data", "two-moons", "--out", out, "--batch-size", huge], &["--batch-size", "GB"]);
     fails(&["train", "--data", "two-moons", "--out", out, "--val-size", huge], &["--val-size", "GB"]);
-    fails(&["train", "--data", "two-moons", "--out", out, "--hidden", "1000000000000"], &["--hidden", "MB", "checkpoint"]);
+    fails(
+        &["train", "--data", "two-moons", "--out", out, "--hidden", "1000000000000"],
+        &["--hidden", "MB", "checkpoint"],
+    );
     fails(
         &["train", "--data", "two-moons", "--out", out, "--hidden", "1", "--layers", "1000000000000"],
         &["--layers 1000000000000", "MB", "checkpoint"],
