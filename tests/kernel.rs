@@ -17,7 +17,10 @@ fn flow_and_data(cfg: &FlowConfig, n: i64, seed: i64) -> (Flow, Tensor) {
     let (flow, xs) = common::seeded(seed, || {
         let flow = Flow::new(cfg, Device::Cpu, Kind::Float).unwrap();
         tch::no_grad(|| {
-            for (name, mut t) in flow.var_store().variables() {
+            // in name order: `variables()` is a HashMap, whose order changes from run to run
+            let mut vars: Vec<(String, Tensor)> = flow.var_store().variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, mut t) in vars {
                 match name.rsplit('.').next().unwrap() {
                     "initialized" => {
                         let _ = t.fill_(1.0);
