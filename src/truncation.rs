@@ -60,7 +60,18 @@ impl Draws {
 
 /// Whether `space` truncates its flow to a box.
 pub fn truncates(space: &DataSpace) -> bool {
-    space.bounds.is_some_and(|b| b.mode == BoundsMode::Truncate)
+    truncated_box(space).is_some()
+}
+
+/// The box `space` truncates its flow to, if it does.
+fn truncated_box<'a>(space: &DataSpace<'a>) -> Option<&'a data::Bounds> {
+    space.bounds.filter(|b| b.mode == BoundsMode::Truncate)
+}
+
+/// `rows` draws of the flow in the user's units, and how many non-finite draws it replaced.
+fn draw(run: Run, space: &DataSpace, rows: usize) -> Result<(Matrix, usize)> {
+    let (xs, redrawn) = run.sample_counted(rows as i64)?;
+    Ok((space.from_flow(&data::from_tensor(&xs)?)?, redrawn))
 }
 
 /// `n` samples of `p(x | c)` in the user's units from `run` (given its context, in the flow's
@@ -68,12 +79,8 @@ pub fn truncates(space: &DataSpace) -> bool {
 /// inside the box, in the order drawn. Errors when fewer than [`MIN_ACCEPTANCE`] of the draws fall
 /// inside.
 pub fn sample(run: Run, space: &DataSpace, n: usize) -> Result<(Matrix, Draws)> {
-    let draw = |rows: usize| -> Result<(Matrix, usize)> {
-        let (xs, redrawn) = run.sample_counted(rows as i64)?;
-        Ok((space.from_flow(&data::from_tensor(&xs)?)?, redrawn))
-    };
-    let Some(b) = space.bounds.filter(|_| truncates(space)) else {
-        let (xs, redrawn) = draw(n)?;
+    let Some(b) = truncated_box(space) else {
+        let (xs, redrawn) = draw(run, space, n)?;
         return Ok((xs, Draws { kept: n, drawn: n, redrawn }));
     };
     let d = space.d;
@@ -86,18 +93,19 @@ pub fn sample(run: Run, space: &DataSpace, n: usize) -> Result<(Matrix, Draws)> 
         let rate = if draws.drawn == 0 { 1.0 } else { draws.acceptance().max(MIN_ACCEPTANCE) };
         let most = round_rows(d);
         let rows = ((need as f64 / rate * 1.1).ceil() as usize).clamp(need.min(most), most);
-        let (xs, redrawn) = draw(rows)?;
-        let mut kept = 0;
-        for i in 0..xs.rows {
-            if b.contains(xs.row(i)) && out.rows < n {
-                out.data.extend_from_slice(xs.row(i));
-                out.rows += 1;
-                kept += 1;
-            }
-        }
+        let (xs, redrawn) = draw(run, space, rows)?;
         // draws past the n-th kept one are not counted as rejected; non-finite draws that the flow
         // drew again are draws outside the box
-        let used = if out.rows < n { rows + redrawn } else { last_used(&xs, b, kept) };
+        let (mut kept, mut used) = (0, rows + redrawn);
+        for i in (0..xs.rows).filter(|&i| b.contains(xs.row(i))) {
+            out.data.extend_from_slice(xs.row(i));
+            out.rows += 1;
+            kept += 1;
+            if out.rows == n {
+                used = i + 1;
+                break;
+            }
+        }
         draws.add(Draws { kept, drawn: used, redrawn });
         if draws.drawn >= JUDGED_AFTER && draws.acceptance() < MIN_ACCEPTANCE {
             return Err(Error::Data(format!(
@@ -111,20 +119,6 @@ pub fn sample(run: Run, space: &DataSpace, n: usize) -> Result<(Matrix, Draws)> 
         }
     }
     Ok((out, draws))
-}
-
-/// The rows of `xs` up to and including its `kept`-th row inside the box.
-fn last_used(xs: &Matrix, b: &data::Bounds, kept: usize) -> usize {
-    let mut seen = 0;
-    for i in 0..xs.rows {
-        if b.contains(xs.row(i)) {
-            seen += 1;
-            if seen == kept {
-                return i + 1;
-            }
-        }
-    }
-    xs.rows
 }
 
 /// `log Z(c)` of each row's context, estimated from draws of `q`.
@@ -199,12 +193,11 @@ pub fn normalizer(run: Run, space: &DataSpace, rows: &Matrix, seed: u64) -> Resu
 /// truncation), or from up to [`MASS_DRAWS`]`.1` where fewer than [`MASS_HITS`] of them fall in the
 /// box. Errors when none does.
 pub fn log_mass(run: Run, space: &DataSpace, draws: usize) -> Result<(f64, f64)> {
-    let Some(b) = space.bounds.filter(|_| truncates(space)) else { return Ok((0.0, 0.0)) };
+    let Some(b) = truncated_box(space) else { return Ok((0.0, 0.0)) };
     let (mut inside, mut done, mut target) = (0usize, 0usize, draws.max(1));
     while done < target {
         let rows = (target - done).min(round_rows(space.d));
-        let (xs, redrawn) = run.sample_counted(rows as i64)?;
-        let xs = space.from_flow(&data::from_tensor(&xs)?)?;
+        let (xs, redrawn) = draw(run, space, rows)?;
         inside += (0..xs.rows).filter(|&i| b.contains(xs.row(i))).count();
         // a non-finite draw that the flow drew again is a draw outside the box
         done += rows + redrawn;

@@ -717,6 +717,16 @@ fn sizes_and_buffers_from_the_user_are_checked() {
     fails(&["sample", "--checkpoint", s(&ck), "-n", "10000000000000"], &["-n 10000000000000", "GB"]);
 }
 
+/// A fresh test folder `name` holding `rows` [`simulations`] as `sims.csv`, and the path
+/// `q.safetensors` there for the posterior flow.
+fn posterior_files(name: &str, rows: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = tmp_dir(name);
+    let sims = dir.join("sims.csv");
+    simulations(&sims, rows);
+    let q = dir.join("q.safetensors");
+    (dir, sims, q)
+}
+
 /// `rnvp train` of a small posterior flow `q(θ | x)` on `sims` into `q` (4 layers of 32 units, 600
 /// steps), with `extra` flags.
 fn train_posterior(sims: &Path, q: &Path, extra: &[&str]) -> Output {
@@ -741,10 +751,7 @@ fn simulations(path: &Path, n: usize) {
 
 #[test]
 fn conditional_flows_train_sample_and_score_from_the_cli() {
-    let dir = tmp_dir("cli-conditional");
-    let sims = dir.join("sims.csv");
-    simulations(&sims, 3000);
-    let q = dir.join("q.safetensors");
+    let (dir, sims, q) = posterior_files("cli-conditional", 3000);
     // the box's value starts with a minus sign, given after a space
     let plots = dir.join("train-figures");
     let out = train_posterior(&sims, &q, &["--bounds", "-1,1", "--plot-dir", s(&plots)]);
@@ -862,10 +869,7 @@ fn conditional_flows_train_sample_and_score_from_the_cli() {
 
 #[test]
 fn truncated_bounds_train_sample_score_plot_and_refuse_export() {
-    let dir = tmp_dir("cli-truncated");
-    let sims = dir.join("sims.csv");
-    simulations(&sims, 3000);
-    let q = dir.join("q.safetensors");
+    let (dir, sims, q) = posterior_files("cli-truncated", 3000);
     let train = |extra: &[&str]| {
         let mut args = vec!["--bounds=-1,1"];
         args.extend_from_slice(extra);
@@ -939,36 +943,13 @@ fn truncated_bounds_train_sample_score_plot_and_refuse_export() {
         &["--bounds-mode", "probit", "logit or truncate"],
     );
     let (last, resumed) = (dir.join("q.last.safetensors"), dir.join("r.safetensors"));
+    let resume = ["--bounds=-1,1", "--resume", s(&last), "--steps", "700", "--out", s(&resumed)];
     training_fails(
-        &[
-            "--bounds=-1,1",
-            "--bounds-mode",
-            "logit",
-            "--resume",
-            s(&last),
-            "--steps",
-            "700",
-            "--out",
-            s(&resumed),
-        ],
+        &[&resume[..], &["--bounds-mode", "logit"]].concat(),
         &["--resume", "with truncate", "--bounds-mode"],
     );
     // without --bounds-mode a resumed run keeps its checkpoint's mode
-    ok(&[
-        "train",
-        "--data",
-        s(&sims),
-        "--context",
-        "2",
-        "--bounds=-1,1",
-        "--resume",
-        s(&last),
-        "--steps",
-        "700",
-        "--out",
-        s(&resumed),
-        "--quiet",
-    ]);
+    ok(&[&["train", "--data", s(&sims), "--context", "2", "--quiet"][..], &resume].concat());
     let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&resumed), "--json"])).unwrap();
     assert_eq!(info["bounds"]["mode"].as_str(), Some("truncate"), "{info}");
     // the logit mode still needs no rejection: its samples carry no note
@@ -983,10 +964,7 @@ fn truncated_bounds_train_sample_score_plot_and_refuse_export() {
 
 #[test]
 fn preset_sbi_sets_its_recipe_and_flags_given_win() {
-    let dir = tmp_dir("cli-preset-sbi");
-    let sims = dir.join("sims.csv");
-    simulations(&sims, 600);
-    let q = dir.join("q.safetensors");
+    let (_, sims, q) = posterior_files("cli-preset-sbi", 600);
     let run = |extra: &[&str]| {
         let mut args =
             vec!["train", "--data", s(&sims), "--context", "2", "--preset", "sbi", "--steps", "20"];

@@ -440,12 +440,8 @@ fn check_size(cfg: &FlowConfig, kind: Kind) -> Result<()> {
         .sum();
     let numbers = counted * cfg.layers.max(0) as u128 / steps as u128;
     let bytes = numbers * kind.elt_size_in_bytes() as u128 * 3;
-    let limit = io::read_limit(io::Contents::Checkpoint);
+    let (limit, how) = io::limit_and_reason(io::Contents::Checkpoint);
     if bytes > limit as u128 {
-        let how = match std::env::var_os("RNVP_MAX_FILE_BYTES") {
-            Some(_) => "RNVP_MAX_FILE_BYTES",
-            None => "1/8 of the available memory; RNVP_MAX_FILE_BYTES sets another limit",
-        };
         bail!(
             "--hidden {} --layers {} (d = {}): {numbers} parameters take {} MB with Adam's state, more than rnvp \
              reads back from a checkpoint ({} MB, {how})",

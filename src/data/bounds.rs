@@ -74,7 +74,7 @@ impl Bounds {
 
     /// Whether the first `self.len()` values of `row` lie inside the open box.
     pub fn contains(&self, row: &[f64]) -> bool {
-        self.lo.iter().zip(&self.hi).zip(row).all(|((l, h), x)| x > l && x < h)
+        self.outside(row).is_none()
     }
 
     /// Rows of data (the first `self.len()` columns bounded) as the flow sees them, with
@@ -107,9 +107,9 @@ impl Bounds {
         }
     }
 
-    /// The first bounded column of `row` outside the open box.
+    /// The first bounded column of `row` outside the open box (or missing from it).
     fn outside(&self, row: &[f64]) -> Option<usize> {
-        (0..self.len()).find(|&j| !(row[j] > self.lo[j] && row[j] < self.hi[j]))
+        (0..self.len()).find(|&j| !row.get(j).is_some_and(|&x| x > self.lo[j] && x < self.hi[j]))
     }
 
     fn outside_error(&self, i: usize, j: usize, x: f64) -> Error {

@@ -46,7 +46,8 @@ pub fn read_limit(contents: Contents) -> u64 {
     limit_and_reason(contents).0
 }
 
-fn limit_and_reason(contents: Contents) -> (u64, String) {
+/// [`read_limit`] and what set it, for messages.
+pub fn limit_and_reason(contents: Contents) -> (u64, String) {
     if let Some(v) = std::env::var("RNVP_MAX_FILE_BYTES").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
         return (v, "RNVP_MAX_FILE_BYTES".into());
     }
