@@ -33,6 +33,9 @@ pub(super) struct Geometry {
     pub cond: usize,
     /// Context columns (the networks' last inputs; 0 for an unconditional flow).
     pub m: usize,
+    /// Whether the backward pass passes ∂loss/∂input on through the conditioning columns (not
+    /// for a flow's first layer, which nothing precedes; the wide kernels then skip `W₁ᵀ δ`).
+    pub input_grad: bool,
 }
 
 impl Geometry {
@@ -177,6 +180,18 @@ fn outputs<
     }
 }
 
+/// The hidden blocks of the tiled kernels' tiles, the panels they read `W₁ᵀ` in
+/// ([`Blocks::panels`]), for a pass over `n` rows; 0 where they do not run (narrow networks, the
+/// baseline build, fewer rows than a group).
+fn panel_blocks<const F: bool, const WIDE: bool, const BIG: bool>(n: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if WIDE && F && n >= wide::ROWS && Avx2::detect().is_some() {
+        return if BIG { 4 } else { 2 };
+    }
+    let _ = n;
+    0
+}
+
 /// Work space of the wide kernels for one layer (none for the narrow ones): room for the tiled
 /// kernels' activations and hidden-unit gradients of a group of rows.
 fn work<const WIDE: bool>(geo: Geometry) -> Vec<Lane> {
@@ -244,10 +259,13 @@ fn layer_pass<
     log_det: &mut [f32],
     mut keep: Option<&mut [f32]>,
 ) {
+    let n = data.len() / geo.d;
     let (sig, mu, map) = layer_nets::<C, O>(params, geo);
+    let j = panel_blocks::<F, WIDE, BIG>(n);
+    let (ps, pm) = (sig.as_ref().map_or(Vec::new(), |s| s.panels(j)), mu.panels(j));
+    let (sig, mu) = (sig.as_ref().map(|s| s.with_panels(&ps, j)), mu.with_panels(&pm, j));
     let nets = (sig.as_ref(), &mu, &map);
     let mut work = work::<WIDE>(geo);
-    let n = data.len() / geo.d;
     let mut i = 0;
     while i < n {
         let keep = keep.as_deref_mut();
@@ -356,7 +374,11 @@ pub(super) fn layer_backward<
     grad: &mut [f32],
     dlogdet: f32,
 ) {
+    let n = input.len() / geo.d;
     let (sig, mu, map) = layer_nets::<C, O>(params, geo);
+    let j = panel_blocks::<F, WIDE, BIG>(n);
+    let (ps, pm) = (sig.as_ref().map_or(Vec::new(), |s| s.panels(j)), mu.panels(j));
+    let (sig, mu) = (sig.as_ref().map(|s| s.with_panels(&ps, j)), mu.with_panels(&pm, j));
     let (c, o) = (geo.inputs(), geo.outputs());
     let len = net_len(c, o, geo.hp);
     let (mut gsig, gm, gextra) = if geo.affine {
@@ -371,7 +393,6 @@ pub(super) fn layer_backward<
     let mut ggamma = [0.0f32; O];
     let mut sig = sig.as_ref().zip(gsig.as_mut());
     let mut work = work::<WIDE>(geo);
-    let n = input.len() / geo.d;
     let mut i = 0;
     while i < n {
         let args = (&mut sig, &mu, &mut gmu, &map, &mut ggamma);
@@ -478,9 +499,10 @@ fn backward_rows<
             grad[row + o] = g * e;
         }
     }
-    let dm = backward_net::<R, C, O, F, WIDE, BIG>((mu, gmu), &x1, &gm, work, geo.cond);
+    let needed = if geo.input_grad { geo.cond } else { 0 };
+    let dm = backward_net::<R, C, O, F, WIDE, BIG>((mu, gmu), &x1, &gm, work, needed);
     let ds = match sig {
-        Some((net, g)) => backward_net::<R, C, O, F, WIDE, BIG>((net, g), &x1, &gs, work, geo.cond),
+        Some((net, g)) => backward_net::<R, C, O, F, WIDE, BIG>((net, g), &x1, &gs, work, needed),
         None => [[0.0f32; C]; R],
     };
     // the context's gradient is not needed: only the data columns' are passed on

@@ -342,7 +342,19 @@ impl Packing {
         let (cc, tc) = if flip { (self.k, 0) } else { (0, self.k) };
         let cond = if flip { self.d - self.k } else { self.k };
         let scale = self.cfg.arch.scale;
-        Geometry { d: self.d, cc, tc, hp: self.hp, hidden: self.hidden, affine, scale, cond, m: self.m }
+        let input_grad = layer > 0;
+        Geometry {
+            d: self.d,
+            cc,
+            tc,
+            hp: self.hp,
+            hidden: self.hidden,
+            affine,
+            scale,
+            cond,
+            m: self.m,
+            input_grad,
+        }
     }
 
     /// `x → z` in place for rows of `xs` (`n × d`), adding each row's `Σ log|det|` to `log_det`.

@@ -65,6 +65,14 @@ pub(super) struct Blocks<'a, const C: usize, const O: usize> {
     pub w2flat: &'a [Lane],
     pub w2: [&'a [Lane]; O],
     pub b2: [f32; O],
+    /// `W₁ᵀ` in panels for the tiled kernels' tiles of `panel` blocks (empty: none): for each
+    /// run of `panel` blocks, every input's `panel` blocks one after the other, so that a tile
+    /// reads its weights from one place in memory instead of one row of `W₁ᵀ` per input.
+    pub w1p: &'a [Lane],
+    /// `W₂` in panels likewise (every output's blocks of a run one after the other).
+    pub w2p: &'a [Lane],
+    /// Blocks per panel of `w1p` and `w2p`.
+    pub panel: usize,
     /// Real hidden units in the last block (the rest is padding, masked to exactly zero so that
     /// infinite inputs cannot turn `0 · ∞` into NaN).
     pub last_valid: usize,
@@ -95,8 +103,39 @@ impl<'a, const C: usize, const O: usize> Blocks<'a, C, O> {
             w2flat: w2,
             w2: std::array::from_fn(|i| if i < o { &w2[i * nb..(i + 1) * nb] } else { &[] }),
             b2: std::array::from_fn(|i| if i < o { b2[i] } else { 0.0 }),
+            w1p: &[],
+            w2p: &[],
+            panel: 0,
             last_valid: hidden - (hp - LANES),
         }
+    }
+
+    /// `W₁ᵀ` then `W₂` in panels of `panel` blocks (the layouts of [`Blocks::w1p`] and
+    /// [`Blocks::w2p`]; the last blocks, fewer than a panel, are left out); empty for 0.
+    pub fn panels(&self, panel: usize) -> Vec<Lane> {
+        let nb = self.blocks();
+        if panel == 0 {
+            return Vec::new();
+        }
+        let whole = nb / panel * panel;
+        let mut out = Vec::with_capacity(whole * (self.c + self.o));
+        for (w, rows) in [(self.w1t, self.c), (self.w2flat, self.o)] {
+            for b0 in (0..whole).step_by(panel) {
+                for row in w.chunks_exact(nb).take(rows) {
+                    out.extend_from_slice(&row[b0..b0 + panel]);
+                }
+            }
+        }
+        out
+    }
+
+    /// This network reading its weights from `panels` ([`Blocks::panels`] of `panel` blocks).
+    pub fn with_panels<'b>(&self, panels: &'b [Lane], panel: usize) -> Blocks<'b, C, O>
+    where
+        'a: 'b,
+    {
+        let (w1p, w2p) = panels.split_at(panels.len() / (self.c + self.o) * self.c);
+        Blocks { w1p, w2p, panel, ..*self }
     }
 
     /// Hidden blocks.

@@ -65,17 +65,29 @@ fn pre_tile<const R: usize, const J: usize, const C: usize, const O: usize>(
     let nb = net.blocks();
     let b1 = loads::<J>(t, &net.b1[b0..b0 + J]);
     let mut h = [b1; R];
-    for (w, x) in net.w1t.chunks_exact(nb).zip(xt).take(net.c) {
-        let w = loads::<J>(t, &w[b0..b0 + J]);
-        let x = &x[r0..r0 + R];
-        for r in 0..R {
-            let s = t.splat(x[r]);
-            for j in 0..J {
-                h[r][j] = w[j].mul_add(s, h[r][j]);
-            }
+    if J == net.panel {
+        // the tile's weights in one panel (the same numbers in the same order)
+        let panel = &net.w1p[b0 / J * net.c * J..][..net.c * J];
+        for (w, x) in panel.chunks_exact(J).zip(xt) {
+            pre_step::<R, J>(t, &mut h, loads::<J>(t, w), &x[r0..r0 + R]);
+        }
+    } else {
+        for (w, x) in net.w1t.chunks_exact(nb).zip(xt).take(net.c) {
+            pre_step::<R, J>(t, &mut h, loads::<J>(t, &w[b0..b0 + J]), &x[r0..r0 + R]);
         }
     }
     h
+}
+
+/// `h[r] += w · x[r]` for one input of the tile.
+#[inline(always)]
+fn pre_step<const R: usize, const J: usize>(t: Avx2, h: &mut [[V8; J]; R], w: [V8; J], x: &[f32]) {
+    for r in 0..R {
+        let s = t.splat(x[r]);
+        for j in 0..J {
+            h[r][j] = w[j].mul_add(s, h[r][j]);
+        }
+    }
 }
 
 /// The activations of rows `r0..r0 + R` and blocks `b0..b0 + J`, masked, into `a` (block-major).
@@ -317,14 +329,14 @@ fn deltas_tile<const R: usize, const J: usize, const C: usize, const O: usize>(
 ) {
     let nb = net.blocks();
     let mut da = [[t.zero(); J]; R];
-    for (w, g) in net.w2flat.chunks_exact(nb).zip(gt).take(net.o) {
-        let w = loads::<J>(t, &w[b0..b0 + J]);
-        let g = &g[r0..r0 + R];
-        for r in 0..R {
-            let s = t.splat(g[r]);
-            for j in 0..J {
-                da[r][j] = w[j].mul_add(s, da[r][j]);
-            }
+    if J == net.panel {
+        let panel = &net.w2p[b0 / J * net.o * J..][..net.o * J];
+        for (w, g) in panel.chunks_exact(J).zip(gt) {
+            pre_step::<R, J>(t, &mut da, loads::<J>(t, w), &g[r0..r0 + R]);
+        }
+    } else {
+        for (w, g) in net.w2flat.chunks_exact(nb).zip(gt).take(net.o) {
+            pre_step::<R, J>(t, &mut da, loads::<J>(t, &w[b0..b0 + J]), &g[r0..r0 + R]);
         }
     }
     for j in 0..J {
