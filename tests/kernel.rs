@@ -264,7 +264,8 @@ fn whole_row_groups_give_the_numbers_of_single_rows() {
         FlowConfig::stacked(40, 20, 16, 2).with_context(20),
     ];
     for cfg in configs {
-        let n = 24;
+        // 75 rows: nine whole groups, enough for the weights' panels, and three rows alone
+        let n = 75;
         let (flow, xs) = flow_and_data(&cfg, n, 9);
         let ctx = common::seeded(10, || flat(&Tensor::randn([n, cfg.context], (Kind::Float, Device::Cpu))));
         let pk = flow.stack().packing().unwrap();
@@ -287,6 +288,39 @@ fn whole_row_groups_give_the_numbers_of_single_rows() {
                 assert_eq!((&z[r * d..(r + 1) * d], ld[r]), (&zr[..], ldr[0]), "{what}: forward");
                 assert_eq!(&x[r * d..(r + 1) * d], &xr[..], "{what}: inverse");
             }
+        }
+    }
+}
+
+#[test]
+fn weight_panels_change_no_bit_of_the_gradients() {
+    // a pass over 64 rows or more reads the tiled kernels' weights from panels, a pass over fewer
+    // reads them in place: one pass over eight copies of eight rows adds the same numbers to the
+    // gradients in the same order as eight passes over the eight rows
+    let configs = [
+        FlowConfig::stacked(16, 8, 44, 3),
+        FlowConfig::stacked(10, 5, 64, 2).with_context(10),
+        FlowConfig::stacked(40, 20, 16, 2).with_context(20),
+    ];
+    // (couplings only: the linear layers sum their gradients over a pass's rows before adding)
+    for cfg in configs {
+        let (flow, xs) = flow_and_data(&cfg, 8, 12);
+        let ctx = common::seeded(13, || flat(&Tensor::randn([8, cfg.context], (Kind::Float, Device::Cpu))));
+        let pk = flow.stack().packing().unwrap();
+        let params = pk.pack(flow.stack().layers()).unwrap();
+        let (x8, x64) = (flat(&xs), flat(&xs).repeat(8));
+        let mut builds = vec![pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()];
+        builds.dedup();
+        for pk in builds {
+            let mut scratch = Scratch::default();
+            let mut once = vec![0.0f32; pk.len()];
+            pk.loss_grad_given(&params, &mut once, (&x64, &ctx.repeat(8)), 1.0, false, &mut scratch);
+            let mut eight = vec![0.0f32; pk.len()];
+            for _ in 0..8 {
+                pk.loss_grad_given(&params, &mut eight, (&x8, &ctx), 1.0, false, &mut scratch);
+            }
+            assert!(once.iter().any(|g| *g != 0.0), "{cfg:?}: no gradient");
+            assert!(once == eight, "{cfg:?} {}: the gradients differ with panels", pk.instruction_set());
         }
     }
 }

@@ -180,12 +180,16 @@ fn outputs<
     }
 }
 
-/// The hidden blocks of the tiled kernels' tiles, the panels they read `W₁ᵀ` in
-/// ([`Blocks::panels`]), for a pass over `n` rows; 0 where they do not run (narrow networks, the
-/// baseline build, fewer rows than a group).
+/// Rows of a pass below which the tiled kernels read the weights' rows in place: packing the
+/// panels costs as much as a few groups of rows gain from them.
+const PANEL_ROWS: usize = 8 * wide::ROWS;
+
+/// The hidden blocks of the tiled kernels' tiles, the panels they read `W₁ᵀ` and `W₂` in
+/// ([`Blocks::panels`]), for a pass over `n` rows; 0 for none: where the tiled kernels do not run
+/// (narrow networks, the baseline build) and for fewer than [`PANEL_ROWS`] rows.
 fn panel_blocks<const F: bool, const WIDE: bool, const BIG: bool>(n: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if WIDE && F && n >= wide::ROWS && Avx2::detect().is_some() {
+    if WIDE && F && n >= PANEL_ROWS && Avx2::detect().is_some() {
         return if BIG { 4 } else { 2 };
     }
     let _ = n;
@@ -354,7 +358,8 @@ fn pass_rows<
 }
 
 /// Backward through one layer: `input` holds the layer's input rows, `sm` each row's `s` and
-/// `μ`, and `grad` ∂loss/∂output on entry and ∂loss/∂input on return. `dlogdet` is
+/// `μ`, and `grad` ∂loss/∂output on entry and ∂loss/∂input on return (for the wide kernels,
+/// without the networks' share where `geo.input_grad` is false). `dlogdet` is
 /// ∂loss/∂(Σ log s) of every row. Adds the parameter gradients to `grads`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -426,7 +431,8 @@ type BackwardNets<'s, 'a, 'g, const C: usize, const O: usize> = (
 );
 
 /// ∂loss/∂input of `net` for `R` rows, adding its weight gradients to `g`, by the narrow or the
-/// wide kernels (the wide ones skip the context's gradient).
+/// wide kernels (the wide ones give only the first `needed` inputs' gradient: none of the
+/// context's).
 #[inline(always)]
 fn backward_net<
     const R: usize,

@@ -134,7 +134,9 @@ impl<'a, const C: usize, const O: usize> Blocks<'a, C, O> {
     where
         'a: 'b,
     {
-        let (w1p, w2p) = panels.split_at(panels.len() / (self.c + self.o) * self.c);
+        let whole = self.blocks().checked_div(panel).map_or(0, |runs| runs * panel);
+        debug_assert_eq!(panels.len(), whole * (self.c + self.o), "panels of another network");
+        let (w1p, w2p) = panels.split_at(whole * self.c);
         Blocks { w1p, w2p, panel, ..*self }
     }
 
