@@ -313,10 +313,10 @@ fn bad_input_gives_one_line_errors_and_a_non_zero_exit() {
     // sizes that would exhaust the machine are refused before anything is allocated
     let huge = "4000000000000";
     fails(&["sample", "--checkpoint", ck, "-n", "3", "--threads", "1000000"], &["--threads 1000000", "1024"]);
-    fails(&["plot", "--checkpoint", ck, "-n", huge, "--out-dir", s(&dir.join("f"))], &["-n", "GB"]);
-    fails(&["eval", "--checkpoint", ck, "--data", "two-moons", "-n", huge], &["-n", "GB"]);
-    fails(&["train", "--data", "two-moons", "--out", out, "--batch-size", huge], &["--batch-size", "GB"]);
-    fails(&["train", "--data", "two-moons", "--out", out, "--val-size", huge], &["--val-size", "GB"]);
+    fails(&["plot", "--checkpoint", ck, "-n", huge, "--out-dir", s(&dir.join("f"))], &["-n", "GiB"]);
+    fails(&["eval", "--checkpoint", ck, "--data", "two-moons", "-n", huge], &["-n", "GiB"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--batch-size", huge], &["--batch-size", "GiB"]);
+    fails(&["train", "--data", "two-moons", "--out", out, "--val-size", huge], &["--val-size", "GiB"]);
     fails(
         &["train", "--data", "two-moons", "--out", out, "--hidden", "1000000000000"],
         &["--hidden", "MB", "checkpoint"],
@@ -711,10 +711,13 @@ fn sizes_and_buffers_from_the_user_are_checked() {
     let dir = tmp_dir("cli-sizes");
     let out = dir.join("m.csv");
     fails(&["datasets", "two-moons", "-n", "1", "--out", s(&out)], &["-n 1", "at least 2"]);
-    fails(&["datasets", "two-moons", "-n", "10000000000000", "--out", s(&out)], &["-n 10000000000000", "GB"]);
+    fails(
+        &["datasets", "two-moons", "-n", "10000000000000", "--out", s(&out)],
+        &["-n 10000000000000", "GiB"],
+    );
     let ck = dir.join("glow.safetensors");
     train_small(&ck, &["--arch", "glow"]);
-    fails(&["sample", "--checkpoint", s(&ck), "-n", "10000000000000"], &["-n 10000000000000", "GB"]);
+    fails(&["sample", "--checkpoint", s(&ck), "-n", "10000000000000"], &["-n 10000000000000", "GiB"]);
 }
 
 /// A fresh test folder `name` holding `rows` [`simulations`] as `sims.csv`, and the path

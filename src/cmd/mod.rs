@@ -113,14 +113,13 @@ pub(crate) fn check_points(n: usize, d: usize) -> Result<()> {
 
 /// [`check_points`] for `n` rows asked for by the flag `flag`.
 pub(crate) fn check_rows(flag: &str, n: usize, d: usize) -> Result<()> {
-    let limit = io::read_limit(io::Contents::Data);
+    let (limit, reason) = io::limit_and_reason(io::Contents::Data);
     let bytes = (n as u128) * (d as u128) * 8;
     if bytes > limit as u128 {
         bail!(
-            "{flag} {n}: {n} points of {d} columns take {:.1} GB, more than rnvp holds at once ({:.1} GB, 1/16 of the \
-             available memory; RNVP_MAX_FILE_BYTES sets another limit)",
-            bytes as f64 / 1e9,
-            limit as f64 / 1e9
+            "{flag} {n}: {n} points of {d} columns take {}, more than rnvp holds at once ({}, {reason})",
+            io::size_text(u64::try_from(bytes).unwrap_or(u64::MAX)),
+            io::size_text(limit)
         );
     }
     Ok(())

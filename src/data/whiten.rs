@@ -23,13 +23,13 @@ impl Whitening {
         }
         // the covariance, its factor and the factor's inverse: three d × d matrices
         let bytes = (d as u128).pow(2) * 8 * 3;
-        let limit = super::io::read_limit(super::io::Contents::Data);
+        let (limit, reason) = super::io::limit_and_reason(super::io::Contents::Data);
         if bytes > limit as u128 {
             return Err(Error::Data(format!(
-                "whitening {d} columns needs {:.1} GB of d × d matrices, more than rnvp holds at once ({:.1} GB); \
+                "whitening {d} columns needs {} of d × d matrices, more than rnvp holds at once ({}, {reason}); \
                  train with --whiten false",
-                bytes as f64 / 1e9,
-                limit as f64 / 1e9
+                super::io::size_text(u64::try_from(bytes).unwrap_or(u64::MAX)),
+                super::io::size_text(limit)
             )));
         }
         let n = m.rows as f64;

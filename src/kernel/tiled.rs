@@ -65,30 +65,56 @@ fn pre_tile<const R: usize, const J: usize, const C: usize, const O: usize>(
     r0: usize,
     b0: usize,
 ) -> [[V8; J]; R] {
-    let nb = net.blocks();
     let b1 = loads::<J>(t, &net.b1[b0..b0 + J]);
     let mut h = [b1; R];
-    if J == net.panel {
-        // the tile's weights in one panel (the same numbers in the same order)
-        let panel = &net.w1p[b0 / J * net.c * J..][..net.c * J];
-        for (w, x) in panel.chunks_exact(J).zip(xt) {
-            pre_step::<R, J>(t, &mut h, loads::<J>(t, w), &x[r0..r0 + R]);
-        }
-    } else {
-        for (w, x) in net.w1t.chunks_exact(nb).zip(xt).take(net.c) {
-            pre_step::<R, J>(t, &mut h, loads::<J>(t, &w[b0..b0 + J]), &x[r0..r0 + R]);
-        }
-    }
+    let w = Weights { rows: net.w1t, panels: net.w1p, panel: net.panel, nb: net.blocks(), count: net.c };
+    w.accumulate::<R, J>(t, &mut h, xt, r0, b0);
     h
 }
 
-/// `h[r] += w · x[r]` for one input of the tile.
+/// A weight matrix as a tile over inputs reads it: `count` rows of `nb` blocks, or where the
+/// tile's blocks are `panel`, the same numbers in panels ([`Blocks::panels`]).
+struct Weights<'w> {
+    rows: &'w [Lane],
+    panels: &'w [Lane],
+    panel: usize,
+    nb: usize,
+    count: usize,
+}
+
+impl Weights<'_> {
+    /// `acc[r] += Σ_i w_i[b0..b0 + J] · s_i[r0 + r]` over the rows `w_i` in order, with `s` the
+    /// scalars input-major.
+    #[inline(always)]
+    fn accumulate<const R: usize, const J: usize>(
+        &self,
+        t: Avx2,
+        acc: &mut [[V8; J]; R],
+        s: &[[f32; ROWS]],
+        r0: usize,
+        b0: usize,
+    ) {
+        if J == self.panel {
+            // the tile's weights one after the other in one panel
+            let panel = &self.panels[b0 / J * self.count * J..][..self.count * J];
+            for (w, s) in panel.chunks_exact(J).zip(s) {
+                step::<R, J>(t, acc, loads::<J>(t, w), &s[r0..r0 + R]);
+            }
+        } else {
+            for (w, s) in self.rows.chunks_exact(self.nb).zip(s).take(self.count) {
+                step::<R, J>(t, acc, loads::<J>(t, &w[b0..b0 + J]), &s[r0..r0 + R]);
+            }
+        }
+    }
+}
+
+/// `acc[r] += w · s[r]` for one input of a tile.
 #[inline(always)]
-fn pre_step<const R: usize, const J: usize>(t: Avx2, h: &mut [[V8; J]; R], w: [V8; J], x: &[f32]) {
+fn step<const R: usize, const J: usize>(t: Avx2, acc: &mut [[V8; J]; R], w: [V8; J], s: &[f32]) {
     for r in 0..R {
-        let s = t.splat(x[r]);
+        let s = t.splat(s[r]);
         for j in 0..J {
-            h[r][j] = w[j].mul_add(s, h[r][j]);
+            acc[r][j] = w[j].mul_add(s, acc[r][j]);
         }
     }
 }
@@ -330,18 +356,9 @@ fn deltas_tile<const R: usize, const J: usize, const C: usize, const O: usize>(
     r0: usize,
     b0: usize,
 ) {
-    let nb = net.blocks();
     let mut da = [[t.zero(); J]; R];
-    if J == net.panel {
-        let panel = &net.w2p[b0 / J * net.o * J..][..net.o * J];
-        for (w, g) in panel.chunks_exact(J).zip(gt) {
-            pre_step::<R, J>(t, &mut da, loads::<J>(t, w), &g[r0..r0 + R]);
-        }
-    } else {
-        for (w, g) in net.w2flat.chunks_exact(nb).zip(gt).take(net.o) {
-            pre_step::<R, J>(t, &mut da, loads::<J>(t, &w[b0..b0 + J]), &g[r0..r0 + R]);
-        }
-    }
+    let w = Weights { rows: net.w2flat, panels: net.w2p, panel: net.panel, nb: net.blocks(), count: net.o };
+    w.accumulate::<R, J>(t, &mut da, gt, r0, b0);
     for j in 0..J {
         let mask = pad_mask(t, net, b0 + j);
         let at = (b0 + j) * ROWS + r0;
