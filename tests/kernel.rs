@@ -4,7 +4,7 @@
 mod common;
 
 use rnvp::data::{Rng, ToySet};
-use rnvp::kernel::{Isa, Packing, Scratch};
+use rnvp::kernel::{Isa, Packing, Scratch, PANEL_ROWS};
 use rnvp::train::{Adam, FusedAdam, Schedule, TrainConfig, TrainData, Trainer};
 use rnvp::{Arch, Engine, Flow, FlowConfig, Layout, Mixing, Scale};
 use std::collections::BTreeMap;
@@ -264,8 +264,8 @@ fn whole_row_groups_give_the_numbers_of_single_rows() {
         FlowConfig::stacked(40, 20, 16, 2).with_context(20),
     ];
     for cfg in configs {
-        // 75 rows: nine whole groups, enough for the weights' panels, and three rows alone
-        let n = 75;
+        // whole groups of eight rows, enough for the weights' panels, and three rows alone
+        let n = PANEL_ROWS as i64 + 11;
         let (flow, xs) = flow_and_data(&cfg, n, 9);
         let ctx = common::seeded(10, || flat(&Tensor::randn([n, cfg.context], (Kind::Float, Device::Cpu))));
         let pk = flow.stack().packing().unwrap();
@@ -294,9 +294,9 @@ fn whole_row_groups_give_the_numbers_of_single_rows() {
 
 #[test]
 fn weight_panels_change_no_bit_of_the_gradients() {
-    // a pass over 64 rows or more reads the tiled kernels' weights from panels, a pass over fewer
-    // reads them in place: one pass over eight copies of eight rows adds the same numbers to the
-    // gradients in the same order as eight passes over the eight rows
+    // a pass over PANEL_ROWS rows or more reads the tiled kernels' weights from panels (AVX2 and
+    // AVX-512 builds), a pass over fewer reads them in place: one pass over copies of eight rows
+    // adds the same numbers to the gradients in the same order as one pass per copy
     let configs = [
         FlowConfig::stacked(16, 8, 44, 3),
         FlowConfig::stacked(10, 5, 64, 2).with_context(10),
@@ -308,15 +308,16 @@ fn weight_panels_change_no_bit_of_the_gradients() {
         let ctx = common::seeded(13, || flat(&Tensor::randn([8, cfg.context], (Kind::Float, Device::Cpu))));
         let pk = flow.stack().packing().unwrap();
         let params = pk.pack(flow.stack().layers()).unwrap();
-        let (x8, x64) = (flat(&xs), flat(&xs).repeat(8));
+        let copies = PANEL_ROWS.div_ceil(8);
+        let (x8, many) = (flat(&xs), flat(&xs).repeat(copies));
         let mut builds = vec![pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()];
         builds.dedup();
         for pk in builds {
             let mut scratch = Scratch::default();
             let mut once = vec![0.0f32; pk.len()];
-            pk.loss_grad_given(&params, &mut once, (&x64, &ctx.repeat(8)), 1.0, false, &mut scratch);
+            pk.loss_grad_given(&params, &mut once, (&many, &ctx.repeat(copies)), 1.0, false, &mut scratch);
             let mut eight = vec![0.0f32; pk.len()];
-            for _ in 0..8 {
+            for _ in 0..copies {
                 pk.loss_grad_given(&params, &mut eight, (&x8, &ctx), 1.0, false, &mut scratch);
             }
             assert!(once.iter().any(|g| *g != 0.0), "{cfg:?}: no gradient");

@@ -117,8 +117,8 @@ pub(crate) fn check_rows(flag: &str, n: usize, d: usize) -> Result<()> {
     let bytes = (n as u128) * (d as u128) * 8;
     if bytes > limit as u128 {
         bail!(
-            "{flag} {n}: {n} points of {d} columns take {}, more than rnvp holds at once ({}, {reason})",
-            io::size_text(u64::try_from(bytes).unwrap_or(u64::MAX)),
+            "{flag} {n}: {n} points of {d} columns take {}, more than rnvp holds at once ({}: {reason})",
+            io::size_text(bytes),
             io::size_text(limit)
         );
     }

@@ -69,8 +69,8 @@ pub fn limit_and_reason(contents: Contents) -> (u64, String) {
 }
 
 /// A byte count for messages: `123 bytes`, `1.5 GiB`.
-pub fn size_text(bytes: u64) -> String {
-    match bytes {
+pub fn size_text(bytes: impl Into<u128>) -> String {
+    match bytes.into() {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
         b => format!("{b} bytes"),

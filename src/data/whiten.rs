@@ -26,9 +26,9 @@ impl Whitening {
         let (limit, reason) = super::io::limit_and_reason(super::io::Contents::Data);
         if bytes > limit as u128 {
             return Err(Error::Data(format!(
-                "whitening {d} columns needs {} of d × d matrices, more than rnvp holds at once ({}, {reason}); \
+                "whitening {d} columns needs {} of d × d matrices, more than rnvp holds at once ({}: {reason}); \
                  train with --whiten false",
-                super::io::size_text(u64::try_from(bytes).unwrap_or(u64::MAX)),
+                super::io::size_text(bytes),
                 super::io::size_text(limit)
             )));
         }

@@ -182,7 +182,7 @@ fn outputs<
 
 /// Rows of a pass below which the tiled kernels read the weights' rows in place: packing the
 /// panels costs as much as a few groups of rows gain from them.
-const PANEL_ROWS: usize = 8 * wide::ROWS;
+pub(super) const PANEL_ROWS: usize = 8 * wide::ROWS;
 
 /// The hidden blocks of the tiled kernels' tiles, the panels they read `W₁ᵀ` and `W₂` in
 /// ([`Blocks::panels`]), for a pass over `n` rows; 0 for none: where the tiled kernels do not run

@@ -65,6 +65,9 @@ pub const MAX_WIDTH: usize = 4;
 pub const MAX_INPUTS: usize = wide::MAX_IN;
 /// Most network outputs (`k`, `d − k`) the kernels give.
 pub const MAX_OUTPUTS: usize = wide::MAX_OUT;
+/// Rows of a pass from which the tiled kernels read their weights from panels (fewer read them in
+/// place; the same numbers either way).
+pub const PANEL_ROWS: usize = coupling::PANEL_ROWS;
 /// Largest `(inputs + outputs) × hidden` of a wide network that `Engine::Auto` runs on the kernels
 /// ([`Packing::faster_than_libtorch`]).
 pub const WIDE_AUTO_LIMIT: usize = 24 * 1024;
@@ -165,15 +168,19 @@ impl Packing {
     }
 
     /// Whether the kernels beat libtorch's engine on this stack, as measured in `scripts/bench
-    /// --only widths` (docs/BENCHMARKS-conditional.md): always with narrow networks; with wide ones
-    /// while each network's multiply-adds per row, `(inputs + outputs) × hidden`, stay at most
-    /// [`WIDE_AUTO_LIMIT`] ([`WIDE_AUTO_LIMIT_BASELINE`] in the baseline build). At hidden 512,
-    /// one thread, a training step ran fused / libtorch engine:
+    /// --only widths`: always with narrow networks; with wide ones while each network's
+    /// multiply-adds per row, `(inputs + outputs) × hidden`, stay at most [`WIDE_AUTO_LIMIT`]
+    /// ([`WIDE_AUTO_LIMIT_BASELINE`] in the baseline build). At hidden 512, one thread, a training
+    /// step ran fused / libtorch engine in earlier runs, before the weight panels:
     /// - 40 inputs, 8 outputs (24,576): 10.5 / 14.0 ms on an AVX-512 Xeon, 16.7 / 23.7 on an AVX2
     ///   EPYC;
     /// - d = 32, 16 inputs and outputs (16,384): 1.2–1.35× faster fused on the Xeon in three runs,
     ///   12.7 / 18.1 ms on the EPYC (an AVX2-capped build on the Xeon: about even);
-    /// - d = 64 (32,768): 22.8 / 17.3 ms on the Xeon, 23.7 / 24.3 on the EPYC — left to libtorch.
+    /// - d = 64 (32,768): 22.8 / 17.3 ms on the Xeon, 23.7 / 24.3 on the EPYC — left to libtorch,
+    ///   which the Xeon runs faster.
+    ///
+    /// With the panels, on the EPYC (docs/BENCHMARKS-conditional.md): 11.6 / 21.5 ms, 11.1 / 17.3
+    /// and 18.9 / 23.8; not re-measured on the Xeon.
     pub fn faster_than_libtorch(&self) -> bool {
         (0..self.layers()).all(|l| match self.ops[l] {
             Op::Coupling { .. } => {

@@ -3,8 +3,9 @@
 //! tiles of rows × hidden blocks (or outputs × hidden blocks) whose accumulators stay in
 //! registers while each loaded vector serves several of them. The rows' activations and
 //! hidden-unit gradients go through a block-major work buffer (block `b` holds the rows' lanes
-//! one after the other) that stays in the L1 cache. The products over inputs and outputs
-//! (`W₁ x`, `W₂ᵀ g`) read their weights from panels (`Blocks::panels`):
+//! one after the other) that stays in the L1 cache. In passes of `PANEL_ROWS` rows or more, the
+//! products over inputs and outputs (`W₁ x`, `W₂ᵀ g`) read their weights from panels
+//! (`Blocks::panels`; tiles narrower than a panel read the rows):
 //! a tile's blocks of every input (or output) one after the other, one stream through memory
 //! instead of one row of `W₁ᵀ` (or `W₂`) per input (or output).
 //!
