@@ -45,6 +45,13 @@ fn flow_and_data(cfg: &FlowConfig, n: i64, seed: i64) -> (Flow, Tensor) {
     (flow, xs)
 }
 
+/// Every build of the kernels this CPU runs: the widest, AVX2, the baseline (once each).
+fn builds(pk: &Packing) -> Vec<Packing> {
+    let mut builds = vec![pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()];
+    builds.dedup();
+    builds
+}
+
 fn flat(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.contiguous().view([-1])).unwrap()
 }
@@ -134,9 +141,7 @@ fn gradients_equal_autograd() {
             let params = pk.pack(flow.stack().layers()).unwrap();
             let (want_loss, want) = autograd(&flow, &xs, &pk);
             let x = flat(&xs);
-            let mut builds = vec![pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()];
-            builds.dedup();
-            for pk in builds {
+            for pk in builds(&pk) {
                 for reversible in [false, true] {
                     // 512 rows on 3 threads are split three ways (blocks of at least 128 rows)
                     let threads: &[usize] = if n >= 3 * 128 { &[1, 3] } else { &[1] };
@@ -271,9 +276,7 @@ fn whole_row_groups_give_the_numbers_of_single_rows() {
         let pk = flow.stack().packing().unwrap();
         let params = pk.pack(flow.stack().layers()).unwrap();
         let (d, m) = (cfg.d as usize, cfg.context as usize);
-        let mut builds = vec![pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()];
-        builds.dedup();
-        for pk in builds {
+        for pk in builds(&pk) {
             let (mut z, mut ld) = (flat(&xs), vec![0.0; n as usize]);
             pk.forward_given(&params, &mut z, &ctx, &mut ld);
             let mut x = z.clone();
@@ -310,9 +313,7 @@ fn weight_panels_change_no_bit_of_the_gradients() {
         let params = pk.pack(flow.stack().layers()).unwrap();
         let copies = PANEL_ROWS.div_ceil(8);
         let (x8, many) = (flat(&xs), flat(&xs).repeat(copies));
-        let mut builds = vec![pk.clone(), pk.clone().capped(Isa::Avx2), pk.clone().baseline()];
-        builds.dedup();
-        for pk in builds {
+        for pk in builds(&pk) {
             let mut scratch = Scratch::default();
             let mut once = vec![0.0f32; pk.len()];
             pk.loss_grad_given(&params, &mut once, (&many, &ctx.repeat(copies)), 1.0, false, &mut scratch);
