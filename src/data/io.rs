@@ -307,6 +307,165 @@ const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 /// or big-endian, C or Fortran order. Values must be finite.
 pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Matrix> {
     let err = |msg: String| Error::Data(format!("{name}: {msg}"));
+    let header = npy_header(bytes, name, true)?;
+    let &[rows, cols] = header.dims.as_slice() else {
+        return Err(err(format!("shape {} is not 2-D [n, d]", header.shape_text)));
+    };
+    let array = npy_values(&header, name)?;
+    if rows == 0 {
+        return Err(err("no data rows".into()));
+    }
+    if cols == 0 {
+        return Err(err(format!("shape {} has no columns", header.shape_text)));
+    }
+    Ok(Matrix { rows, cols, data: array.values })
+}
+
+/// An array of any shape read from a `.npy` file by [`parse_npy_array`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyArray {
+    /// The shape, outermost dimension first (numpy's `shape`); at least one dimension.
+    pub dims: Vec<usize>,
+    /// The product of `dims` values in C order (last index fastest), whatever the file's order.
+    pub values: Vec<f64>,
+    /// Whether the file holds integers (then every value is an integer of at most 2⁵³ in
+    /// magnitude, held exactly).
+    pub integer: bool,
+    /// numpy's name of the file's element type: `float32`, `float64`, `uint8`, `int8`, `uint16`,
+    /// `int16`, `uint32`, `int32`, `uint64` or `int64`.
+    pub dtype: String,
+}
+
+/// Parses a `.npy` file (format 1.0, 2.0 or 3.0) holding an array of one or more dimensions (any
+/// of them may be 0) of float32, float64 or integers of 1, 2, 4 or 8 bytes, signed or not
+/// (`'|u1'`, `'|i1'`, `'<u2'` … `'<i8'`), little- or big-endian, C or Fortran order. Floats must be
+/// finite; integers beyond 2⁵³ in magnitude (not exact as `f64`) are an error.
+pub fn parse_npy_array(bytes: &[u8], name: &str) -> Result<NpyArray> {
+    let header = npy_header(bytes, name, false)?;
+    if header.dims.is_empty() {
+        return Err(Error::Data(format!("{name}: shape () is a scalar, not an array")));
+    }
+    npy_values(&header, name)
+}
+
+/// The element types [`parse_npy_array`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Elem {
+    F32,
+    F64,
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+}
+
+impl Elem {
+    /// The element type of a numpy `descr` such as `'<f8'` or `'|u1'`, and whether it is
+    /// big-endian; `None` for anything else (a one-byte type may carry any byte-order mark).
+    fn parse(descr: &str) -> Option<(Elem, bool)> {
+        let (order, code) = descr.split_at_checked(1)?;
+        let elem = match code {
+            "f4" => Elem::F32,
+            "f8" => Elem::F64,
+            "u1" => Elem::U8,
+            "i1" => Elem::I8,
+            "u2" => Elem::U16,
+            "i2" => Elem::I16,
+            "u4" => Elem::U32,
+            "i4" => Elem::I32,
+            "u8" => Elem::U64,
+            "i8" => Elem::I64,
+            _ => return None,
+        };
+        match (order, elem.size()) {
+            ("<", _) | ("|", 1) => Some((elem, false)),
+            (">", _) => Some((elem, true)),
+            _ => None,
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Elem::U8 | Elem::I8 => 1,
+            Elem::U16 | Elem::I16 => 2,
+            Elem::F32 | Elem::U32 | Elem::I32 => 4,
+            Elem::F64 | Elem::U64 | Elem::I64 => 8,
+        }
+    }
+
+    fn is_float(self) -> bool {
+        matches!(self, Elem::F32 | Elem::F64)
+    }
+
+    /// numpy's name of the type.
+    fn name(self) -> &'static str {
+        match self {
+            Elem::F32 => "float32",
+            Elem::F64 => "float64",
+            Elem::U8 => "uint8",
+            Elem::I8 => "int8",
+            Elem::U16 => "uint16",
+            Elem::I16 => "int16",
+            Elem::U32 => "uint32",
+            Elem::I32 => "int32",
+            Elem::U64 => "uint64",
+            Elem::I64 => "int64",
+        }
+    }
+}
+
+/// A number as stored: floats as `f64`, integers exactly.
+enum Element {
+    Float(f64),
+    Int(i128),
+}
+
+/// Decodes one element from its `size()` bytes.
+fn element(c: &[u8], elem: Elem, big_endian: bool) -> Element {
+    macro_rules! num {
+        ($t:ty, $n:literal) => {{
+            let mut b = [0u8; $n];
+            b.copy_from_slice(&c[..$n]);
+            if big_endian {
+                <$t>::from_be_bytes(b)
+            } else {
+                <$t>::from_le_bytes(b)
+            }
+        }};
+    }
+    match elem {
+        Elem::F32 => Element::Float(f64::from(num!(f32, 4))),
+        Elem::F64 => Element::Float(num!(f64, 8)),
+        Elem::U8 => Element::Int(i128::from(c[0])),
+        Elem::I8 => Element::Int(i128::from(c[0] as i8)),
+        Elem::U16 => Element::Int(i128::from(num!(u16, 2))),
+        Elem::I16 => Element::Int(i128::from(num!(i16, 2))),
+        Elem::U32 => Element::Int(i128::from(num!(u32, 4))),
+        Elem::I32 => Element::Int(i128::from(num!(i32, 4))),
+        Elem::U64 => Element::Int(i128::from(num!(u64, 8))),
+        Elem::I64 => Element::Int(i128::from(num!(i64, 8))),
+    }
+}
+
+/// What a `.npy` header says, and the bytes after it.
+struct NpyHeader<'a> {
+    elem: Elem,
+    big_endian: bool,
+    fortran: bool,
+    dims: Vec<usize>,
+    /// The shape as Python writes it, for messages: `(5,)`, `(2, 3)`.
+    shape_text: String,
+    data: &'a [u8],
+}
+
+/// Reads the magic, version and header dict of a `.npy` file. With `floats_only`, integer dtypes
+/// are refused (with the message [`parse_npy`] gives).
+fn npy_header<'a>(bytes: &'a [u8], name: &str, floats_only: bool) -> Result<NpyHeader<'a>> {
+    let err = |msg: String| Error::Data(format!("{name}: {msg}"));
     if bytes.len() < 8 || &bytes[..6] != NPY_MAGIC {
         return Err(err("not a .npy file (bad magic)".into()));
     }
@@ -334,15 +493,17 @@ pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Matrix> {
             .ok_or_else(|| err(format!("header has no '{key}'")))
     };
 
-    let (big_endian, itemsize) = match get("descr")? {
-        Value::Str(d) => match d.as_str() {
-            "<f4" => (false, 4),
-            "<f8" => (false, 8),
-            ">f4" => (true, 4),
-            ">f8" => (true, 8),
-            _ => return Err(err(format!("dtype '{d}' is not supported (float32 '<f4' or float64 '<f8')"))),
+    let supported = if floats_only {
+        "float32 '<f4' or float64 '<f8'"
+    } else {
+        "float32 '<f4', float64 '<f8' or integers '|u1', '|i1', '<u2', '<i2' … '<u8', '<i8'"
+    };
+    let (elem, big_endian) = match get("descr")? {
+        Value::Str(d) => match Elem::parse(d) {
+            Some((elem, big)) if elem.is_float() || !floats_only => (elem, big),
+            _ => return Err(err(format!("dtype '{d}' is not supported ({supported})"))),
         },
-        _ => return Err(err("structured dtype is not supported (float32 '<f4' or float64 '<f8')".into())),
+        _ => return Err(err(format!("structured dtype is not supported ({supported})"))),
     };
     let Value::Bool(fortran) = *get("fortran_order")? else {
         return Err(err("header's 'fortran_order' is not True or False".into()));
@@ -357,54 +518,86 @@ pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Matrix> {
             _ => Err(err("header's 'shape' holds a non-integer".into())),
         })
         .collect::<Result<_>>()?;
-    let shape_str = match dims.as_slice() {
+    let shape_text = match dims.as_slice() {
         [k] => format!("({k},)"),
         _ => format!("({})", dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
     };
-    let &[rows, cols] = dims.as_slice() else {
-        return Err(err(format!("shape {shape_str} is not 2-D [n, d]")));
-    };
-
     let data = &bytes[start + header_len..];
-    let expected = rows
-        .checked_mul(cols)
-        .and_then(|k| k.checked_mul(itemsize))
-        .ok_or_else(|| err(format!("shape {shape_str} is too large")))?;
-    if data.len() < expected {
-        return Err(err(format!("truncated: expected {expected} bytes of data, found {}", data.len())));
-    }
-    if data.len() > expected {
-        return Err(err(format!("expected {expected} bytes of data, found {} (trailing bytes)", data.len())));
-    }
-    if rows == 0 {
-        return Err(err("no data rows".into()));
-    }
-    if cols == 0 {
-        return Err(err(format!("shape {shape_str} has no columns")));
-    }
+    Ok(NpyHeader { elem, big_endian, fortran, dims, shape_text, data })
+}
 
-    let values: Vec<f64> = data
-        .chunks_exact(itemsize)
-        .map(|c| match (itemsize, big_endian) {
-            (4, false) => f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            (4, true) => f64::from(f32::from_be_bytes([c[0], c[1], c[2], c[3]])),
-            (_, false) => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-            (_, true) => f64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-        })
-        .collect();
-    // Element (i, j) sits at i·cols + j in C order and at j·rows + i in Fortran order.
-    let at = |i: usize, j: usize| if fortran { values[j * rows + i] } else { values[i * cols + j] };
-    let mut out = Vec::with_capacity(values.len());
-    for i in 0..rows {
-        for j in 0..cols {
-            let v = at(i, j);
-            if !v.is_finite() {
-                return Err(err(format!("non-finite value {v} at [{i}, {j}]")));
+/// The values after a header, in C order: the data's size checked against the shape (before
+/// anything is allocated), floats checked finite, integers checked exact.
+fn npy_values(h: &NpyHeader, name: &str) -> Result<NpyArray> {
+    let err = |msg: String| Error::Data(format!("{name}: {msg}"));
+    let itemsize = h.elem.size();
+    let count = h.dims.iter().try_fold(1usize, |acc, &k| acc.checked_mul(k));
+    let expected = count
+        .and_then(|k| k.checked_mul(itemsize))
+        .ok_or_else(|| err(format!("shape {} is too large", h.shape_text)))?;
+    let count = expected / itemsize;
+    if h.data.len() < expected {
+        return Err(err(format!("truncated: expected {expected} bytes of data, found {}", h.data.len())));
+    }
+    if h.data.len() > expected {
+        return Err(err(format!(
+            "expected {expected} bytes of data, found {} (trailing bytes)",
+            h.data.len()
+        )));
+    }
+    let mut values = Vec::new();
+    values.try_reserve_exact(count).map_err(|_| err(format!("not enough memory for {count} values")))?;
+
+    // The element at C-order position k (multi-index idx) is the file's element `src`: k itself in
+    // C order; Σ idx[j]·(dims[0]·…·dims[j-1]) in Fortran order, kept up to date as idx counts.
+    let rank = h.dims.len();
+    let fortran_strides: Vec<usize> =
+        h.dims.iter().scan(1usize, |s, &d| Some(std::mem::replace(s, s.saturating_mul(d)))).collect();
+    let mut idx = vec![0usize; rank];
+    let mut src = 0usize;
+    let index_text = |k: usize| {
+        let mut rest = k;
+        let mut parts = vec![0usize; rank];
+        for j in (0..rank).rev() {
+            parts[j] = rest % h.dims[j];
+            rest /= h.dims[j];
+        }
+        parts.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+    };
+    const EXACT: i128 = 1 << 53;
+    for k in 0..count {
+        let at = if h.fortran { src } else { k };
+        let v = match element(&h.data[at * itemsize..(at + 1) * itemsize], h.elem, h.big_endian) {
+            Element::Float(v) if v.is_finite() => v,
+            Element::Float(v) => return Err(err(format!("non-finite value {v} at [{}]", index_text(k)))),
+            Element::Int(i) if (-EXACT..=EXACT).contains(&i) => i as f64,
+            Element::Int(i) => {
+                return Err(err(format!(
+                    "integer {i} at [{}] is beyond 2^53 in magnitude (not exact as a float64)",
+                    index_text(k)
+                )))
             }
-            out.push(v);
+        };
+        values.push(v);
+        if h.fortran {
+            // advance the C-order multi-index (last index fastest), carrying into earlier ones
+            for j in (0..rank).rev() {
+                idx[j] += 1;
+                src += fortran_strides[j];
+                if idx[j] < h.dims[j] {
+                    break;
+                }
+                src -= fortran_strides[j] * h.dims[j];
+                idx[j] = 0;
+            }
         }
     }
-    Ok(Matrix { rows, cols, data: out })
+    Ok(NpyArray {
+        dims: h.dims.clone(),
+        values,
+        integer: !h.elem.is_float(),
+        dtype: h.elem.name().to_string(),
+    })
 }
 
 /// `m` as a format 1.0 `.npy` file in C order, as `np.save` writes it: float32 (`'<f4'`, values
@@ -772,6 +965,186 @@ mod tests {
         }
         let deep = format!("{{'shape': {}1{}}}", "(".repeat(100_000), ")".repeat(100_000));
         assert!(msg(parse_npy(&npy(2, &deep, &[]), "n.npy")).contains("nesting deeper than 8"));
+    }
+
+    /// `values` as the bytes of `elem` in the given byte order.
+    fn encode(values: &[i128], size: usize, big: bool) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|&v| {
+                let le = v.to_le_bytes();
+                let mut b = le[..size].to_vec();
+                if big {
+                    b.reverse();
+                }
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn npy_array_reads_every_integer_dtype_in_both_byte_orders() {
+        let cases: [(&str, &str, &[i128]); 10] = [
+            ("u1", "uint8", &[0, 1, 2, 127, 128, 255]),
+            ("i1", "int8", &[-128, -1, 0, 1, 2, 127]),
+            ("u2", "uint16", &[0, 1, 256, 4095, 32768, 65535]),
+            ("i2", "int16", &[-32768, -1, 0, 1, 300, 32767]),
+            ("u4", "uint32", &[0, 1, 65536, 7, 1 << 31, (1 << 32) - 1]),
+            ("i4", "int32", &[-(1 << 31), -1, 0, 1, 65537, (1 << 31) - 1]),
+            ("u8", "uint64", &[0, 1, 1 << 40, 7, (1 << 53) - 1, 1 << 53]),
+            ("i8", "int64", &[-(1 << 53), -1, 0, 1, 1 << 33, 1 << 53]),
+            ("f4", "float32", &[-3, -1, 0, 1, 2, 1000]),
+            ("f8", "float64", &[-3, -1, 0, 1, 2, 1 << 60]),
+        ];
+        for (code, dtype, values) in cases {
+            let size: usize = code[1..].parse().unwrap();
+            let orders: &[(char, bool)] = if size == 1 {
+                &[('|', false), ('<', false), ('>', true)]
+            } else {
+                &[('<', false), ('>', true)]
+            };
+            for &(order, big) in orders {
+                let data: Vec<u8> = match code {
+                    "f4" => values
+                        .iter()
+                        .flat_map(|&v| if big { (v as f32).to_be_bytes() } else { (v as f32).to_le_bytes() })
+                        .collect(),
+                    "f8" => values
+                        .iter()
+                        .flat_map(|&v| if big { (v as f64).to_be_bytes() } else { (v as f64).to_le_bytes() })
+                        .collect(),
+                    _ => encode(values, size, big),
+                };
+                let descr = format!("{order}{code}");
+                let a = parse_npy_array(&npy(1, &dict(&descr, false, "(2, 3)"), &data), "a.npy")
+                    .unwrap_or_else(|e| panic!("{descr}: {e}"));
+                assert_eq!(a.dims, [2, 3], "{descr}");
+                assert_eq!(a.values, values.iter().map(|&v| v as f64).collect::<Vec<_>>(), "{descr}");
+                assert_eq!(a.integer, !code.starts_with('f'), "{descr}");
+                assert_eq!(a.dtype, dtype, "{descr}");
+            }
+        }
+    }
+
+    #[test]
+    fn npy_array_reads_1_to_4_dims_in_c_and_fortran_order() {
+        // 1-D
+        let a = parse_npy_array(&npy(1, &dict("|u1", false, "(5,)"), &[5, 4, 3, 2, 1]), "a.npy").unwrap();
+        assert_eq!((a.dims, a.values), (vec![5], vec![5.0, 4.0, 3.0, 2.0, 1.0]));
+        // 3-D and 4-D in C order: the values as stored
+        let data: Vec<u8> = (0..24).collect();
+        for shape in ["(2, 3, 4)", "(2, 3, 2, 2)", "(1, 2, 3, 4)", "(24, 1, 1)"] {
+            let a = parse_npy_array(&npy(1, &dict("|u1", false, shape), &data), "a.npy").unwrap();
+            assert_eq!(a.values, (0..24).map(f64::from).collect::<Vec<_>>(), "{shape}");
+            assert_eq!(a.dims.iter().product::<usize>(), 24, "{shape}");
+        }
+        let a =
+            parse_npy_array(&npy(2, &dict("<i2", false, "(2, 3, 2, 2)"), &encode(&[1; 24], 2, false)), "a")
+                .unwrap();
+        assert_eq!(a.dims, [2, 3, 2, 2]);
+        // Fortran order in 3-D: element (i, j, k) of a (2, 3, 4) array is stored at i + 2j + 6k.
+        let (d0, d1, d2) = (2usize, 3usize, 4usize);
+        let value = |i: usize, j: usize, k: usize| (100 * i + 10 * j + k) as i128;
+        let mut stored = vec![0i128; d0 * d1 * d2];
+        for i in 0..d0 {
+            for j in 0..d1 {
+                for k in 0..d2 {
+                    stored[i + d0 * j + d0 * d1 * k] = value(i, j, k);
+                }
+            }
+        }
+        for (descr, big) in [("<i4", false), (">u8", true)] {
+            let bytes =
+                npy(1, &dict(descr, true, "(2, 3, 4)"), &encode(&stored, descr[2..].parse().unwrap(), big));
+            let a = parse_npy_array(&bytes, "f.npy").unwrap();
+            assert_eq!(a.dims, [2, 3, 4]);
+            for i in 0..d0 {
+                for j in 0..d1 {
+                    for k in 0..d2 {
+                        assert_eq!(
+                            a.values[(i * d1 + j) * d2 + k],
+                            value(i, j, k) as f64,
+                            "{descr} [{i}, {j}, {k}]"
+                        );
+                    }
+                }
+            }
+        }
+        // Fortran order in 4-D: (2, 2, 1, 3), element (a, b, c, d) stored at a + 2b + 4c + 4d.
+        let mut stored = vec![0i128; 12];
+        for (a, b, d) in (0..2).flat_map(|a| (0..2).flat_map(move |b| (0..3).map(move |d| (a, b, d)))) {
+            stored[a + 2 * b + 4 * d] = (100 * a + 10 * b + d) as i128;
+        }
+        let a = parse_npy_array(&npy(1, &dict("<u2", true, "(2, 2, 1, 3)"), &encode(&stored, 2, false)), "f")
+            .unwrap();
+        let want: Vec<f64> = (0..2)
+            .flat_map(|a| (0..2).flat_map(move |b| (0..3).map(move |d| (100 * a + 10 * b + d) as f64)))
+            .collect();
+        assert_eq!(a.values, want);
+        // Empty arrays are arrays.
+        let a = parse_npy_array(&npy(1, &dict("<f8", true, "(3, 0, 1000000000000)"), &[]), "e").unwrap();
+        assert_eq!((a.dims, a.values.len()), (vec![3, 0, 1000000000000], 0));
+    }
+
+    #[test]
+    fn npy_array_errors_name_the_problem() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (npy(1, &dict("<u1", false, "()"), &[7]), "a.npy: shape () is a scalar, not an array"),
+            (
+                npy(1, &dict("<c16", false, "(1,)"), &[0; 16]),
+                "a.npy: dtype '<c16' is not supported (float32 '<f4', float64 '<f8' or integers '|u1', \
+                 '|i1', '<u2', '<i2' … '<u8', '<i8')",
+            ),
+            (npy(1, &dict("|u2", false, "(1,)"), &[0; 2]), "a.npy: dtype '|u2' is not supported"),
+            (npy(1, &dict("|b1", false, "(1,)"), &[0]), "a.npy: dtype '|b1' is not supported"),
+            (npy(1, &dict("<f2", false, "(1,)"), &[0; 2]), "a.npy: dtype '<f2' is not supported"),
+            (npy(1, &dict("i8", false, "(1,)"), &[0; 8]), "a.npy: dtype 'i8' is not supported"),
+            (
+                npy(1, "{'descr': [('a', '<u1')], 'fortran_order': False, 'shape': (2,)}", &[0; 2]),
+                "a.npy: structured dtype is not supported",
+            ),
+            (
+                npy(1, &dict("<i2", false, "(2, 3, 4)"), &[0; 47]),
+                "a.npy: truncated: expected 48 bytes of data, found 47",
+            ),
+            (
+                npy(1, &dict("|u1", true, "(2, 3, 4, 1)"), &[0; 25]),
+                "a.npy: expected 24 bytes of data, found 25 (trailing bytes)",
+            ),
+            (
+                npy(1, &dict("<i8", false, "(4294967296, 4294967296, 2)"), &[0; 8]),
+                "a.npy: shape (4294967296, 4294967296, 2) is too large",
+            ),
+            (
+                npy(1, &dict("<u1", false, "(3074457345618258603, 6)"), &[0; 8]),
+                "a.npy: shape (3074457345618258603, 6) is too large",
+            ),
+            (
+                npy(1, &dict("<i8", false, "(1, 2)"), &encode(&[-(1 << 53), -(1 << 53) - 1], 8, false)),
+                "a.npy: integer -9007199254740993 at [0, 1] is beyond 2^53 in magnitude (not exact as a \
+                 float64)",
+            ),
+            (
+                npy(1, &dict(">u8", true, "(2, 1, 2)"), &encode(&[0, 0, u64::MAX.into(), 0], 8, true)),
+                "a.npy: integer 18446744073709551615 at [0, 0, 1] is beyond 2^53 in magnitude (not exact \
+                 as a float64)",
+            ),
+        ];
+        for (k, (bytes, want)) in cases.iter().enumerate() {
+            let m = msg(parse_npy_array(bytes, "a.npy"));
+            assert!(m.starts_with(want), "case {k}: {m}");
+        }
+        // Non-finite floats are reported at their C-order index, whatever the file's order.
+        let mut data = [0f32; 24];
+        data[1 + 2 * 2 + 6 * 3] = f32::NEG_INFINITY; // (1, 2, 3) in Fortran order
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let m = msg(parse_npy_array(&npy(1, &dict("<f4", true, "(2, 3, 4)"), &bytes), "a.npy"));
+        assert_eq!(m, "a.npy: non-finite value -inf at [1, 2, 3]");
+        // The 2-D reader refuses what only the general one reads.
+        let m = msg(parse_npy(&npy(1, &dict("|u1", false, "(2, 3)"), &[0; 6]), "a.npy"));
+        assert_eq!(m, "a.npy: dtype '|u1' is not supported (float32 '<f4' or float64 '<f8')");
+        let deep = format!("{{'shape': {}1{}}}", "[".repeat(10), "]".repeat(10));
+        assert!(msg(parse_npy_array(&npy(1, &deep, &[]), "a.npy")).contains("nesting deeper than 8"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Data: the toy sets flow papers use, CSV/NPY files, the standardizing scaler, whitening and
 //! bounds.
 pub mod bounds;
+pub mod images;
 pub mod io;
 pub mod rng;
 pub mod scaler;
@@ -9,6 +10,7 @@ pub mod toy;
 pub mod whiten;
 
 pub use bounds::{Bounds, BoundsMode};
+pub use images::Images;
 pub use rng::Rng;
 pub use scaler::Scaler;
 pub use space::DataSpace;
