@@ -67,6 +67,31 @@ pub enum LayerKind {
     BatchNorm,
     /// NICE's final diagonal scaling layer.
     DiagonalScale,
+    /// An image's squeeze `[c, h, w] → [4c, h/2, w/2]` (no variables).
+    Squeeze,
+    /// An affine coupling of images with a convolutional conditioner.
+    ConvAffine {
+        /// Which pixels or channels condition.
+        mask: Mask,
+    },
+    /// Glow's split: the second half of the channels, about to be factored out, standardized by a
+    /// mean and log-scale computed from the first half (the learned prior).
+    Prior,
+}
+
+/// Which part of an image conditions a convolutional coupling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mask {
+    /// The pixels with `(i + j) % 2 == parity` condition, the others are transformed.
+    Checkerboard {
+        /// The parity of the conditioning pixels.
+        parity: bool,
+    },
+    /// The first half of the channels conditions the second (flipped: the reverse).
+    Channel {
+        /// Whether the halves swap roles.
+        flip: bool,
+    },
 }
 
 /// The layers of each step of a stack (see the module documentation).
@@ -84,6 +109,9 @@ pub struct Arch {
     pub batch_norm: bool,
     /// NICE's diagonal scaling layer after the last step.
     pub final_scale: bool,
+    /// A multi-scale image flow ([`crate::multiscale`]): the layers above act on images through
+    /// convolutional couplings, squeezes and factored-out channels.
+    pub image: bool,
 }
 
 impl Arch {
@@ -95,6 +123,7 @@ impl Arch {
         mixing: Mixing::Flip,
         batch_norm: false,
         final_scale: false,
+        image: false,
     };
     /// NICE: additive couplings with alternating partitions, then the diagonal scaling layer.
     pub const NICE: Arch = Arch { coupling: Coupling::Additive, final_scale: true, ..Arch::NOTEBOOK };
@@ -104,12 +133,22 @@ impl Arch {
     pub const GLOW: Arch =
         Arch { scale: Scale::Sigmoid, actnorm: true, mixing: Mixing::Lu, ..Arch::NOTEBOOK };
 
+    /// The R-NVP paper's multi-scale image flow: checkerboard then channel-wise affine couplings
+    /// with the `tanh` scale and residual convolutional conditioners, batch norm after each,
+    /// squeezes, half the channels factored out at each scale.
+    pub const REALNVP_IMAGE: Arch = Arch { image: true, ..Arch::REALNVP };
+    /// Glow's image flow: per level a squeeze, steps of ActNorm → invertible 1×1 convolution (LU)
+    /// → affine coupling with the `sigmoid` scale, then a split with a learned prior.
+    pub const GLOW_IMAGE: Arch = Arch { image: true, ..Arch::GLOW };
+
     /// The named architectures, as `--arch` names them.
-    pub const NAMED: [(&'static str, Arch); 4] = [
+    pub const NAMED: [(&'static str, Arch); 6] = [
         ("notebook", Arch::NOTEBOOK),
         ("nice", Arch::NICE),
         ("realnvp", Arch::REALNVP),
         ("glow", Arch::GLOW),
+        ("realnvp-image", Arch::REALNVP_IMAGE),
+        ("glow-image", Arch::GLOW_IMAGE),
     ];
 
     /// The architecture's name, or "custom" for another combination.
@@ -146,8 +185,15 @@ impl Arch {
         format!("custom: {}", parts.join(" → "))
     }
 
-    /// Checks that the combination is meaningful: an additive coupling has no scale map.
+    /// Checks that the combination is meaningful: an additive coupling has no scale map; the
+    /// image flows are the two named ones.
     pub fn validate(&self) -> Result<()> {
+        if self.image && *self != Arch::REALNVP_IMAGE && *self != Arch::GLOW_IMAGE {
+            return Err(Error::InvalidConfig(
+                "an image flow is realnvp-image or glow-image (their layers cannot be changed one by one)"
+                    .into(),
+            ));
+        }
         if self.coupling == Coupling::Additive && self.scale != Scale::Exp {
             return Err(Error::InvalidConfig(format!(
                 "an additive coupling has no scale map (--scale {} applies to affine couplings)",
@@ -216,6 +262,21 @@ const fn nets_and(marker: &'static str) -> [&'static str; 9] {
     keys
 }
 const SOFTCLAMP_KEYS: [&str; 9] = nets_and("softclamp_bound");
+const CONV: [&str; 6] =
+    ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "net.4.weight", "net.4.bias"];
+/// A convolutional coupling's keys: its network, then the scale map's variable.
+const fn conv_and(marker: &'static str) -> [&'static str; 7] {
+    let mut keys = [marker; 7];
+    let mut i = 0;
+    while i < CONV.len() {
+        keys[i] = CONV[i];
+        i += 1;
+    }
+    keys
+}
+const CONV_SOFTCLAMP_KEYS: [&str; 7] = conv_and("softclamp_bound");
+const CONV_SIGMOID_KEYS: [&str; 7] = conv_and("sigmoid_shift");
+const CONV_TANH_KEYS: [&str; 7] = conv_and("scale_factor");
 const SIGMOID_KEYS: [&str; 9] = nets_and("sigmoid_shift");
 const TANH_KEYS: [&str; 9] = nets_and("scale_factor");
 
@@ -235,6 +296,14 @@ impl LayerKind {
             LayerKind::Additive { .. } => &NETS[4..],
             LayerKind::BatchNorm => &["log_gamma", "beta", "running_mean", "running_var"],
             LayerKind::DiagonalScale => &["log_scale"],
+            LayerKind::Squeeze => &[],
+            LayerKind::ConvAffine { .. } => match arch.scale {
+                Scale::Exp => &CONV,
+                Scale::SoftClamp => &CONV_SOFTCLAMP_KEYS,
+                Scale::Sigmoid => &CONV_SIGMOID_KEYS,
+                Scale::Tanh => &CONV_TANH_KEYS,
+            },
+            LayerKind::Prior => &["prior.weight", "prior.bias"],
         }
     }
 
@@ -248,13 +317,20 @@ impl LayerKind {
             LayerKind::Additive { .. } => "additive",
             LayerKind::BatchNorm => "batchnorm",
             LayerKind::DiagonalScale => "scale",
+            LayerKind::Squeeze => "squeeze",
+            LayerKind::ConvAffine { .. } => "conv-affine",
+            LayerKind::Prior => "prior",
         }
     }
 
     /// What a layer is from whether it has each of its distinguishing keys (`has(key)`), with its
     /// scale map for an affine coupling; `None` when no layer has these keys.
     pub fn recognise(has: impl Fn(&str) -> bool) -> Option<(LayerKind, Scale)> {
-        let kind = if has("sig_net.0.weight") {
+        let kind = if has("net.0.weight") {
+            LayerKind::ConvAffine { mask: Mask::Channel { flip: false } }
+        } else if has("prior.weight") {
+            LayerKind::Prior
+        } else if has("sig_net.0.weight") {
             LayerKind::Affine { flip: false }
         } else if has("mu_net.0.weight") {
             LayerKind::Additive { flip: false }

@@ -1,8 +1,9 @@
 //! The flow's architecture: what the notebook passes to `R_NVP(d, k, hidden)` and
 //! `stacked_NVP(d, k, hidden, n)`, which of the two it is, and the layers of each step
 //! ([`Arch`]: the notebook's affine couplings, or NICE's, R-NVP's and Glow's layers).
-pub use crate::arch::{Arch, Coupling, LayerKind, Mixing, Scale};
+pub use crate::arch::{Arch, Coupling, LayerKind, Mask, Mixing, Scale};
 use crate::error::{Error, Result};
+pub use crate::multiscale::ImageShape;
 
 /// The widest context a configuration may declare (far beyond any real one; it bounds what a file
 /// can ask for).
@@ -49,6 +50,10 @@ pub struct FlowConfig {
     /// conditioner beside the conditioning columns (`[x₁, c]`); 0 for the notebook's unconditional
     /// flow.
     pub context: i64,
+    /// The image shape and scales of a multi-scale image flow ([`crate::multiscale`]: `d` is
+    /// `c·h·w`, `layers` the couplings per group, `hidden` the conditioners' channels); `None`
+    /// for a flow of vectors.
+    pub image: Option<ImageShape>,
 }
 
 impl FlowConfig {
@@ -63,6 +68,7 @@ impl FlowConfig {
             init: Init::Pytorch,
             arch: Arch::NOTEBOOK,
             context: 0,
+            image: None,
         }
     }
 
@@ -77,6 +83,7 @@ impl FlowConfig {
             init: Init::Pytorch,
             arch: Arch::NOTEBOOK,
             context: 0,
+            image: None,
         }
     }
 
@@ -95,6 +102,17 @@ impl FlowConfig {
     pub fn with_arch(mut self, arch: Arch) -> Self {
         self.arch = arch;
         self
+    }
+
+    /// A multi-scale image flow `arch` (`realnvp-image` or `glow-image`) of images `shape`, with
+    /// `steps` couplings per group and conditioners of `hidden` channels.
+    pub fn image(arch: Arch, shape: ImageShape, hidden: i64, steps: i64) -> Self {
+        let d = shape.dim();
+        FlowConfig {
+            image: Some(shape),
+            init: Init::Identity,
+            ..Self::stacked(d, d / 2, hidden, steps).with_arch(arch)
+        }
     }
 
     /// The same configuration conditioned on a context of width `m`.
@@ -122,6 +140,33 @@ impl FlowConfig {
         if !(0..=MAX_CONTEXT).contains(&self.context) {
             return bad(format!("context = {} (a context has 0 to {MAX_CONTEXT} columns)", self.context));
         }
+        if let Some(img) = &self.image {
+            if !self.arch.image {
+                return bad(format!(
+                    "an image shape is given for the {} architecture, which models vectors",
+                    self.arch.name()
+                ));
+            }
+            img.validate(&self.arch)?;
+            if img.dim() != self.d {
+                return bad(format!(
+                    "d = {} for images of {} × {} × {}",
+                    self.d, img.channels, img.height, img.width
+                ));
+            }
+            if self.context != 0 || self.layout != Layout::Stacked {
+                return bad("an image flow is an unconditional stack".into());
+            }
+            if self.layers > crate::multiscale::MAX_STEPS {
+                return bad(format!(
+                    "{} couplings per group (at most {})",
+                    self.layers,
+                    crate::multiscale::MAX_STEPS
+                ));
+            }
+        } else if self.arch.image {
+            return bad(format!("the {} architecture needs images (a data set of images)", self.arch.name()));
+        }
         if self.layout == Layout::Single && self.layers != 1 {
             return bad(format!("a single R_NVP has 1 layer, not {}", self.layers));
         }
@@ -139,6 +184,9 @@ impl FlowConfig {
 
     /// Number of layers in the stack (`bijectors.{j}` for `j` below it), saturating.
     pub fn layer_count(&self) -> u64 {
+        if self.image.is_some() {
+            return crate::multiscale::count(self);
+        }
         (self.layers.max(0) as u64)
             .saturating_mul(self.arch.step_len())
             .saturating_add(u64::from(self.arch.final_scale))
@@ -146,6 +194,9 @@ impl FlowConfig {
 
     /// The kind of layer `j` of the stack (`None` past the end).
     pub fn layer(&self, j: u64) -> Option<LayerKind> {
+        if self.image.is_some() {
+            return crate::multiscale::layer(self, j).map(|(kind, _)| kind);
+        }
         if j >= self.layer_count() {
             return None;
         }
@@ -182,6 +233,10 @@ impl FlowConfig {
 
     /// Number of variables whose key (within its layer) satisfies `keep`, saturating.
     fn count_keys(&self, keep: impl Fn(&str) -> bool) -> u64 {
+        if self.image.is_some() {
+            let count = |kind: LayerKind| kind.keys(&self.arch).iter().filter(|k| keep(k)).count() as u64;
+            return (0..self.layer_count()).filter_map(|j| self.layer(j)).map(count).sum();
+        }
         let count = |kind: LayerKind| kind.keys(&self.arch).iter().filter(|k| keep(k)).count() as u64;
         let step: u64 = (0..self.arch.step_len()).map(|j| count(self.arch.step_layer(j, false))).sum();
         let last = if self.arch.final_scale { count(LayerKind::DiagonalScale) } else { 0 };
@@ -219,6 +274,10 @@ impl FlowConfig {
                 let j: u64 = index.parse().ok()?;
                 if j.to_string() != index {
                     return None; // "01", "+1"
+                }
+                if self.image.is_some() {
+                    let (kind, shape) = crate::multiscale::layer(self, j)?;
+                    return crate::multiscale::variable_shape(self, kind, shape, rest);
                 }
                 (self.layer(j)?, rest)
             }

@@ -11,7 +11,7 @@ use crate::config::LayerKind;
 use crate::config::{FlowConfig, Layout};
 use crate::error::{Error, Result};
 use crate::kernel::Packing;
-use crate::layers::{check_input, BatchNorm, BatchStats, Layer, Mode, RNvp};
+use crate::layers::{check_input, BatchStats, Layer, Mode, RNvp};
 use crate::run::{Engine, Run};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -37,6 +37,13 @@ impl StackedNvp {
     pub fn build(p: &nn::Path, cfg: &FlowConfig, loading: bool) -> Result<Self> {
         cfg.validate()?;
         let layers = match cfg.layout {
+            Layout::Stacked if cfg.image.is_some() => (0..cfg.layer_count())
+                .map(|j| {
+                    let (kind, shape) = crate::multiscale::layer(cfg, j)
+                        .ok_or_else(|| Error::InvalidConfig("invariant: layer past the end".into()))?;
+                    Layer::build_image(&(p / "bijectors" / j), kind, shape, cfg, loading)
+                })
+                .collect::<Result<Vec<_>>>()?,
             Layout::Single => vec![Layer::build(p, LayerKind::Affine { flip: false }, cfg, loading)?],
             Layout::Stacked => (0..cfg.layer_count())
                 .map(|j| {
@@ -273,7 +280,7 @@ impl StackedNvp {
         let mut log_det: Option<Tensor> = None;
         for layer in &self.layers {
             if let Some(stats) = stats.as_deref_mut() {
-                stats.push(matches!(layer, Layer::BatchNorm(_)).then(|| BatchNorm::batch_stats(&zs)));
+                stats.push(layer.batch_stats(&zs));
             }
             let (next, ld) = layer.forward(&zs, context, mode);
             zs = next;

@@ -38,6 +38,7 @@ pub mod figures;
 pub mod flow;
 pub mod kernel;
 pub mod layers;
+pub mod multiscale;
 pub mod plot;
 pub mod presets;
 pub mod run;

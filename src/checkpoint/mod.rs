@@ -373,6 +373,14 @@ pub fn config_json(c: &FlowConfig) -> Value {
             "name": a.name(), "coupling": a.coupling.name(), "scale": a.scale.name(), "actnorm": a.actnorm,
             "mixing": a.mixing.name(), "batch_norm": a.batch_norm, "final_scale": a.final_scale,
         });
+        if a.image {
+            v["arch"]["image"] = json!(true);
+        }
+    }
+    if let Some(img) = &c.image {
+        v["image"] = json!({
+            "channels": img.channels, "height": img.height, "width": img.width, "scales": img.scales,
+        });
     }
     v
 }
@@ -398,6 +406,7 @@ fn arch_from_json(v: Option<&Value>) -> Result<Arch> {
         mixing: text("mixing")?.parse().map_err(data)?,
         batch_norm: flag("batch_norm")?,
         final_scale: flag("final_scale")?,
+        image: v.get("image").and_then(Value::as_bool).unwrap_or(false),
     };
     arch.validate().map_err(data)?;
     Ok(arch)
@@ -428,6 +437,22 @@ pub fn config_from_json(v: &Value) -> Result<FlowConfig> {
         context: match v.get("context") {
             None => 0,
             Some(c) => c.as_i64().ok_or_else(|| Error::Data("config: 'context' is not an integer".into()))?,
+        },
+        image: match v.get("image") {
+            None => None,
+            Some(img) => {
+                let int = |k: &str| {
+                    img.get(k)
+                        .and_then(Value::as_i64)
+                        .ok_or_else(|| Error::Data(format!("config: image: missing integer '{k}'")))
+                };
+                Some(crate::config::ImageShape {
+                    channels: int("channels")?,
+                    height: int("height")?,
+                    width: int("width")?,
+                    scales: int("scales")?,
+                })
+            }
         },
     };
     cfg.validate()?;

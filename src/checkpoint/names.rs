@@ -356,7 +356,7 @@ fn infer_at<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str, layout: Layo
         .checked_add(w2[0])
         .ok_or_else(|| Error::Data(format!("{first}{net} shapes {w0:?}, {w2:?} overflow")))?;
     let (hidden, context) = (w0[0], w0[1] - k);
-    let cfg = FlowConfig { d, k, hidden, layers, layout, init: Init::Pytorch, arch, context };
+    let cfg = FlowConfig { d, k, hidden, layers, layout, init: Init::Pytorch, arch, context, image: None };
     cfg.validate()?;
     Ok(cfg)
 }
@@ -405,6 +405,7 @@ fn infer_stack<T: Shaped>(tensors: &BTreeMap<String, T>, prefix: &str) -> Result
         mixing,
         batch_norm,
         final_scale,
+        image: false,
     };
     let step = arch.step_len() as usize;
     let layers = steps.len().div_ceil(step) as i64;

@@ -130,7 +130,8 @@ impl Packing {
     pub fn new(cfg: &FlowConfig) -> Option<Packing> {
         let (d, k, hidden) = (cfg.d as usize, cfg.k as usize, cfg.hidden as usize);
         let m = usize::try_from(cfg.context).ok()?;
-        if cfg.arch.batch_norm
+        if cfg.image.is_some()
+            || cfg.arch.batch_norm
             || k == 0
             || k >= d
             || k + m > MAX_INPUTS

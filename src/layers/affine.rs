@@ -18,6 +18,43 @@ use crate::error::{Error, Result};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+/// `log s = g(h)` of the scale map `scale` with its variable `var` (`softclamp_bound`,
+/// `sigmoid_shift` or `scale_factor`; `None` for `exp`, where it is `h` itself).
+pub(crate) fn log_scale(scale: Scale, h: &Tensor, var: Option<&Tensor>) -> Tensor {
+    match (scale, var) {
+        (Scale::SoftClamp, Some(bound)) => h / (h.abs() / bound + 1.0),
+        (Scale::Sigmoid, Some(shift)) => (h + shift).log_sigmoid(),
+        (Scale::Tanh, Some(gamma)) => h.tanh() * gamma,
+        _ => h.shallow_clone(),
+    }
+}
+
+/// The scale map's variable under `p`: the buffer `softclamp_bound` (B = ln 1000) or
+/// `sigmoid_shift` (2), or the parameter `scale_factor` (γ, of shape `gamma`, initialised to 1);
+/// `None` for `exp`.
+pub(crate) fn scale_variable(p: &nn::Path, scale: Scale, gamma: &[i64]) -> Option<Tensor> {
+    let constant = |name: &str, v: f64| {
+        let t = p.zeros_no_train(name, &[]);
+        tch::no_grad(|| t.shallow_clone().fill_(v))
+    };
+    match scale {
+        Scale::Exp => None,
+        Scale::SoftClamp => Some(constant("softclamp_bound", 1000f64.ln())),
+        Scale::Sigmoid => Some(constant("sigmoid_shift", 2.0)),
+        Scale::Tanh => Some(p.ones("scale_factor", gamma)),
+    }
+}
+
+/// The key of the scale map's variable.
+pub(crate) fn scale_key(scale: Scale) -> Option<&'static str> {
+    match scale {
+        Scale::Exp => None,
+        Scale::SoftClamp => Some("softclamp_bound"),
+        Scale::Sigmoid => Some("sigmoid_shift"),
+        Scale::Tanh => Some("scale_factor"),
+    }
+}
+
 /// One R-NVP coupling layer with the notebook's `sig_net` and `mu_net`
 /// (`Linear(c, hidden) → LeakyReLU(0.01) → Linear(hidden, d − c)`, `c` conditioning columns).
 ///
@@ -103,16 +140,7 @@ impl RNvp {
         let (sig_net, sig_w) = conditioner(p / "sig_net", input, hidden, d - cond, init);
         let (mu_net, mu_w) = conditioner(p / "mu_net", input, hidden, d - cond, init);
         let probe = sig_w[0].shallow_clone();
-        let constant = |name: &str, v: f64| {
-            let t = p.zeros_no_train(name, &[]);
-            tch::no_grad(|| t.shallow_clone().fill_(v))
-        };
-        let map_var = match scale {
-            Scale::Exp => None,
-            Scale::SoftClamp => Some(constant("softclamp_bound", 1000f64.ln())),
-            Scale::Sigmoid => Some(constant("sigmoid_shift", 2.0)),
-            Scale::Tanh => Some(p.ones("scale_factor", &[d - cond])),
-        };
+        let map_var = scale_variable(p, scale, &[d - cond]);
         Ok(RNvp { sig_net, mu_net, d, k, cond, context, probe, weights: [sig_w, mu_w], scale, map_var })
     }
 
@@ -128,12 +156,7 @@ impl RNvp {
             .zip(&self.weights)
             .flat_map(|(keys, ws)| keys.iter().zip(ws).map(|(k, t)| (*k, t.shallow_clone())))
             .collect();
-        if let Some(t) = &self.map_var {
-            let key = match self.scale {
-                Scale::SoftClamp => "softclamp_bound",
-                Scale::Sigmoid => "sigmoid_shift",
-                _ => "scale_factor",
-            };
+        if let (Some(t), Some(key)) = (&self.map_var, scale_key(self.scale)) {
             v.push((key, t.shallow_clone()));
         }
         v
@@ -146,13 +169,7 @@ impl RNvp {
 
     /// `log s = g(h)` for `sig_net`'s output `h` (not called for `exp`, where it is `h` itself).
     fn log_scale(&self, h: &Tensor) -> Tensor {
-        let v = self.map_var.as_ref();
-        match (self.scale, v) {
-            (Scale::SoftClamp, Some(bound)) => h / (h.abs() / bound + 1.0),
-            (Scale::Sigmoid, Some(shift)) => (h + shift).log_sigmoid(),
-            (Scale::Tanh, Some(gamma)) => h.tanh() * gamma,
-            _ => h.shallow_clone(),
-        }
+        log_scale(self.scale, h, self.map_var.as_ref())
     }
 
     /// Data dimension `d`.

@@ -11,20 +11,26 @@ pub mod additive;
 pub mod affine;
 pub mod batchnorm;
 mod conditioner;
+pub mod conv_coupling;
+pub(crate) mod image;
 pub mod lu;
 pub mod permutation;
+pub mod prior;
 pub mod scale;
 
 pub use actnorm::ActNorm;
 pub use additive::Additive;
 pub use affine::RNvp;
 pub use batchnorm::{BatchNorm, BatchStats};
+pub use conv_coupling::ConvCoupling;
 pub use lu::LuLinear;
 pub use permutation::Permutation;
+pub use prior::Prior;
 pub use scale::DiagonalScale;
 
 use crate::config::{FlowConfig, LayerKind, Mixing};
 use crate::error::{Error, Result};
+use crate::multiscale::Shape;
 use tch::nn;
 use tch::Tensor;
 
@@ -58,6 +64,15 @@ pub enum Layer {
     BatchNorm(BatchNorm),
     /// The diagonal scaling.
     Scale(DiagonalScale),
+    /// A vector layer (ActNorm, LU map, batch norm) acting on the channels of every pixel of the
+    /// active image `[c, h, w]` of an image flow (see [`image`]).
+    Pixels(Box<Layer>, Shape),
+    /// The squeeze of the active image `[c, h, w]`.
+    Squeeze(Shape),
+    /// An affine coupling of the active image with a convolutional conditioner.
+    Conv(Box<ConvCoupling>),
+    /// Glow's split with a learned prior, on the active image.
+    Prior(Prior),
 }
 
 impl Layer {
@@ -83,7 +98,53 @@ impl Layer {
             LayerKind::Lu => Layer::Lu(LuLinear::build(p, d, !loading)),
             LayerKind::BatchNorm => Layer::BatchNorm(BatchNorm::build(p, d)),
             LayerKind::DiagonalScale => Layer::Scale(DiagonalScale::build(p, d)),
+            LayerKind::Squeeze | LayerKind::ConvAffine { .. } | LayerKind::Prior => {
+                return Err(Error::InvalidConfig(format!("a {} layer belongs to an image flow", kind.name())))
+            }
         })
+    }
+
+    /// Builds layer `kind` of the image flow `cfg`, acting on the image `shape` (see
+    /// [`crate::multiscale`]); `loading` as in [`Layer::build`].
+    pub fn build_image(
+        p: &nn::Path,
+        kind: LayerKind,
+        shape: Shape,
+        cfg: &FlowConfig,
+        loading: bool,
+    ) -> Result<Layer> {
+        let c = shape[0];
+        let pixels = |l: Layer| Layer::Pixels(Box::new(l), shape);
+        Ok(match kind {
+            LayerKind::ActNorm => pixels(Layer::ActNorm(ActNorm::build(p, c))),
+            LayerKind::Lu => pixels(Layer::Lu(LuLinear::build(p, c, !loading))),
+            LayerKind::BatchNorm => pixels(Layer::BatchNorm(BatchNorm::build(p, c))),
+            LayerKind::Squeeze => Layer::Squeeze(shape),
+            LayerKind::ConvAffine { mask } => {
+                let residual = !cfg.arch.actnorm;
+                let l = ConvCoupling::build(p, shape, mask, cfg.hidden, cfg.arch.scale, residual, !loading);
+                Layer::Conv(Box::new(l))
+            }
+            LayerKind::Prior => Layer::Prior(Prior::build(p, shape)),
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "invariant: no {} layer in an image flow",
+                    other.name()
+                )))
+            }
+        })
+    }
+
+    /// The statistics batch norm normalises the rows `xs` with in a training pass (`None` for
+    /// other layers).
+    pub fn batch_stats(&self, xs: &Tensor) -> Option<BatchStats> {
+        match self {
+            Layer::BatchNorm(_) => Some(BatchNorm::batch_stats(xs)),
+            Layer::Pixels(inner, shape) if matches!(**inner, Layer::BatchNorm(_)) => {
+                Some(BatchNorm::batch_stats(&image::to_pixels(&image::active(xs, *shape))))
+            }
+            _ => None,
+        }
     }
 
     /// `(z, log|det|)` with `None` for a log-determinant that is 0 (volume-preserving layers).
@@ -123,6 +184,19 @@ impl Layer {
                 let (z, ld) = l.forward(xs);
                 (z, Some(ld))
             }
+            Layer::Pixels(inner, shape) => image::on_active(xs, *shape, |img| {
+                let (z, ld) = inner.forward(&image::to_pixels(img), None, mode);
+                (image::from_pixels(&z, *shape), ld.map(|ld| image::per_image(&ld, *shape)))
+            }),
+            Layer::Squeeze(shape) => image::on_active(xs, *shape, |img| (image::squeeze(img), None)),
+            Layer::Conv(l) => {
+                let (z, ld) = image::on_active(xs, l.shape(), |img| l.forward(img));
+                (z, Some(ld))
+            }
+            Layer::Prior(l) => {
+                let (z, ld) = image::on_active(xs, l.shape(), |img| l.forward(img));
+                (z, Some(ld))
+            }
         }
     }
 
@@ -140,6 +214,18 @@ impl Layer {
                 None => l.inverse(zs, &l.running()),
             },
             Layer::Scale(l) => l.inverse(zs),
+            Layer::Pixels(inner, shape) => {
+                let (x, ()) = image::on_active(zs, *shape, |img| {
+                    (image::from_pixels(&inner.inverse(&image::to_pixels(img), None, stats), *shape), ())
+                });
+                x
+            }
+            Layer::Squeeze(shape) => {
+                let squeezed = crate::multiscale::squeezed(*shape);
+                image::on_active(zs, squeezed, |img| (image::unsqueeze(img), ())).0
+            }
+            Layer::Conv(l) => image::on_active(zs, l.shape(), |img| (l.inverse(img), ())).0,
+            Layer::Prior(l) => image::on_active(zs, l.shape(), |img| (l.inverse(img), ())).0,
         }
     }
 
@@ -148,6 +234,7 @@ impl Layer {
         match self {
             Layer::Permutation(l) => l.check(),
             Layer::Lu(l) => l.check(),
+            Layer::Pixels(inner, _) => inner.check_state(),
             Layer::ActNorm(l) => {
                 let v = l.initialized_value();
                 if v != 0.0 && v != 1.0 {
@@ -170,6 +257,10 @@ impl Layer {
             Layer::Lu(l) => l.variables(),
             Layer::BatchNorm(l) => l.variables(),
             Layer::Scale(l) => l.variables(),
+            Layer::Pixels(inner, _) => inner.variables(),
+            Layer::Squeeze(_) => vec![],
+            Layer::Conv(l) => l.variables(),
+            Layer::Prior(l) => l.variables(),
         }
     }
 
@@ -178,6 +269,8 @@ impl Layer {
         match self {
             Layer::Affine(l, _) => Some(l.probe().shallow_clone()),
             Layer::Additive(l) => Some(l.probe().shallow_clone()),
+            Layer::Conv(l) => Some(l.probe().shallow_clone()),
+            Layer::Prior(l) => Some(l.probe().shallow_clone()),
             _ => None,
         }
     }
@@ -192,6 +285,10 @@ impl Layer {
             Layer::Lu(_) => LayerKind::Lu,
             Layer::BatchNorm(_) => LayerKind::BatchNorm,
             Layer::Scale(_) => LayerKind::DiagonalScale,
+            Layer::Pixels(inner, _) => inner.kind(),
+            Layer::Squeeze(_) => LayerKind::Squeeze,
+            Layer::Conv(l) => LayerKind::ConvAffine { mask: l.mask() },
+            Layer::Prior(_) => LayerKind::Prior,
         }
     }
 }
