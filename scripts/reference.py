@@ -38,6 +38,11 @@ Usage:
       checks the family in PyTorch (inverse, log-det against autograd, reload from the state_dict,
       training-mode state, the 2-D density integrating to 1); prints a table, exit status 1 on failure.
   reference.py jit --dir D --io DIR        run rnvp's exported TorchScript functions
+  reference.py image-parity --arch realnvp-image|glow-image --out DIR [--channels 1 --height 4 --width 4]
+                            [--scales 2 --hidden 6 --steps 2 --seed 0]
+      a seeded float64 multi-scale image flow (ImageFlow, src/multiscale.rs's layers) with a non-trivial
+      state; writes DIR/weights/<state_dict key>.npy, x, z, log_det, log_prob (eval mode), z_in, x_of_z
+      (inverse of z_in) and train_log_prob (training mode: batch norm with the batch's statistics).
 """
 import argparse
 import copy
@@ -228,6 +233,30 @@ class Coupling(nn.Module):
         return torch.cat([x2, x1] if self.flip else [x1, x2], dim=-1)
 
 
+def add_scale_variable(layer, scale, gamma_shape):
+    """Registers on `layer` the variable of the scale map `scale`: the buffer softclamp_bound (B = ln 1000)
+    or sigmoid_shift (2), or the parameter scale_factor (gamma, of shape gamma_shape, initialised to 1);
+    nothing for exp."""
+    if scale == "softclamp":
+        layer.register_buffer("softclamp_bound", torch.tensor(math.log(1000.0)))
+    elif scale == "sigmoid":
+        layer.register_buffer("sigmoid_shift", torch.tensor(2.0))
+    elif scale == "tanh":
+        layer.scale_factor = nn.Parameter(torch.ones(gamma_shape))
+
+
+def scale_map(layer, h):
+    """log s = g(h) for layer.scale: softclamp h / (1 + |h| / B), sigmoid log sigma(h + shift),
+    tanh gamma * tanh(h), exp h itself."""
+    if layer.scale == "softclamp":
+        return h / (1 + h.abs() / layer.softclamp_bound)
+    if layer.scale == "sigmoid":
+        return nn.functional.logsigmoid(h + layer.sigmoid_shift)
+    if layer.scale == "tanh":
+        return layer.scale_factor * torch.tanh(h)
+    return h
+
+
 class AffineCoupling(Coupling):
     """R-NVP's affine coupling: z2 = x2 * exp(g(sig_net(x1))) + mu_net(x1), with the scale map g."""
 
@@ -238,22 +267,10 @@ class AffineCoupling(Coupling):
         self.scale = scale
         self.sig_net = conditioner(self.inputs, hidden, self.o)
         self.mu_net = conditioner(self.inputs, hidden, self.o)
-        if scale == "softclamp":
-            self.register_buffer("softclamp_bound", torch.tensor(math.log(1000.0)))
-        elif scale == "sigmoid":
-            self.register_buffer("sigmoid_shift", torch.tensor(2.0))
-        elif scale == "tanh":
-            self.scale_factor = nn.Parameter(torch.ones(self.o))
+        add_scale_variable(self, scale, (self.o,))
 
     def log_s(self, x1):
-        h = self.sig_net(x1)
-        if self.scale == "softclamp":
-            return h / (1 + h.abs() / self.softclamp_bound)
-        if self.scale == "sigmoid":
-            return nn.functional.logsigmoid(h + self.sigmoid_shift)
-        if self.scale == "tanh":
-            return self.scale_factor * torch.tanh(h)
-        return h
+        return scale_map(self, self.sig_net(x1))
 
     def forward(self, x, c=None):
         x1, x2 = self.split(x)
@@ -408,6 +425,319 @@ ARCHS = {
     "glow": dict(coupling="affine", scale="sigmoid", actnorm=True, mixing="lu", batch_norm=False,
                  final_scale=False),
 }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The multi-scale image flows (src/multiscale.rs; the R-NVP paper §3.6, Glow §3). A flow works on rows
+# of D = c·h·w columns, the image in channel-major order ([c, h, w], PyTorch's layout). Every layer acts
+# on the *active* part of the row, its first c'·h'·w' columns viewed as an image [c', h', w']; the
+# columns after them were factored out at earlier scales and pass through unchanged to the base
+# N(0, I). Factoring out half the channels keeps the first c'/2 channels, the first half of the active
+# columns, so the active part only ever shrinks to a prefix of the row.
+
+IMAGE_ARCHS = {"realnvp-image": "tanh", "glow-image": "sigmoid"}  # the couplings' scale maps
+
+
+def on_active(x, shape, f):
+    """f applied to the active image [n, c, h, w] of the rows x [n, D] (their first c·h·w columns);
+    f returns the new image and a log-det per row (or None), and the rows come back with the other
+    columns as they were."""
+    c, h, w = shape
+    m = c * h * w
+    out, ld = f(x[:, :m].reshape(-1, c, h, w))
+    return torch.cat([out.reshape(x.shape[0], m), x[:, m:]], 1), ld
+
+
+def to_pixels(image):
+    """Images [n, c, h, w] as one row of c channels per pixel: [n·h·w, c]."""
+    return image.permute(0, 2, 3, 1).reshape(-1, image.shape[1])
+
+
+def from_pixels(rows, shape):
+    """Pixel rows [n·h·w, c] back as images [n, c, h, w]."""
+    c, h, w = shape
+    return rows.reshape(-1, h, w, c).permute(0, 3, 1, 2)
+
+
+def squeezed(shape):
+    """The squeezed image [4c, h/2, w/2]."""
+    c, h, w = shape
+    return (4 * c, h // 2, w // 2)
+
+
+def squeeze(image):
+    """[n, c, h, w] -> [n, 4c, h/2, w/2]: channel 4i + 2a + b holds pixel (2y + a, 2x + b) of channel i."""
+    n, c, h, w = image.shape
+    return image.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, 4 * c, h // 2, w // 2)
+
+
+def unsqueeze(image):
+    """The inverse of squeeze: [n, 4c, h/2, w/2] -> [n, c, h, w]."""
+    n, c4, h2, w2 = image.shape
+    c = c4 // 4
+    return image.reshape(n, c, 2, 2, h2, w2).permute(0, 1, 4, 2, 5, 3).reshape(n, c, 2 * h2, 2 * w2)
+
+
+def per_image(x):
+    """A sum over each image's channels and pixels: [n, c, h, w] -> [n]."""
+    return x.sum((1, 2, 3))
+
+
+class Squeeze(nn.Module):
+    """The squeeze of the active image [c, h, w] into [4c, h/2, w/2]: a permutation, log|det| = 0."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        return on_active(x, self.shape, lambda img: (squeeze(img), x.new_zeros(x.shape[0])))
+
+    def inverse(self, z):
+        return on_active(z, squeezed(self.shape), lambda img: (unsqueeze(img), None))[0]
+
+
+class ConvNet(nn.Sequential):
+    """An image coupling's conditioner: conv 3x3 -> ReLU -> conv -> ReLU -> conv 3x3 (net.0, net.2,
+    net.4; `hidden` channels, padding k // 2). Glow's middle conv is 1x1: relu(conv2(a)); the R-NVP
+    paper's residual one is 3x3 and added to its input: relu(a + conv2(a)), with a = relu(conv0(x)).
+    The last conv starts at zero, so that the coupling starts as the identity."""
+
+    def __init__(self, c_in, hidden, c_out, residual):
+        k = 3 if residual else 1
+        super().__init__(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(hidden, hidden, k, padding=k // 2), nn.ReLU(),
+                         nn.Conv2d(hidden, c_out, 3, padding=1))
+        self.residual = residual
+        nn.init.zeros_(self[4].weight)
+        nn.init.zeros_(self[4].bias)
+
+    def forward(self, x):
+        a = self[1](self[0](x))
+        b = self[2](a)
+        return self[4](self[3](a + b if self.residual else b))
+
+
+class ConvAffineCoupling(nn.Module):
+    """The affine coupling of the active image [c, h, w] with a convolutional conditioner. With b the
+    mask of conditioning entries, [h, mu] = net(b * x) split by chunk(2, dim 1), log s = g(h) * (1 - b):
+    z = x * exp(log s) + mu * (1 - b), log|det| = sum log s; the inverse x = (z - mu * (1 - b)) *
+    exp(-log s), as net(b * z) = net(b * x).
+    mask ("checkerboard", parity): b is 1 on the pixels (y, x) with (y + x) % 2 == parity, for all c
+    channels; the net takes the c masked channels and gives 2c. mask ("channel", flip): the channels
+    split into x[:, :c // 2] and x[:, c // 2:]; the first half conditions (the second when flipped) and
+    the net sees only it and gives [h, mu] for the other half. g is the scale map `scale` (tanh: one
+    gamma per transformed channel, scale_factor of shape [c_out, 1, 1])."""
+
+    def __init__(self, shape, mask, hidden, scale, residual):
+        super().__init__()
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
+        self.shape, self.mask, self.scale = tuple(shape), tuple(mask), scale
+        c, half = shape[0], shape[0] // 2
+        kind, option = self.mask
+        if kind == "checkerboard":
+            c_in, c_out = c, c
+        elif kind == "channel":
+            c_in, c_out = (c - half, half) if option else (half, c - half)
+        else:
+            raise ValueError(f"mask {mask!r}: ('checkerboard', parity) or ('channel', flip)")
+        self.net = ConvNet(c_in, hidden, 2 * c_out, residual)
+        add_scale_variable(self, scale, (c_out, 1, 1))
+
+    def scale_shift(self, cond):
+        """(log s, mu) for the conditioning input."""
+        h, mu = self.net(cond).chunk(2, 1)
+        return scale_map(self, h), mu
+
+    def checkerboard(self, like):
+        """b as [1, 1, h, w] of like's dtype and device."""
+        _, h, w = self.shape
+        yx = torch.arange(h, device=like.device).reshape(h, 1) + torch.arange(w, device=like.device).reshape(1, w)
+        return (yx % 2 == int(self.mask[1])).to(like.dtype).reshape(1, 1, h, w)
+
+    def halves(self, x):
+        """(conditioning, transformed) channel halves."""
+        half = self.shape[0] // 2
+        x1, x2 = x[:, :half], x[:, half:]
+        return (x2, x1) if self.mask[1] else (x1, x2)
+
+    def merge(self, cond, other):
+        return torch.cat([other, cond] if self.mask[1] else [cond, other], 1)
+
+    def forward_image(self, x):
+        if self.mask[0] == "checkerboard":
+            b = self.checkerboard(x)
+            log_s, mu = self.scale_shift(x * b)
+            log_s = log_s * (1 - b)
+            return x * torch.exp(log_s) + mu * (1 - b), per_image(log_s)
+        x1, x2 = self.halves(x)
+        log_s, mu = self.scale_shift(x1)
+        return self.merge(x1, x2 * torch.exp(log_s) + mu), per_image(log_s)
+
+    def inverse_image(self, z):
+        if self.mask[0] == "checkerboard":
+            b = self.checkerboard(z)
+            log_s, mu = self.scale_shift(z * b)
+            return (z - mu * (1 - b)) * torch.exp(-log_s * (1 - b)), None
+        z1, z2 = self.halves(z)
+        log_s, mu = self.scale_shift(z1)
+        return self.merge(z1, (z2 - mu) * torch.exp(-log_s)), None
+
+    def forward(self, x):
+        return on_active(x, self.shape, self.forward_image)
+
+    def inverse(self, z):
+        return on_active(z, self.shape, self.inverse_image)[0]
+
+
+class SplitPrior(nn.Module):
+    """Glow's split with a learned prior, on the active image [c, h, w]: the second half of the
+    channels x2 = x[:, c // 2:], about to be factored out, has the prior N(mu, exp(l)^2) with
+    [mu, l] = prior(x1) (chunk(2, dim 1)), `prior` a zero-initialised conv 3x3 of the kept half
+    x1 = x[:, :c // 2]. As a layer: z2 = (x2 - mu) * exp(-l), log|det| = -sum l; x2 = z2 * exp(l) + mu."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(shape)
+        half = shape[0] // 2
+        self.prior = nn.Conv2d(half, 2 * (shape[0] - half), 3, padding=1)
+        nn.init.zeros_(self.prior.weight)
+        nn.init.zeros_(self.prior.bias)
+
+    def split(self, x):
+        """(x1, x2, mu, l)."""
+        half = self.shape[0] // 2
+        x1, x2 = x[:, :half], x[:, half:]
+        mu, log_sd = self.prior(x1).chunk(2, 1)
+        return x1, x2, mu, log_sd
+
+    def forward(self, x):
+        def f(img):
+            x1, x2, mu, log_sd = self.split(img)
+            return torch.cat([x1, (x2 - mu) * torch.exp(-log_sd)], 1), -per_image(log_sd)
+        return on_active(x, self.shape, f)
+
+    def inverse(self, z):
+        def f(img):
+            z1, z2, mu, log_sd = self.split(img)
+            return torch.cat([z1, z2 * torch.exp(log_sd) + mu], 1), None
+        return on_active(z, self.shape, f)[0]
+
+
+class PerPixel(nn.Module):
+    """A vector layer of c columns (ActNorm, LULinear, BatchNormFlow) applied to the channels of every
+    pixel of the active image [c, h, w] (Glow's ActNorm and invertible 1x1 convolution, the R-NVP
+    paper's spatial batch norm): the image as rows [n·h·w, c] (to_pixels), log-dets summed over each
+    image's h·w pixels. Training mode is the layer's: ActNorm initialises on the first batch of pixels,
+    batch norm takes the statistics of the n·h·w pixel rows.
+
+    The wrapper shares the layer's parameter and buffer dictionaries instead of holding it as a
+    submodule, so its state_dict keys are the layer's own (bijectors.{j}.loc, as rnvp names them), and
+    .to(), load_state_dict() and deepcopy act on the layer's tensors."""
+
+    def __init__(self, layer, shape):
+        super().__init__()
+        object.__setattr__(self, "layer", layer)  # not a submodule: its variables are this module's
+        self._parameters = layer._parameters
+        self._buffers = layer._buffers
+        self._non_persistent_buffers_set = layer._non_persistent_buffers_set
+        self.shape = tuple(shape)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.layer.train(mode)
+        return self
+
+    def forward(self, x):
+        _, h, w = self.shape
+
+        def f(img):
+            z, ld = self.layer(to_pixels(img))
+            return from_pixels(z, self.shape), ld.reshape(-1, h * w).sum(1)
+        return on_active(x, self.shape, f)
+
+    def inverse(self, z):
+        return on_active(z, self.shape, lambda img: (from_pixels(self.layer.inverse(to_pixels(img)), self.shape),
+                                                     None))[0]
+
+
+def image_plan(arch, channels, height, width, scales, steps):
+    """The layers of an image flow in order, as (kind, mask, [c, h, w] the layer acts on), as in
+    src/multiscale.rs. Scale s starts from [c·2^s, h/2^s, w/2^s].
+    realnvp-image: at each scale s < S - 1, `steps` checkerboard couplings (parities 0, 1, 0, ...), a
+    squeeze, `steps` channel-wise couplings (flips False, True, ...), then half the channels factored
+    out; at the last scale steps + 1 checkerboard couplings; batch norm after every coupling.
+    glow-image: at each level, a squeeze, `steps` x (ActNorm, LU map, channel-wise coupling unflipped)
+    on the squeezed image, then (but at the last level) the split prior."""
+    if arch not in IMAGE_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(IMAGE_ARCHS)}, not {arch!r}")
+    glow = arch == "glow-image"
+    f = 1 << (scales if glow else scales - 1)
+    if min(channels, height, width, scales, steps) < 1 or height % f or width % f:
+        raise ValueError(f"{arch}: images {channels} x {height} x {width} cannot be squeezed to {scales} scale(s)")
+    plan = []
+    for s in range(scales):
+        shape = (channels << s, height >> s, width >> s)
+        inner = squeezed(shape)
+        last = s == scales - 1
+        if glow:
+            plan.append(("squeeze", None, shape))
+            for _ in range(steps):
+                plan += [("actnorm", None, inner), ("lu", None, inner), ("coupling", ("channel", False), inner)]
+            if not last:
+                plan.append(("prior", None, inner))
+            continue
+        for i in range(steps + 1 if last else steps):
+            plan += [("coupling", ("checkerboard", i % 2 == 1), shape), ("batchnorm", None, shape)]
+        if not last:
+            plan.append(("squeeze", None, shape))
+            for i in range(steps):
+                plan += [("coupling", ("channel", i % 2 == 1), inner), ("batchnorm", None, inner)]
+    return plan
+
+
+class ImageFlow(nn.Module):
+    """A multi-scale image flow (realnvp-image or glow-image) of images [channels, height, width]:
+    `bijectors` in the order of image_plan, on rows of D = c·h·w columns. forward(x) = (z, sum of
+    the layers' log|det|), log_prob(x) = log N(z; 0, I) over all D columns + that sum, inverse(z) the
+    layers inverted in reverse order (batch norm with its running averages)."""
+
+    def __init__(self, arch, channels, height, width, scales, hidden, steps, dtype=torch.float32):
+        super().__init__()
+        self.arch, self.shape, self.scales, self.hidden, self.steps = arch, (channels, height, width), scales, \
+            hidden, steps
+        self.d, self.dtype = channels * height * width, dtype
+        scale, residual = IMAGE_ARCHS.get(arch), arch == "realnvp-image"
+        bijectors = []
+        for kind, mask, shape in image_plan(arch, channels, height, width, scales, steps):
+            if kind == "squeeze":
+                bijectors.append(Squeeze(shape))
+            elif kind == "coupling":
+                bijectors.append(ConvAffineCoupling(shape, mask, hidden, scale, residual))
+            elif kind == "prior":
+                bijectors.append(SplitPrior(shape))
+            else:
+                vector = {"actnorm": ActNorm, "lu": LULinear, "batchnorm": BatchNormFlow}[kind]
+                bijectors.append(PerPixel(vector(shape[0]), shape))
+        self.bijectors = nn.ModuleList(bijectors)
+        self.to(dtype)
+
+    def forward(self, x):
+        log_det = x.new_zeros(x.shape[0])
+        for bijector in self.bijectors:
+            x, ld = bijector(x)
+            log_det = log_det + ld
+        return x, log_det
+
+    def log_prob(self, x):
+        z, log_det = self(x)
+        return standard_normal_log_prob(z) + log_det
+
+    def inverse(self, z):
+        for bijector in reversed(self.bijectors):
+            z = bijector.inverse(z)
+        return z
 
 
 def layer_kind(names):
@@ -844,6 +1174,41 @@ def cmd_family(a):
         save(a.out, name, t)
 
 
+def cmd_image_parity(a):
+    """A seeded float64 ImageFlow with a non-trivial state: a training-mode pass on a batch (ActNorm
+    initialises, batch norm's running averages move), then 0.15 * N(0, 1) added to every parameter (the
+    zero-initialised convs too; buffers stay valid), then ten more training-mode passes (batch norm's
+    running averages move towards the perturbed flow's statistics; ActNorm stays as it is). Writes DIR/weights/<state_dict key>.npy, x [16, D],
+    z, log_det, log_prob (eval mode), z_in and x_of_z = inverse(z_in), and train_log_prob: log p(x) in
+    training mode (batch norm with x's batch statistics) on a copy, so that the saved state is the one
+    that produced every output (ActNorm is initialised already and does not change)."""
+    torch.manual_seed(a.seed)
+    dtype = torch.float64
+    model = ImageFlow(a.arch, a.channels, a.height, a.width, a.scales, a.hidden, a.steps, dtype=dtype)
+    d = model.d
+    batch = lambda: torch.randn(64, d, dtype=dtype) * 2 + 0.5
+    with torch.no_grad():
+        model.train()(batch())
+        for p in model.parameters():
+            p.add_(0.15 * torch.randn_like(p))
+        for _ in range(10):  # batch norm's running averages towards the perturbed flow's statistics
+            model(batch())
+    model.eval()
+    os.makedirs(os.path.join(a.out, "weights"), exist_ok=True)
+    for key, t in model.state_dict().items():
+        save(os.path.join(a.out, "weights"), key, t)
+    x = torch.randn(16, d, dtype=dtype) * 2 + 0.5
+    z_in = torch.randn(16, d, dtype=dtype)
+    with torch.no_grad():
+        z, log_det = model(x)
+        log_prob = model.log_prob(x)
+        x_of_z = model.inverse(z_in)
+        train_log_prob = copy.deepcopy(model).train().log_prob(x)
+    for name, t in [("x", x), ("z", z), ("log_det", log_det), ("log_prob", log_prob), ("z_in", z_in),
+                    ("x_of_z", x_of_z), ("train_log_prob", train_log_prob)]:
+        save(a.out, name, t.contiguous())
+
+
 def max_err(got, want):
     """max |got - want|, relative to the size of want where that is above 1."""
     return ((got - want).abs().max() / max(1.0, want.abs().max().item())).item()
@@ -1265,6 +1630,12 @@ def main(argv):
     q.add_argument("--context", type=int, default=0, help="context columns of a conditional flow (writes c.npy)")
     q = sub.add_parser("family-check", help="check the layer family in PyTorch (inverse, log-det, reload, density)")
     q.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("image-parity", help="a seeded float64 multi-scale image flow: weights, inputs, outputs")
+    q.add_argument("--arch", choices=sorted(IMAGE_ARCHS), required=True)
+    for name, default in [("channels", 1), ("height", 4), ("width", 4), ("scales", 2), ("hidden", 6), ("steps", 2),
+                          ("seed", 0)]:
+        q.add_argument(f"--{name}", type=int, default=default)
+    q.add_argument("--out", required=True)
     q = sub.add_parser("jit", help="run exported TorchScript functions on IO/x.npy, IO/z_in.npy")
     q.add_argument("--dir", required=True)
     q.add_argument("--io", required=True)
@@ -1273,7 +1644,7 @@ def main(argv):
     {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "broken": cmd_broken, "load": cmd_load,
      "jit": cmd_jit, "wrapped": cmd_wrapped, "outputs": cmd_outputs,
      "matmul": cmd_matmul, "family": cmd_family, "family-check": cmd_family_check,
-     "step-time": cmd_step_time}[a.cmd](a)
+     "step-time": cmd_step_time, "image-parity": cmd_image_parity}[a.cmd](a)
 
 
 if __name__ == "__main__":
