@@ -10,7 +10,7 @@
 //! The C2ST here is sbibm's recipe rebuilt in tch (z-scored samples, an MLP of two ReLU layers of
 //! 10·dim units, Adam, 5-fold cross-validation); `scripts/sbi.py c2st` runs sbibm's own
 //! (scikit-learn) on files, as `scripts/bench --only sbi` does.
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use rnvp::data::{Bounds, Matrix, Rng};
 use rnvp::plot::Grid;
@@ -97,10 +97,7 @@ fn main() -> Result<()> {
     let (data, scaler) =
         TrainData::from_table_in(&table, cfg.val_fraction, cfg.seed, Some(&bounds), Some(2))?;
     // validated once per epoch; the preset's schedule spans 60 epochs where that is more steps
-    let batches = match &data {
-        TrainData::Table { train, .. } => train.rows.div_ceil(cfg.batch_size),
-        TrainData::Toy { .. } => anyhow::bail!("invariant: the data is a table"),
-    };
+    let batches = data.train_rows().context("invariant: the data is a table")?.div_ceil(cfg.batch_size);
     let cfg = TrainConfig { val_every: batches, steps: SBI.steps_for(batches) as usize, ..cfg };
     let flow_cfg = FlowConfig::stacked(2, 1, SBI.hidden, SBI.layers)
         .with_arch(SBI.arch)

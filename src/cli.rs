@@ -276,8 +276,10 @@ pub struct Compute {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A toy set (two-moons, circles, eight-gaussians, checkerboard, pinwheel, two-spirals) or a
-    /// .csv / .npy file with one sample per row.
+    /// A toy set (two-moons, circles, eight-gaussians, checkerboard, pinwheel, two-spirals), a
+    /// .csv / .npy file with one sample per row, or images: `digits` (scikit-learn's 8×8 digits,
+    /// the first 1437 trained on, the last 360 the test set), a .npy array [n, h, w] or
+    /// [n, h, w, c], or a directory of PNG files.
     #[arg(long)]
     pub data: String,
     /// A tuned recipe whose values replace the defaults of the flags you do not give: `best`
@@ -352,12 +354,26 @@ pub struct TrainArgs {
     /// a toy set].
     #[arg(long, allow_negative_numbers = true)]
     pub patience: Option<i64>,
-    /// Steps (coupling layers).
+    /// Steps (coupling layers); for an image architecture, couplings per group (realnvp-image:
+    /// per mask type and scale, the paper's 3; glow-image: steps per level) [default: 3; image
+    /// architectures: 4].
     #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     pub layers: i64,
-    /// Hidden units of each sig_net / mu_net.
+    /// Hidden units of each sig_net / mu_net; for an image architecture, channels of each
+    /// convolutional conditioner [default: 512; image architectures: 64].
     #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
     pub hidden: i64,
+    /// Scales of realnvp-image (each but the last squeezes and factors out half the channels) or
+    /// levels of glow-image (each squeezes; each but the last splits off half the channels).
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
+    pub scales: i64,
+    /// Images: the number of levels of their values, where it cannot be inferred (float images)
+    /// or to override the inferred one (256 for 8-bit, the largest value + 1 for other integers).
+    #[arg(long, value_name = "L")]
+    pub levels: Option<u32>,
+    /// Images: the α of the logit transform y = logit(α + (1 − 2α) x) of the dequantized values.
+    #[arg(long, default_value_t = rnvp::data::dequantize::ALPHA, allow_negative_numbers = true)]
+    pub logit_alpha: f64,
     /// Conditioning columns of an unflipped layer [default: d/2].
     #[arg(long, allow_negative_numbers = true)]
     pub k: Option<i64>,
@@ -463,9 +479,12 @@ pub struct SampleArgs {
     /// Output file (.csv or .npy) [default: CSV on stdout].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Also draw the samples into this PNG.
+    /// Also draw the samples into this PNG (a flow of images: as a grid of images).
     #[arg(long)]
     pub png: Option<PathBuf>,
+    /// A flow of images: draw z ~ N(0, T²I) (Glow's temperature; below 1 gives smoother images).
+    #[arg(long, value_name = "T", default_value_t = 1.0, allow_negative_numbers = true)]
+    pub temperature: f64,
     /// A conditional flow's context, comma-separated (e.g. --context -0.6,0.2): draws x ~ p(x | c).
     #[arg(long, value_name = "C1,C2,..", allow_hyphen_values = true, conflicts_with = "context_file")]
     pub context: Option<String>,
@@ -514,6 +533,9 @@ pub struct PlotArgs {
     /// density are those of p(x | c); the latents encode each data row with its own context.
     #[arg(long, value_name = "C1,C2,..", allow_hyphen_values = true)]
     pub context: Option<String>,
+    /// A flow of images: the samples' temperature, z ~ N(0, T²I).
+    #[arg(long, value_name = "T", default_value_t = 1.0, allow_negative_numbers = true)]
+    pub temperature: f64,
     #[command(flatten)]
     pub compute: Compute,
 }

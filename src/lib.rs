@@ -36,6 +36,7 @@ pub mod device;
 pub mod error;
 pub mod figures;
 pub mod flow;
+pub mod image_figures;
 pub mod kernel;
 pub mod layers;
 pub mod multiscale;

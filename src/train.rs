@@ -3,7 +3,7 @@
 use crate::checkpoint::{Checkpoint, OptimizerState};
 use crate::config::Layout;
 use crate::data::rng::mix;
-use crate::data::{self, Bounds, Matrix, Rng, Scaler, ToySet, Whitening};
+use crate::data::{self, Bounds, ImageSpace, Images, Matrix, Rng, Scaler, ToySet, Whitening};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, StackedNvp};
 use crate::kernel::{Packing, Scratch};
@@ -149,6 +149,18 @@ pub enum TrainData {
         /// the data's units.
         val_log_det: f64,
     },
+    /// Images: epochs of shuffled batches of level values, dequantized with fresh noise every
+    /// batch and taken through the logit ([`ImageSpace`]).
+    Images {
+        /// Training images, one row of level values each.
+        train: Matrix,
+        /// Held-out images, dequantized once (seeded) and in logit space.
+        val: Matrix,
+        /// The mean over the held-out images of the logit's `log|dy/dx|`.
+        val_log_det: f64,
+        /// Their shape, levels and logit.
+        space: ImageSpace,
+    },
 }
 
 impl TrainData {
@@ -202,27 +214,61 @@ impl TrainData {
         Ok((TrainData::Table { train, val, bounds: bounds.cloned(), whiten, val_log_det }, scaler))
     }
 
+    /// Images for training, the last `round(n · val_fraction)` (at least 1) held out for
+    /// validation (in order: the split is the same whatever the seed), with the logit's `alpha`.
+    pub fn from_images(images: &Images, val_fraction: f64, seed: u64, alpha: f64) -> Result<TrainData> {
+        let space = ImageSpace::of(images, alpha)?;
+        let n_val = ((images.n as f64) * val_fraction).round().max(1.0) as usize;
+        if images.n < n_val + 2 {
+            return Err(Error::Data(format!("{} images are too few to train and validate on", images.n)));
+        }
+        let split = images.n - n_val;
+        let train = images.select(0..split).to_matrix();
+        let (val, log_det) = space
+            .to_flow(&images.select(split..images.n).to_matrix(), &mut Rng::new(mix(seed, u64::MAX - 2)))?;
+        let val_log_det = log_det.iter().sum::<f64>() / log_det.len() as f64;
+        Ok(TrainData::Images { train, val, val_log_det, space })
+    }
+
     /// Dimension of the data.
     pub fn dim(&self) -> usize {
         match self {
             TrainData::Toy { .. } => 2,
-            TrainData::Table { train, .. } => train.cols,
+            TrainData::Table { train, .. } | TrainData::Images { train, .. } => train.cols,
         }
     }
 
-    /// The batch for `step` (0-based): a function of the seed and the step alone.
+    /// The images' shape, levels and logit, for image data.
+    pub fn image_space(&self) -> Option<&ImageSpace> {
+        match self {
+            TrainData::Images { space, .. } => Some(space),
+            _ => None,
+        }
+    }
+
+    /// The rows trained on per epoch (`None` for a toy set, drawn afresh).
+    pub fn train_rows(&self) -> Option<usize> {
+        match self {
+            TrainData::Toy { .. } => None,
+            TrainData::Table { train, .. } | TrainData::Images { train, .. } => Some(train.rows),
+        }
+    }
+
+    /// The batch for `step` (0-based): a function of the seed and the step alone; with the mean
+    /// `log|dy/dx|` of its preprocessing that the loss leaves out (images: the logit's; 0 for
+    /// other data).
     fn batch(
         &self,
         step: usize,
         cfg: &TrainConfig,
         epoch_perm: &mut Option<(usize, Vec<usize>)>,
-    ) -> Result<Matrix> {
+    ) -> Result<(Matrix, f64)> {
         match self {
             TrainData::Toy { set, noise } => {
                 let mut rng = Rng::new(mix(cfg.seed, step as u64));
-                data::scaler::standardize(&set.sample(cfg.batch_size, *noise, &mut rng))
+                Ok((data::scaler::standardize(&set.sample(cfg.batch_size, *noise, &mut rng))?, 0.0))
             }
-            TrainData::Table { train, .. } => {
+            TrainData::Table { train, .. } | TrainData::Images { train, .. } => {
                 let per_epoch = train.rows.div_ceil(cfg.batch_size);
                 let (epoch, j) = (step / per_epoch, step % per_epoch);
                 if epoch_perm.as_ref().map(|(e, _)| *e) != Some(epoch) {
@@ -232,7 +278,16 @@ impl TrainData {
                 let perm = &epoch_perm.as_ref().expect("invariant: set above").1; // invariant: set above
                 let rows = &perm[j * cfg.batch_size..((j + 1) * cfg.batch_size).min(train.rows)];
                 let data = rows.iter().flat_map(|&i| train.row(i).iter().copied()).collect();
-                Matrix::new(rows.len(), train.cols, data)
+                let batch = Matrix::new(rows.len(), train.cols, data)?;
+                match self {
+                    // fresh noise for every batch: a function of the seed and the step
+                    TrainData::Images { space, .. } => {
+                        let mut rng = Rng::new(mix(cfg.seed ^ DEQUANTIZE, step as u64));
+                        let (ys, log_det) = space.to_flow(&batch, &mut rng)?;
+                        Ok((ys, log_det.iter().sum::<f64>() / log_det.len().max(1) as f64))
+                    }
+                    _ => Ok((batch, 0.0)),
+                }
             }
         }
     }
@@ -241,7 +296,7 @@ impl TrainData {
     pub fn bounds(&self) -> Option<&Bounds> {
         match self {
             TrainData::Table { bounds, .. } => bounds.as_ref(),
-            TrainData::Toy { .. } => None,
+            TrainData::Toy { .. } | TrainData::Images { .. } => None,
         }
     }
 
@@ -249,14 +304,14 @@ impl TrainData {
     pub fn whitening(&self) -> Option<&Whitening> {
         match self {
             TrainData::Table { whiten, .. } => whiten.as_ref(),
-            TrainData::Toy { .. } => None,
+            TrainData::Toy { .. } | TrainData::Images { .. } => None,
         }
     }
 
     /// The mean `log|dy/dx|` of the logit map and the whitening over the held-out rows.
     pub fn val_log_det(&self) -> f64 {
         match self {
-            TrainData::Table { val_log_det, .. } => *val_log_det,
+            TrainData::Table { val_log_det, .. } | TrainData::Images { val_log_det, .. } => *val_log_det,
             TrainData::Toy { .. } => 0.0,
         }
     }
@@ -268,7 +323,7 @@ impl TrainData {
                 let mut rng = Rng::new(mix(cfg.seed, u64::MAX));
                 data::scaler::standardize(&set.sample(cfg.val_size, *noise, &mut rng))
             }
-            TrainData::Table { val, .. } => Ok(val.clone()),
+            TrainData::Table { val, .. } | TrainData::Images { val, .. } => Ok(val.clone()),
         }
     }
 }
@@ -676,6 +731,9 @@ fn kept_best(out: &Path) -> Option<(usize, f64)> {
 /// With early stopping, the least time between two writes of the best model and the latest state.
 const SAVE_SECONDS: f64 = 10.0;
 
+/// Mixed into the seed of the dequantization noise (apart from the batch order's stream).
+const DEQUANTIZE: u64 = 0x6465_7175_616e_7420;
+
 /// Consecutive skipped steps (non-finite loss or gradient, with clipping) that end a run.
 const MAX_SKIPPED: usize = 10;
 
@@ -745,7 +803,8 @@ impl std::fmt::Display for Stop {
 pub struct TrainReport {
     /// Step before the first step of this run (non-zero when resumed).
     pub start_step: usize,
-    /// Training loss of each step of this run (`losses[i]` is step `start_step + i + 1`).
+    /// Training loss of each step of this run (`losses[i]` is step `start_step + i + 1`); for
+    /// images, the NLL in nats of the dequantized images (the logit's log-determinant added back).
     pub losses: Vec<f64>,
     /// `(step, validation NLL)` at each validation.
     pub val: Vec<(usize, f64)>,
@@ -882,6 +941,7 @@ impl Trainer<'_> {
         }
         ck.bounds = self.data.bounds().cloned();
         ck.whiten = self.data.whitening().cloned();
+        ck.images = self.data.image_space().copied();
         ck.optimizer = opt.map(Optimizer::state);
         ck.info = self.info.clone();
         ck.info.insert("step".into(), json!(step));
@@ -968,7 +1028,7 @@ impl Trainer<'_> {
         let t0 = Instant::now();
         let mut paused = 0.0; // seconds spent validating and saving
         for step in start + 1..=self.cfg.steps {
-            let batch = self.data.batch(step - 1, self.cfg, &mut perm)?;
+            let (batch, shift) = self.data.batch(step - 1, self.cfg, &mut perm)?;
             let lr = opt.lr();
             let (loss_value, updated) = opt.train_step(self.flow, &batch, self.cfg)?;
             if !updated {
@@ -986,6 +1046,8 @@ impl Trainer<'_> {
                 opt.skip();
                 report.skipped.push(step);
             }
+            // images: the loss of the dequantized images, the logit's log-determinant added back
+            let loss_value = loss_value - shift;
             report.losses.push(loss_value);
             on_event(Event::Step { step, loss: loss_value, lr });
             if step % self.cfg.val_every == 0 || step == self.cfg.steps {

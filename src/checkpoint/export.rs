@@ -1,7 +1,10 @@
 //! TorchScript export: `encode.pt` (x → z), `log_prob.pt` (x → log p(x)) and `decode.pt`
 //! (z → x), traced from a frozen flow, loadable by `torch.jit.load` in Python, LibTorch C++ and
 //! `tch::CModule`. A scaler, whitening and bounds stored with the model are part of each
-//! function, so they work in the data's own units.
+//! function, so they work in the data's own units. A flow of images works on dequantized images
+//! `x ∈ [0, 1]ᴰ` (channel-major rows): `log_prob.pt` gives `log p(x)` in nats with the logit's
+//! log-determinant, `bpd.pt` the bits per dimension of the discrete images, `decode.pt` images in
+//! `[0, 1]` (sample with `decode(T · torch.randn(n, D))`).
 use super::Checkpoint;
 use crate::data::BoundsMode;
 use crate::error::{io_err, Error, Result};
@@ -68,16 +71,24 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
     };
     // tracing examples: fixed values, so that exporting leaves libtorch's global generator alone
     let example = |n: i64| (Tensor::arange(4 * n, (kind, Device::Cpu)) * 0.7).sin().view([4, n]);
-    let mut examples = vec![example(d)];
+    // images: values inside (0, 1)
+    let mut examples = vec![if ck.images.is_some() { (example(d) + 1.0) * 0.45 + 0.05 } else { example(d) }];
     if m > 0 {
         examples.push(example(m));
     }
     let flow = &flow;
-    // bounded columns: y = logit((x − lo) / (hi − lo)), log|dy/dx| summed per row
-    let bounds = ck.bounds.as_ref().map(|b| {
-        let row = |v: &[f64]| Tensor::from_slice(v).to_kind(kind).view([1, d]);
-        (row(&b.lo), row(&b.hi))
-    });
+    // bounded columns: y = logit((x − lo) / (hi − lo)), log|dy/dx| summed per row; images in
+    // [0, 1]: the logit y = logit(α + (1 − 2α) x) is that map with the box lo = −α / (1 − 2α),
+    // hi = (1 − α) / (1 − 2α)
+    let row = |v: &[f64]| Tensor::from_slice(v).to_kind(kind).view([1, d]);
+    let bounds = match (&ck.bounds, &ck.images) {
+        (Some(b), _) => Some((row(&b.lo), row(&b.hi))),
+        (None, Some(i)) => {
+            let (lo, hi) = (-i.alpha / (1.0 - 2.0 * i.alpha), (1.0 - i.alpha) / (1.0 - 2.0 * i.alpha));
+            Some((row(&vec![lo; d as usize]), row(&vec![hi; d as usize])))
+        }
+        (None, None) => None,
+    };
     let to_logit = |xs: &Tensor| match &bounds {
         Some((lo, hi)) => {
             let u = (xs - lo) / (hi - lo);
@@ -86,9 +97,10 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
         }
         None => (xs.shallow_clone(), None),
     };
-    let from_logit = |ys: Tensor| match &bounds {
-        Some((lo, hi)) => lo + (hi - lo) * ys.sigmoid(),
-        None => ys,
+    let from_logit = |ys: Tensor| match (&bounds, &ck.images) {
+        (Some((lo, hi)), Some(_)) => (lo + (hi - lo) * ys.sigmoid()).clamp(0.0, 1.0),
+        (Some((lo, hi)), None) => lo + (hi - lo) * ys.sigmoid(),
+        (None, _) => ys,
     };
     // whitening u = L⁻¹ y of the standardized rows y (as rows: u = y (L⁻¹)ᵀ), and back y = u Lᵀ
     let whiten = ck.whiten.as_ref().map(|w| {
@@ -129,6 +141,20 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
         }
     })?;
     written.push(path);
+    if let Some(images) = &ck.images {
+        // bits per dimension of the discrete images whose dequantized values are x:
+        // −(log p(x) − D ln L) / (D ln 2)
+        let (dims, levels) = (d as f64, f64::from(images.levels));
+        let path = dir.join("bpd.pt");
+        trace_and_save(&path, &examples, &mut |inp| {
+            let (ys, logit_log_det) = to_logit(&inp[0]);
+            let (zs, log_jacob) = flow.stack().transform(&ys, None);
+            let lp =
+                crate::base::log_prob(&zs) + log_jacob + logit_log_det.unwrap_or_else(|| zs.zeros_like());
+            (lp - dims * levels.ln()) / (-dims * std::f64::consts::LN_2)
+        })?;
+        written.push(path);
+    }
     let path = dir.join("decode.pt");
     trace_and_save(&path, &examples, &mut |inp| {
         from_logit(unstandardize(flow.stack().untransform(&inp[0], context(inp).as_ref())))

@@ -17,7 +17,7 @@ pub mod torch;
 pub use names::{check_tensors, infer_config};
 
 use crate::config::{Arch, FlowConfig, Init, Layout};
-use crate::data::{Bounds, BoundsMode, DataSpace, Scaler, Whitening};
+use crate::data::{Bounds, BoundsMode, DataSpace, ImageSpace, Scaler, Whitening};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use serde_json::{json, Map, Value};
@@ -48,6 +48,8 @@ pub struct Checkpoint {
     pub bounds: Option<Bounds>,
     /// The decorrelation of the standardized modelled columns (data files, by default).
     pub whiten: Option<Whitening>,
+    /// For a flow of images: their shape, levels and the logit that takes them to the flow.
+    pub images: Option<ImageSpace>,
     /// The model's variables by state_dict key (on the CPU).
     pub tensors: BTreeMap<String, Tensor>,
     /// Optimizer state, for `--resume`.
@@ -135,6 +137,7 @@ impl Checkpoint {
             scaler,
             bounds: None,
             whiten: None,
+            images: None,
             tensors,
             optimizer: None,
             info: Map::new(),
@@ -227,6 +230,7 @@ impl Checkpoint {
                     scaler: None,
                     bounds: None,
                     whiten: None,
+                    images: None,
                     tensors,
                     optimizer: None,
                     info: Map::new(),
@@ -335,6 +339,9 @@ impl Checkpoint {
         if let Some(w) = &self.whiten {
             m.insert("whiten".into(), json!({ "chol": w.chol }));
         }
+        if let Some(i) = &self.images {
+            m.insert("images".into(), images_json(i));
+        }
         if let Some(o) = &self.optimizer {
             m.insert("optimizer_step".into(), json!(o.step));
         }
@@ -343,6 +350,37 @@ impl Checkpoint {
         }
         m
     }
+}
+
+/// An image space as JSON: `channels`, `height`, `width`, `levels`, `alpha`.
+pub fn images_json(i: &ImageSpace) -> Value {
+    json!({ "channels": i.channels, "height": i.height, "width": i.width, "levels": i.levels, "alpha": i.alpha })
+}
+
+/// Reads [`images_json`]'s object (checked: sizes up to 2²⁰, 2 to 65536 levels, α in (0, ½)).
+pub(crate) fn images_from_json(v: &Value) -> std::result::Result<ImageSpace, String> {
+    let size = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .filter(|&n| (1..=1 << 20).contains(&n))
+            .map(|n| n as usize)
+            .ok_or_else(|| format!("'{k}' is not a size from 1 to 2²⁰"))
+    };
+    let levels = v
+        .get("levels")
+        .and_then(Value::as_u64)
+        .filter(|l| (2..=65536).contains(l))
+        .ok_or("'levels' is not a number of levels from 2 to 65536")? as u32;
+    let alpha = v.get("alpha").and_then(Value::as_f64).ok_or("'alpha' is not a number")?;
+    let space = ImageSpace {
+        channels: size("channels")?,
+        height: size("height")?,
+        width: size("width")?,
+        levels,
+        alpha,
+    };
+    space.validate().map_err(|e| e.to_string())?;
+    Ok(space)
 }
 
 /// A box as JSON: `lo`, `hi`, and `mode` where it is not the logit map (files without it are

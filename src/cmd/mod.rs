@@ -10,7 +10,8 @@ pub mod train;
 use crate::cli::Compute;
 use anyhow::{bail, Context, Result};
 use rnvp::checkpoint::Checkpoint;
-use rnvp::data::{self, io, Matrix, Rng};
+use rnvp::data::images::DIGITS_TEST;
+use rnvp::data::{self, io, DataSpec, ImageSpace, Images, Matrix, Rng};
 use rnvp::device::{parse_device, parse_kind};
 use rnvp::{Engine, Flow};
 use std::io::Write;
@@ -52,6 +53,45 @@ pub(crate) fn parse_numbers(text: &str) -> Result<Vec<f64>> {
             }
         })
         .collect()
+}
+
+/// The images to train on: the digits' first 1437 (the last [`DIGITS_TEST`] are the test set), or
+/// every image of a `.npy` file or a directory of PNG files.
+pub(crate) fn training_images(spec: &DataSpec, levels: Option<u32>) -> Result<Images> {
+    Ok(match spec {
+        DataSpec::Digits => {
+            let all = rnvp::data::images::digits(levels)?;
+            all.select(0..all.n - DIGITS_TEST)
+        }
+        DataSpec::Images(p) => Images::read(p, levels)?,
+        other => bail!("{}: not images", other.name()),
+    })
+}
+
+/// The images to evaluate on: the digits' test set (the last [`DIGITS_TEST`]), or every image of
+/// a `.npy` file or a directory of PNG files; checked against the model's image `space`.
+pub(crate) fn test_images(spec: &DataSpec, space: &ImageSpace) -> Result<Images> {
+    let images = match spec {
+        DataSpec::Digits => {
+            let all = rnvp::data::images::digits(Some(space.levels))?;
+            all.select(all.n - DIGITS_TEST..all.n)
+        }
+        DataSpec::Images(p) => Images::read(p, Some(space.levels))?,
+        other => bail!("{}: the model is a flow of images; give images (digits, a .npy of images or a directory of PNG files)", other.name()),
+    };
+    if (images.channels, images.height, images.width) != (space.channels, space.height, space.width) {
+        bail!(
+            "{}: images of {} × {} × {} (channels × height × width), but the model's are {} × {} × {}",
+            spec.name(),
+            images.channels,
+            images.height,
+            images.width,
+            space.channels,
+            space.height,
+            space.width
+        );
+    }
+    Ok(images)
 }
 
 /// Reads rows for a model of dimension `d` with `m` context columns (last).

@@ -4,10 +4,17 @@ use crate::cli::{self, non_negative};
 use anyhow::{bail, Context, Result};
 use rnvp::data::DataSpec;
 use rnvp::figures::Figures;
+use rnvp::image_figures::ImageFigures;
 
 pub(crate) fn plot(a: cli::PlotArgs) -> Result<()> {
     let (flow, ck, engine) = load_flow(&a.checkpoint, &a.compute)?;
     let n = non_negative("-n", a.n)?;
+    if let Some(space) = &ck.images {
+        return plot_images(&a, &flow, space, engine);
+    }
+    if a.temperature != 1.0 {
+        bail!("--temperature applies to flows of images");
+    }
     let (d, m) = (flow.stack().config().d, flow.stack().config().context);
     super::check_points(n, d as usize)?;
     let context = match (&a.context, m) {
@@ -33,6 +40,13 @@ pub(crate) fn plot(a: cli::PlotArgs) -> Result<()> {
         }
         Some(DataSpec::Toy(set)) => Some(toy_points(set, None, n, a.seed.wrapping_add(1))?),
         Some(DataSpec::File(p)) => Some(read_rows(&p, d, m)?),
+        Some(spec @ (DataSpec::Digits | DataSpec::Images(_))) => {
+            bail!(
+                "--data {}: images, but {} is a flow of rows of numbers",
+                spec.name(),
+                a.checkpoint.display()
+            )
+        }
         None => None,
     };
     tch::manual_seed(a.seed as i64);
@@ -51,6 +65,43 @@ pub(crate) fn plot(a: cli::PlotArgs) -> Result<()> {
         Some(data) => format!("the figures of {} with --data {data}", a.checkpoint.display()),
         None => format!("the figures of {}", a.checkpoint.display()),
     })?;
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(())
+}
+
+/// The figures of a flow of images: samples (100 at most, at --temperature) and, with --data,
+/// reconstructions and interpolations of its first images (the digits' test set).
+fn plot_images(
+    a: &cli::PlotArgs,
+    flow: &rnvp::Flow,
+    space: &rnvp::data::ImageSpace,
+    engine: rnvp::Engine,
+) -> Result<()> {
+    if a.context.is_some() {
+        bail!("--context: {} is a flow of images; it takes no context", a.checkpoint.display());
+    }
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        bail!("--temperature {}: a temperature is a finite number ≥ 0", a.temperature);
+    }
+    let images = match a.data.as_deref().map(DataSpec::parse).transpose()? {
+        Some(spec) => Some(super::test_images(&spec, space)?),
+        None => None,
+    };
+    tch::manual_seed(a.seed as i64);
+    let written = ImageFigures {
+        flow: flow.stack().run(engine),
+        space,
+        images: images.as_ref(),
+        report: None,
+        label: "",
+        temperature: a.temperature,
+        n_samples: non_negative("-n", a.n)?.min(100),
+        seed: a.seed,
+    }
+    .draw(&a.out_dir)
+    .with_context(|| format!("the figures of {}", a.checkpoint.display()))?;
     for p in written {
         println!("{}", p.display());
     }

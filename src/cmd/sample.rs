@@ -36,6 +36,12 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
         }
         _ => {}
     }
+    if let Some(images) = &ck.images {
+        return sample_images(&a, &flow, images, engine, n);
+    }
+    if a.temperature != 1.0 {
+        bail!("--temperature applies to flows of images");
+    }
     let blocks = contexts.as_ref().map_or(1, |c| c.rows);
     check_points(n.saturating_mul(blocks), d + if append { m } else { 0 })?;
     tch::manual_seed(a.seed as i64);
@@ -99,6 +105,40 @@ pub(crate) fn sample(a: cli::SampleArgs) -> Result<()> {
     write_rows(a.out.as_deref(), &out, &head)
 }
 
+/// `n` images `F⁻¹(T·z)`, `z ~ N(0, I)`, as rows of `c·h·w` values in `[0, 1]` (channel-major),
+/// and with `--png` as a grid.
+fn sample_images(
+    a: &cli::SampleArgs,
+    flow: &rnvp::Flow,
+    space: &rnvp::data::ImageSpace,
+    engine: rnvp::Engine,
+    n: usize,
+) -> Result<()> {
+    if a.context.is_some() || a.context_file.is_some() {
+        bail!("--context: {} is a flow of images; it takes no context", a.checkpoint.display());
+    }
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        bail!("--temperature {}: a temperature is a finite number ≥ 0", a.temperature);
+    }
+    let d = space.dim();
+    check_points(n, d)?;
+    tch::manual_seed(a.seed as i64);
+    let (kind, device) = (flow.stack().kind(), flow.stack().device());
+    let z = tch::Tensor::f_randn([n as i64, d as i64], (kind, device))? * a.temperature;
+    let ys = data::from_tensor(&flow.stack().run(engine).decode(&z)?)?;
+    if let Some(bad) = (0..ys.rows).find(|&i| ys.row(i).iter().any(|v| !v.is_finite())) {
+        bail!("{}: sample {bad} is not finite (a broken model?)", a.checkpoint.display());
+    }
+    let out = space.to_unit(&ys);
+    if let Some(png) = &a.png {
+        let pictures: Vec<Vec<f64>> = (0..out.rows).map(|i| out.row(i).to_vec()).collect();
+        let rows: Vec<Vec<Vec<f64>>> = pictures.chunks(10).map(<[Vec<f64>]>::to_vec).collect();
+        let title = format!("Samples, temperature {}", a.temperature);
+        rnvp::plot::image_grid(png, &title, [space.channels, space.height, space.width], &rows, None)?;
+    }
+    write_rows(a.out.as_deref(), &out, &header("x", d))
+}
+
 #[derive(Clone, Copy)]
 pub(crate) enum Map {
     LogProb,
@@ -108,6 +148,13 @@ pub(crate) enum Map {
 
 pub(crate) fn map(a: cli::MapArgs, what: Map) -> Result<()> {
     let (flow, ck, engine) = load_flow(&a.checkpoint, &a.compute)?;
+    if ck.images.is_some() {
+        bail!(
+            "{}: a flow of images: `rnvp eval --data IMAGES` gives its bits/dim, `rnvp sample` its samples \
+             (log-prob, encode and decode take rows of numbers)",
+            a.checkpoint.display()
+        );
+    }
     let (d, m) = (flow.stack().config().d, flow.stack().config().context);
     let rows = read_rows(&a.input, d, m)?;
     let (kind, device) = (flow.stack().kind(), flow.stack().device());

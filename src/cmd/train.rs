@@ -5,8 +5,10 @@ use crate::cli::{self, positive};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rnvp::checkpoint::Checkpoint;
+use rnvp::config::ImageShape;
 use rnvp::data::{io, Bounds, BoundsMode, DataSpace, DataSpec, Scaler};
 use rnvp::figures::Figures;
+use rnvp::image_figures::ImageFigures;
 use rnvp::presets::Preset;
 use rnvp::train::{best_path, last_path, Event, TrainConfig, TrainData, Trainer};
 use rnvp::{Engine, Flow, FlowConfig, Init};
@@ -14,8 +16,14 @@ use serde_json::json;
 use std::path::Path;
 use tch::{Device, Kind};
 
+/// Conditioner channels of an image architecture unless --hidden says otherwise.
+const IMAGE_HIDDEN: i64 = 64;
+/// Couplings per group of an image architecture unless --layers says otherwise.
+const IMAGE_STEPS: i64 = 4;
+
 /// The flags that shape a new flow (a resumed run takes its shape from the checkpoint).
-const ARCHITECTURE_FLAGS: [&str; 11] = [
+const ARCHITECTURE_FLAGS: [&str; 12] = [
+    "scales",
     "arch",
     "coupling",
     "scale",
@@ -43,14 +51,32 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     let mut cfg = a.train_config()?;
     let arch = a.architecture()?;
     let spec = DataSpec::parse(&a.data)?;
+    let images = spec.is_images();
     let file = matches!(spec, DataSpec::File(_));
-    let init = a.initialisation(arch, file)?;
-    cfg.patience = a.patience(file, preset_used.and_then(|p| p.patience))?;
+    let init = a.initialisation(arch, file || images)?;
+    cfg.patience = a.patience(file || images, preset_used.and_then(|p| p.patience))?;
+    if images && (a.context != 0 || a.bounds.is_some() || a.bounds_file.is_some() || a.whiten.is_some()) {
+        bail!(
+            "--context, --bounds, --bounds-file and --whiten apply to tables, not to images ({})",
+            spec.name()
+        );
+    }
+    if !images
+        && (a.levels.is_some() || sub.value_source("scales") == Some(clap::parser::ValueSource::CommandLine))
+    {
+        bail!("--levels and --scales apply to images (--data digits, a .npy of images or a directory of PNG files)");
+    }
+    if arch.image && !images {
+        bail!("--arch {}: an image architecture needs images (--data digits, a .npy [n, h, w(, c)] or a directory of PNG files), not {}", arch.name(), spec.name());
+    }
     let context = cli::non_negative("--context", a.context)? as i64;
     if a.bounds_mode.is_some() && a.bounds.is_none() && a.bounds_file.is_none() {
         bail!("--bounds-mode needs a box: give --bounds LO,HI or --bounds-file");
     }
-    if !file && (context > 0 || a.bounds.is_some() || a.bounds_file.is_some() || a.whiten == Some(true)) {
+    if !file
+        && !images
+        && (context > 0 || a.bounds.is_some() || a.bounds_file.is_some() || a.whiten == Some(true))
+    {
         bail!(
             "--context, --bounds, --bounds-file and --whiten need a data file (.csv / .npy), not the toy set {}",
             spec.name()
@@ -67,7 +93,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             a.out.display()
         );
     }
-    if !file {
+    if !file && !images {
         // a toy set's batches and validation points are drawn, not read: size them first
         super::check_rows("--batch-size", cfg.batch_size, 2)?;
         super::check_rows("--val-size", cfg.val_size, 2)?;
@@ -79,9 +105,9 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     // a resumed run keeps its checkpoint's bounds mode unless --bounds-mode says otherwise
     let mode = resume.as_ref().and_then(|(_, ck)| ck.bounds.as_ref()).map(|b| b.mode);
     let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize, preset_used.as_ref(), mode)?;
-    if let TrainData::Table { train, .. } = &train_data {
+    if let Some(rows) = train_data.train_rows() {
         // a file is validated once per epoch unless --val-every says otherwise
-        let batches = train.rows.div_ceil(cfg.batch_size).max(1);
+        let batches = rows.div_ceil(cfg.batch_size).max(1);
         if sub.value_source("val_every") != Some(clap::parser::ValueSource::CommandLine) {
             cfg.val_every = batches;
         }
@@ -93,15 +119,31 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         }
     }
     let d = train_data.dim() as i64 - context;
-    let fresh = FlowConfig::stacked(
-        d,
-        a.k.unwrap_or(d / 2),
-        positive("--hidden", a.hidden)?,
-        positive("--layers", a.layers)?,
-    )
-    .with_arch(arch)
-    .with_init(init)
-    .with_context(context);
+    let given = |id: &str| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let fresh = match train_data.image_space() {
+        Some(space) if arch.image => {
+            // image architectures count conditioner channels and couplings per group
+            let hidden = if given("hidden") { positive("--hidden", a.hidden)? } else { IMAGE_HIDDEN };
+            let steps = if given("layers") { positive("--layers", a.layers)? } else { IMAGE_STEPS };
+            let shape = ImageShape {
+                channels: space.channels as i64,
+                height: space.height as i64,
+                width: space.width as i64,
+                scales: positive("--scales", a.scales)?,
+            };
+            shape.validate(&arch).with_context(|| spec.name())?;
+            FlowConfig::image(arch, shape, hidden, steps)
+        }
+        _ => FlowConfig::stacked(
+            d,
+            a.k.unwrap_or(d / 2),
+            positive("--hidden", a.hidden)?,
+            positive("--layers", a.layers)?,
+        )
+        .with_arch(arch)
+        .with_init(init)
+        .with_context(context),
+    };
     if resume.is_none() {
         check_size(&fresh, kind)?;
     }
@@ -169,16 +211,24 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             }
         );
     }
+    let space = train_data.image_space().copied();
+    // an image's NLL is also given in bits per dimension of its discrete values
+    let in_bits =
+        |nll: f64| space.map_or(String::new(), |s| format!(" ({:.4} bits/dim)", s.bits_per_dim(nll)));
     let report = trainer.run(optimizer, |ev| match ev {
         Event::Step { loss, .. } => {
             pb.inc(1);
-            pb.set_message(format!("loss {loss:.4}"));
+            match &space {
+                Some(s) => pb.set_message(format!("loss {:.4} bits/dim", s.bits_per_dim(loss))),
+                None => pb.set_message(format!("loss {loss:.4}")),
+            }
         }
         Event::Validation { step, nll, best } => {
             if !quiet {
                 pb.suspend(|| {
                     eprintln!(
-                        "step {step:>6}: validation NLL {nll:.4} nats{}",
+                        "step {step:>6}: validation NLL {nll:.4} nats{}{}",
+                        in_bits(nll),
                         if best { " (best)" } else { "" }
                     )
                 });
@@ -207,11 +257,29 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             report.skipped.len()
         );
     }
-    if let Some(dir) = &a.plot_dir {
+    if let (Some(dir), Some(space)) = (&a.plot_dir, train_data.image_space()) {
+        // reconstructions and interpolations of the held-out images (the test set stays unseen)
+        let held_out = super::training_images(&spec, Some(space.levels))?;
+        let n_val = held_out.n - train_data.train_rows().unwrap_or(0);
+        let held_out = held_out.select(held_out.n - n_val..held_out.n);
+        tch::manual_seed(a.seed as i64);
+        ImageFigures {
+            flow: flow.stack().run(cfg.engine),
+            space,
+            images: Some(&held_out),
+            report: Some(&report),
+            label: &flow_cfg.arch.describe(),
+            temperature: 1.0,
+            n_samples: 50,
+            seed: a.seed,
+        }
+        .draw(dir)?;
+    } else if let Some(dir) = &a.plot_dir {
         let points = match &spec {
             DataSpec::Toy(set) => toy_points(*set, a.noise, 3000, a.seed.wrapping_add(1))?,
             // read again, so checked again (the file may have changed during training)
             DataSpec::File(p) => super::read_rows(p, flow_cfg.d, flow_cfg.context)?,
+            DataSpec::Digits | DataSpec::Images(_) => bail!("invariant: images are drawn above"),
         };
         let (d, m) = (flow_cfg.d as usize, flow_cfg.context as usize);
         // a conditional flow is drawn at its data's mean context
@@ -267,10 +335,11 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
         };
         println!(
             "trained {} steps in {:.1} s ({:.0} steps/s), {why}; final loss {last:.4}; kept step {best_step} \
-             (best validation NLL {best_nll:.4} nats) -> {}{latest}",
+             (best validation NLL {best_nll:.4} nats{}) -> {}{latest}",
             report.losses.len(),
             report.seconds,
             report.steps_per_second(),
+            in_bits(best_nll),
             a.out.display(),
         );
         return Ok(());
@@ -329,6 +398,12 @@ fn training_data(
 ) -> Result<(TrainData, Option<Scaler>)> {
     Ok(match spec {
         DataSpec::Toy(set) => (TrainData::Toy { set: *set, noise: toy_noise(*set, a.noise)? }, None),
+        DataSpec::Digits | DataSpec::Images(_) => {
+            let images = super::training_images(spec, a.levels)?;
+            let data = TrainData::from_images(&images, cfg.val_fraction, cfg.seed, a.logit_alpha)
+                .with_context(|| format!("preparing {}", spec.name()))?;
+            (data, None)
+        }
         DataSpec::File(p) => {
             let m = io::read_matrix(p)?;
             if m.cols < context + 2 {

@@ -1,6 +1,7 @@
 //! Data: the toy sets flow papers use, CSV/NPY files, the standardizing scaler, whitening and
 //! bounds.
 pub mod bounds;
+pub mod dequantize;
 pub mod images;
 pub mod io;
 pub mod rng;
@@ -10,6 +11,7 @@ pub mod toy;
 pub mod whiten;
 
 pub use bounds::{Bounds, BoundsMode};
+pub use dequantize::ImageSpace;
 pub use images::Images;
 pub use rng::Rng;
 pub use scaler::Scaler;
@@ -66,37 +68,65 @@ pub fn from_tensor(t: &tch::Tensor) -> Result<Matrix> {
     Matrix::new(size[0] as usize, size[1] as usize, data)
 }
 
-/// What `--data` names: a built-in toy set or a file.
+/// What `--data` names: a built-in toy set, scikit-learn's digits, a table file or images.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataSpec {
     /// A generated set.
     Toy(ToySet),
-    /// A .csv or .npy file.
+    /// A .csv or .npy file of rows.
     File(std::path::PathBuf),
+    /// scikit-learn's 8×8 digits ([`images::digits`]): the first 1437 images train (and
+    /// validate), the last [`images::DIGITS_TEST`] are the test set.
+    Digits,
+    /// Images: a `.npy` array `[n, h, w]` or `[n, h, w, c]`, or a directory of PNG files.
+    Images(std::path::PathBuf),
 }
 
 impl DataSpec {
-    /// A toy set's name, or a path ending in `.csv` / `.npy`.
+    /// A toy set's name, `digits`, a directory (of PNG images), or a path ending in `.csv` /
+    /// `.npy` (images when the `.npy` array has 3 or 4 dimensions).
     pub fn parse(s: &str) -> Result<DataSpec> {
         if let Some(set) = ToySet::from_name(s) {
             return Ok(DataSpec::Toy(set));
         }
+        if s == "digits" {
+            return Ok(DataSpec::Digits);
+        }
         let path = std::path::PathBuf::from(s);
+        if path.is_dir() {
+            return Ok(DataSpec::Images(path));
+        }
         match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("npy") if npy_rank(&path).is_some_and(|r| r >= 3) => Ok(DataSpec::Images(path)),
             Some("csv") | Some("npy") => Ok(DataSpec::File(path)),
-            Some(ext) => Err(Error::Data(format!("{s}: unknown extension '.{ext}' (expected .csv or .npy)"))),
+            Some(ext) => Err(Error::Data(format!(
+                "{s}: unknown extension '.{ext}' (expected .csv or .npy, or a directory of .png images)"
+            ))),
             None => Err(Error::Data(format!(
-                "unknown data set '{s}' (expected one of {} or a .csv / .npy file)",
+                "unknown data set '{s}' (expected one of {}, digits, a .csv / .npy file or a directory of .png images)",
                 ToySet::all().iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
             ))),
         }
+    }
+
+    /// Whether the data are images.
+    pub fn is_images(&self) -> bool {
+        matches!(self, DataSpec::Digits | DataSpec::Images(_))
     }
 
     /// A short name for messages and titles.
     pub fn name(&self) -> String {
         match self {
             DataSpec::Toy(t) => t.name().to_string(),
-            DataSpec::File(p) => p.display().to_string(),
+            DataSpec::File(p) | DataSpec::Images(p) => p.display().to_string(),
+            DataSpec::Digits => "digits".to_string(),
         }
     }
+}
+
+/// The number of dimensions of the `.npy` array at `path`, when it reads and parses (`None`
+/// otherwise: the table reader then says what is wrong).
+fn npy_rank(path: &std::path::Path) -> Option<usize> {
+    let bytes = io::read_file(path, io::Contents::Data).ok()?;
+    io::parse_npy_array(&bytes, &path.display().to_string()).ok().map(|a| a.dims.len())
 }

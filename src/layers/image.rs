@@ -19,10 +19,10 @@ pub(crate) fn on_active<L>(
     [c, h, w]: Shape,
     f: impl FnOnce(&Tensor) -> (Tensor, L),
 ) -> (Tensor, L) {
-    let size = xs.size();
-    let (n, total, active) = (size[0], size[1], c * h * w);
+    // the batch size as -1, so that a traced export takes any batch size
+    let (total, active) = (xs.size()[1], c * h * w);
     let (out, ld) = f(&self::active(xs, [c, h, w]));
-    let out = out.reshape([n, active]);
+    let out = out.reshape([-1, active]);
     if active == total {
         return (out, ld);
     }
@@ -50,15 +50,15 @@ pub(crate) fn per_image(log_det: &Tensor, [_, h, w]: Shape) -> Tensor {
 /// permutation: log-determinant 0.
 pub(crate) fn squeeze(image: &Tensor) -> Tensor {
     let s = image.size();
-    let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
-    image.reshape([n, c, h / 2, 2, w / 2, 2]).permute([0, 1, 3, 5, 2, 4]).reshape([n, 4 * c, h / 2, w / 2])
+    let (c, h, w) = (s[1], s[2], s[3]);
+    image.reshape([-1, c, h / 2, 2, w / 2, 2]).permute([0, 1, 3, 5, 2, 4]).reshape([-1, 4 * c, h / 2, w / 2])
 }
 
 /// The inverse of [`squeeze`]: `[n, 4c, h/2, w/2] → [n, c, h, w]`.
 pub(crate) fn unsqueeze(image: &Tensor) -> Tensor {
     let s = image.size();
-    let (n, c, h, w) = (s[0], s[1] / 4, s[2] * 2, s[3] * 2);
-    image.reshape([n, c, 2, 2, h / 2, w / 2]).permute([0, 1, 4, 2, 5, 3]).reshape([n, c, h, w])
+    let (c, h, w) = (s[1] / 4, s[2] * 2, s[3] * 2);
+    image.reshape([-1, c, 2, 2, h / 2, w / 2]).permute([0, 1, 4, 2, 5, 3]).reshape([-1, c, h, w])
 }
 
 #[cfg(test)]

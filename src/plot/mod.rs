@@ -26,6 +26,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{io_err, Error, Result};
 
+mod grid;
+pub use grid::image_grid;
+
 /// The font family name the embedded font is registered under.
 const FONT: &str = "sans-serif";
 /// DejaVu Sans (Bitstream Vera licence, see `DejaVuSans-LICENSE.txt` beside it).

@@ -11,7 +11,8 @@ use std::fmt;
 /// More dimensions than any tensor rnvp reads (PyTorch's own limit is 64).
 pub const MAX_DIMS: usize = 64;
 /// Metadata keys rnvp reads; others are skipped.
-const KEYS: [&str; 7] = ["config", "scaler", "bounds", "whiten", "optimizer_step", "info", "format"];
+const KEYS: [&str; 8] =
+    ["config", "scaler", "bounds", "whiten", "images", "optimizer_step", "info", "format"];
 
 /// A field's value as read, or what was wrong with it.
 type Field<T> = Option<Result<T, String>>;

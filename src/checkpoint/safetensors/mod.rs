@@ -251,6 +251,21 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
         }
         None => None,
     };
+    let images = match meta.get("images") {
+        Some(t) if t.len() > 1024 => return Err(bad(format!("images: {} bytes of metadata", t.len()))),
+        Some(_) => {
+            let v = json("images").unwrap_or(Value::Null);
+            let space = super::images_from_json(&v).map_err(|m| bad(format!("images: {m}")))?;
+            if space.dim() as i64 != config.d {
+                return Err(bad(format!(
+                    "images: {} × {} × {} images for d = {}",
+                    space.channels, space.height, space.width, config.d
+                )));
+            }
+            Some(space)
+        }
+        None => None,
+    };
     let info = match meta.get("info") {
         Some(t) if t.len() <= MAX_INFO => match json("info") {
             Some(Value::Object(m)) => m,
@@ -264,6 +279,7 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
         scaler,
         bounds,
         whiten,
+        images,
         tensors,
         optimizer,
         info,
