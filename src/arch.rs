@@ -190,7 +190,8 @@ impl Arch {
     pub fn validate(&self) -> Result<()> {
         if self.image && *self != Arch::REALNVP_IMAGE && *self != Arch::GLOW_IMAGE {
             return Err(Error::InvalidConfig(
-                "an image flow is realnvp-image or glow-image (their layers cannot be changed one by one)"
+                "an image flow is realnvp-image or glow-image: --coupling, --scale, --actnorm, --mixing, \
+                 --batch-norm and --final-scale do not change its layers"
                     .into(),
             ));
         }

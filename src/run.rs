@@ -97,6 +97,13 @@ impl<'a> Run<'a> {
             Engine::Auto => Ok(flow.packing().filter(Packing::faster_than_libtorch)),
             Engine::Fused => flow.packing().map(Some).ok_or_else(|| {
                 let cfg = flow.config();
+                if cfg.image.is_some() {
+                    return Error::InvalidConfig(format!(
+                        "the fused engine does not run convolutions: the image flow {} trains through libtorch \
+                         (--engine auto or libtorch)",
+                        cfg.arch.name()
+                    ));
+                }
                 Error::InvalidConfig(format!(
                     "the fused engine runs float32 flows on the CPU whose conditioners take at most {} \
                      columns (k + m and d − k + m with a context of m) and give at most {}, and no batch \

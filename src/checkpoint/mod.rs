@@ -10,6 +10,7 @@
 //!
 //! Names and shapes are checked against the model before any copy.
 pub mod export;
+pub mod image_flow;
 pub mod names;
 pub mod safetensors;
 pub mod torch;

@@ -36,6 +36,14 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
         if let Some(w) = &ck.whiten {
             v["whiten"] = json!({ "chol": w.chol });
         }
+        if let Some(i) = &ck.images {
+            v["images"] = rnvp::checkpoint::images_json(i);
+        }
+        if let Some(img) = &c.image {
+            v["image_shape"] = json!({
+                "channels": img.channels, "height": img.height, "width": img.width, "scales": img.scales,
+            });
+        }
         // the tensor list is written one entry at a time (a file may list very many)
         let text = serde_json::to_string_pretty(&v)?;
         let body = text.strip_suffix("\n}").context("invariant: a JSON object ends in }")?;
@@ -74,6 +82,18 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
             String::new()
         }
     );
+    if let Some(img) = &c.image {
+        println!(
+            "images: {} × {} × {} (channels × height × width), {} scales, {} couplings per group, {} channels",
+            img.channels, img.height, img.width, img.scales, c.layers, c.hidden
+        );
+    }
+    if let Some(i) = &ck.images {
+        println!(
+            "image data: {} levels, dequantized and taken through logit(α + (1 − 2α) x), α = {}",
+            i.levels, i.alpha
+        );
+    }
     println!("parameters: {}", parameter_count(&ck));
     match &check {
         Ok(()) => println!("check: names and shapes match the architecture"),
@@ -112,10 +132,36 @@ pub(crate) fn inspect(a: cli::InspectArgs) -> Result<()> {
 }
 
 pub(crate) fn convert(a: cli::ConvertArgs) -> Result<()> {
-    let ck = Checkpoint::load_with(&a.input, a.prefix.as_deref())?;
+    let ck = match &a.images {
+        Some(text) => {
+            let sizes: Vec<usize> = text
+                .split(['x', '×'])
+                .map(|v| v.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|v: &Vec<usize>| v.len() == 3)
+                .with_context(|| {
+                    format!("--images {text}: expected channels × height × width, e.g. 1x8x8")
+                })?;
+            let levels = a.levels.context("--images needs --levels")?;
+            let space = rnvp::data::ImageSpace {
+                channels: sizes[0],
+                height: sizes[1],
+                width: sizes[2],
+                levels,
+                alpha: a.logit_alpha,
+            };
+            space.validate().with_context(|| format!("--images {text} --levels {levels}"))?;
+            Checkpoint::load_image_flow(&a.input, a.prefix.as_deref(), space)?
+        }
+        None if a.levels.is_some() => anyhow::bail!("--levels applies with --images"),
+        None => Checkpoint::load_with(&a.input, a.prefix.as_deref())?,
+    };
     // a file rnvp would refuse to use is not written
     ck.check().with_context(|| a.input.display().to_string())?;
     let dropped: Vec<&str> = [
+        (ck.images.is_some(), "the image data's levels and logit"),
+        (ck.config.image.is_some(), "the image shape (a state_dict holds no image size)"),
         (ck.scaler.is_some(), "the data scaler (mean/std)"),
         (ck.whiten.is_some(), "the whitening"),
         (ck.bounds.is_some(), "the bounds"),

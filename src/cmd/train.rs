@@ -61,10 +61,19 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             spec.name()
         );
     }
-    if !images
-        && (a.levels.is_some() || sub.value_source("scales") == Some(clap::parser::ValueSource::CommandLine))
-    {
-        bail!("--levels and --scales apply to images (--data digits, a .npy of images or a directory of PNG files)");
+    let on_command_line = |id: &str| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    if !images && (a.levels.is_some() || on_command_line("scales") || on_command_line("logit_alpha")) {
+        bail!(
+            "--levels, --scales and --logit-alpha apply to images (--data digits, a .npy of images or a directory \
+             of PNG files), not to {}",
+            spec.name()
+        );
+    }
+    if images && !(a.logit_alpha > 0.0 && a.logit_alpha < 0.5) {
+        bail!("--logit-alpha {}: the logit's α must lie in (0, 0.5)", a.logit_alpha);
+    }
+    if arch.image && a.k.is_some() {
+        bail!("--k: an image flow's couplings split by masks (checkerboard, channels), not at a column");
     }
     if arch.image && !images {
         bail!("--arch {}: an image architecture needs images (--data digits, a .npy [n, h, w(, c)] or a directory of PNG files), not {}", arch.name(), spec.name());
@@ -104,6 +113,11 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     };
     // a resumed run keeps its checkpoint's bounds mode unless --bounds-mode says otherwise
     let mode = resume.as_ref().and_then(|(_, ck)| ck.bounds.as_ref()).map(|b| b.mode);
+    // a resumed image flow keeps its checkpoint's logit unless --logit-alpha says otherwise
+    if let (Some(i), false) = (resume.as_ref().and_then(|(_, ck)| ck.images), on_command_line("logit_alpha"))
+    {
+        a.logit_alpha = i.alpha;
+    }
     let (train_data, scaler) = training_data(&spec, &a, &cfg, context as usize, preset_used.as_ref(), mode)?;
     if let Some(rows) = train_data.train_rows() {
         // a file is validated once per epoch unless --val-every says otherwise
@@ -123,8 +137,9 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     let fresh = match train_data.image_space() {
         Some(space) if arch.image => {
             // image architectures count conditioner channels and couplings per group
-            let hidden = if given("hidden") { positive("--hidden", a.hidden)? } else { IMAGE_HIDDEN };
-            let steps = if given("layers") { positive("--layers", a.layers)? } else { IMAGE_STEPS };
+            let set = |id: &str| given(id) || preset_used.is_some();
+            let hidden = if set("hidden") { positive("--hidden", a.hidden)? } else { IMAGE_HIDDEN };
+            let steps = if set("layers") { positive("--layers", a.layers)? } else { IMAGE_STEPS };
             let shape = ImageShape {
                 channels: space.channels as i64,
                 height: space.height as i64,
@@ -190,7 +205,24 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
             .progress_chars("=> "),
     );
     let quiet = a.quiet;
-    if !quiet {
+    if let (false, Some(img), Some(space)) = (quiet, flow_cfg.image, train_data.image_space()) {
+        eprintln!(
+            "training {} on {} ({} × {} × {} images, {} levels; {} scales, {} couplings per group, {} channels, \
+             {} layers in all) for {} steps on {device:?}{}",
+            flow_cfg.arch.name(),
+            spec.name(),
+            img.channels,
+            img.height,
+            img.width,
+            space.levels,
+            img.scales,
+            flow_cfg.layers,
+            flow_cfg.hidden,
+            flow_cfg.layer_count(),
+            cfg.steps - start,
+            if cfg.patience > 0 { format!(" (early stopping: patience {})", cfg.patience) } else { String::new() }
+        );
+    } else if !quiet {
         eprintln!(
             "training {} on {} ({} layers, hidden {}, d = {d}, k = {}{}) for {} steps on {device:?}{}",
             if flow_cfg.layers == 1 {
@@ -477,6 +509,21 @@ fn model_to_train(
                 );
             }
             ck.check().with_context(|| format!("--resume {}", path.display()))?;
+            if ck.images != data.image_space().copied() {
+                let describe = |i: Option<&rnvp::data::ImageSpace>| match i {
+                    Some(i) => format!(
+                        "images of {} × {} × {} with {} levels (logit α {})",
+                        i.channels, i.height, i.width, i.levels, i.alpha
+                    ),
+                    None => "rows of numbers".into(),
+                };
+                bail!(
+                    "--resume {}: the checkpoint was trained on {}, the data are {}",
+                    path.display(),
+                    describe(ck.images.as_ref()),
+                    describe(data.image_space())
+                );
+            }
             if ck.bounds.as_ref() != data.bounds() || ck.whiten.is_some() != data.whitening().is_some() {
                 bail!(
                     "--resume {}: the checkpoint was trained {} bounds and {} whitening; give the same \

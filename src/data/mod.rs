@@ -96,6 +96,12 @@ impl DataSpec {
         if path.is_dir() {
             return Ok(DataSpec::Images(path));
         }
+        let named =
+            path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("npy"));
+        if named {
+            // a file that cannot be read is named as such, before anyone asks what it holds
+            std::fs::metadata(&path).map_err(|e| crate::error::io_err(&path, e))?;
+        }
         match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("npy") if npy_rank(&path).is_some_and(|r| r >= 3) => Ok(DataSpec::Images(path)),
             Some("csv") | Some("npy") => Ok(DataSpec::File(path)),
