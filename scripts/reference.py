@@ -43,6 +43,10 @@ Usage:
       a seeded float64 multi-scale image flow (ImageFlow, src/multiscale.rs's layers) with a non-trivial
       state; writes DIR/weights/<state_dict key>.npy, x, z, log_det, log_prob (eval mode), z_in, x_of_z
       (inverse of z_in) and train_log_prob (training mode: batch norm with the batch's statistics).
+  reference.py image-step-time --arch realnvp-image|glow-image [--hidden 64 --steps 4 --scales 2 --batch 128]
+                               [--channels 1 --height 8 --width 8] [--threads T] [--reps 5 --iters 20 --warmup 3]
+      seconds per training step (forward, backward, Adam lr 1e-3; float32, a fixed standard-normal batch) of
+      ImageFlow, one line per repetition (the bench's images-speed section).
 """
 import argparse
 import copy
@@ -1526,6 +1530,44 @@ def cmd_step_time(a):
     print((time.perf_counter() - t0) / a.steps)
 
 
+def cmd_image_step_time(a):
+    """Seconds per training step (forward, loss -mean(log p), backward, Adam at lr 1e-3) of
+    ImageFlow(arch, channels, height, width, scales, hidden, steps) in float32 on one fixed batch of
+    standard-normal rows [batch, c·h·w], in training mode (batch norm on the batch's statistics;
+    ActNorm initialised on the first batch), with --threads CPU threads (the flow on RNVP_DEVICE).
+    Seeded with torch.manual_seed(0); the weights are drawn as rnvp draws them (PyTorch's default
+    conv initialisation, the last conv of each conditioner and the split prior at zero). Prints one
+    line per repetition: the mean over --iters steps after --warmup steps (the first repetition only)."""
+    import time
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = ImageFlow(a.arch, a.channels, a.height, a.width, a.scales, a.hidden, a.steps).to(DEVICE)
+    model.train()
+    x = torch.randn(a.batch, model.d).to(DEVICE)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        optim.zero_grad()
+        loss = -model.log_prob(x).mean()
+        loss.backward()
+        optim.step()
+
+    def sync():
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(a.warmup):
+        step()
+    for _ in range(a.reps):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(a.iters):
+            step()
+        sync()
+        print((time.perf_counter() - t0) / a.iters, flush=True)
+
+
 def cmd_moons(a):
     from sklearn.datasets import make_moons
     X, _ = make_moons(a.n, noise=a.noise, shuffle=not a.no_shuffle, random_state=0)
@@ -1574,6 +1616,11 @@ def main(argv):
                           ("steps", 20), ("warmup", 3)]:
         q.add_argument(f"--{name}", type=int, default=default)
     q.add_argument("--arch", choices=sorted(ARCHS), default="notebook")
+    q = sub.add_parser("image-step-time", help="seconds per training step of an ImageFlow on a fixed batch (benchmarks)")
+    q.add_argument("--arch", choices=sorted(IMAGE_ARCHS), required=True)
+    for name, default in [("channels", 1), ("height", 8), ("width", 8), ("scales", 2), ("hidden", 64), ("steps", 4),
+                          ("batch", 128), ("threads", 0), ("reps", 5), ("iters", 20), ("warmup", 3)]:
+        q.add_argument(f"--{name}", type=int, default=default)
     q = sub.add_parser("sample", help="x = F^-1(z) for N base samples, as .npy")
     q.add_argument("--weights", required=True)
     q.add_argument("--n", type=int, required=True)
@@ -1644,7 +1691,8 @@ def main(argv):
     {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "broken": cmd_broken, "load": cmd_load,
      "jit": cmd_jit, "wrapped": cmd_wrapped, "outputs": cmd_outputs,
      "matmul": cmd_matmul, "family": cmd_family, "family-check": cmd_family_check,
-     "step-time": cmd_step_time, "image-parity": cmd_image_parity}[a.cmd](a)
+     "step-time": cmd_step_time, "image-step-time": cmd_image_step_time,
+     "image-parity": cmd_image_parity}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,14 @@
 //! peak memory of training steps. The sections widths, sbi and tables (also only when named) write
 //! docs/BENCHMARKS-conditional.md; sbi's sizes: `--sbi-runs two_moons:10000,gaussian_linear:10000`
 //! (default two_moons at 10⁴ and 10⁵; `--quick`: 10⁴ on observations 1–3), `--sbi-obs 1,2,3`,
-//! `--sbi-jobs J` (C2ST folds at once), `--no-npe` (rnvp alone, without the `sbi` package).
+//! `--sbi-jobs J` (C2ST folds at once), `--no-npe` (rnvp alone, without the `sbi` package). The
+//! sections images-speed, images-memory and images-quality (also only when named) write
+//! docs/BENCHMARKS-images.md and docs/bench_images_*.png (examples/bench/images.rs); the quality
+//! section's training time per model: `--images-seconds S` (default 120, `--quick` 6).
+//! `bench image-mem LAYERS autograd|reversible` is the child process that measures glow-image's
+//! training memory.
 mod conditional;
+mod images;
 
 use anyhow::{bail, Context, Result};
 use rnvp::checkpoint::Checkpoint;
@@ -43,6 +49,8 @@ struct Opts {
     family: FamilyOpts,
     /// The sbi section's runs.
     sbi: conditional::SbiOpts,
+    /// The image sections' sizes.
+    images: images::ImagesOpts,
 }
 
 impl Opts {
@@ -195,6 +203,10 @@ fn main() -> Result<()> {
         let layers: i64 = args.get(1).context("bench mem LAYERS MODE")?.parse()?;
         return mem_child(layers, args.get(2).map(String::as_str).unwrap_or("autograd"));
     }
+    if args.first().map(String::as_str) == Some("image-mem") {
+        let layers: i64 = args.get(1).context("bench image-mem LAYERS MODE")?.parse()?;
+        return images::mem_child(layers, args.get(2).map(String::as_str).unwrap_or("autograd"));
+    }
     let mut o = Opts {
         reps: 5,
         quick: false,
@@ -214,6 +226,7 @@ fn main() -> Result<()> {
             zoo_points: None,
         },
         sbi: conditional::SbiOpts { runs: vec![], obs: None, npe: true, jobs: 1 },
+        images: images::ImagesOpts { seconds: None },
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -227,14 +240,18 @@ fn main() -> Result<()> {
             "--only" => {
                 o.only = it.next().context("--only SECTIONS")?.split(',').map(str::to_string).collect();
                 let known = |s: &str| {
-                    SECTIONS.contains(&s) || FAMILY_SECTIONS.contains(&s) || conditional::SECTIONS.contains(&s)
+                    SECTIONS.contains(&s)
+                        || FAMILY_SECTIONS.contains(&s)
+                        || conditional::SECTIONS.contains(&s)
+                        || images::SECTIONS.contains(&s)
                 };
                 if let Some(bad) = o.only.iter().find(|s| !known(s)) {
                     bail!(
-                        "--only {bad}: sections are {}, {}, {}",
+                        "--only {bad}: sections are {}, {}, {}, {}",
                         SECTIONS.join(", "),
                         FAMILY_SECTIONS.join(", "),
-                        conditional::SECTIONS.join(", ")
+                        conditional::SECTIONS.join(", "),
+                        images::SECTIONS.join(", ")
                     );
                 }
             }
@@ -260,7 +277,8 @@ fn main() -> Result<()> {
             "--sbi-obs" => o.sbi.obs = Some(it.next().context("--sbi-obs 1,2,3")?.clone()),
             "--sbi-jobs" => o.sbi.jobs = it.next().context("--sbi-jobs J")?.parse()?,
             "--no-npe" => o.sbi.npe = false,
-            other => bail!("unknown argument {other} (bench [--reps N] [--quick] [--threads N] [--device cpu|cuda] [--only SECTIONS] [--out DIR] [--steps N] [--seeds N] [--depths L,L] [--seeds-for ARCH[@L]=N,...] [--keep-runs] [--sets SET,...] [--zoo-seconds S] [--zoo-points N] [--sbi-runs TASK:N,...] [--sbi-obs 1,2,3] [--sbi-jobs J] [--no-npe])"),
+            "--images-seconds" => o.images.seconds = Some(it.next().context("--images-seconds S")?.parse()?),
+            other => bail!("unknown argument {other} (bench [--reps N] [--quick] [--threads N] [--device cpu|cuda] [--only SECTIONS] [--out DIR] [--steps N] [--seeds N] [--depths L,L] [--seeds-for ARCH[@L]=N,...] [--keep-runs] [--sets SET,...] [--zoo-seconds S] [--zoo-points N] [--sbi-runs TASK:N,...] [--sbi-obs 1,2,3] [--sbi-jobs J] [--no-npe] [--images-seconds S])"),
         }
     }
     if o.sbi.runs.is_empty() {
@@ -316,6 +334,29 @@ fn main() -> Result<()> {
     }
     if cond {
         println!("wrote {}", cond_file.display());
+    }
+    let images_file = o.out.join(images::FILE);
+    let image_sections = images::SECTIONS.iter().any(|s| o.runs(s));
+    if image_sections {
+        report_part(&images_file, &images::SECTIONS, "header", &images::header()?)?;
+    }
+    if o.runs("images-speed") {
+        let mut md = String::new();
+        images::speed(&mut md, &o)?;
+        report_part(&images_file, &images::SECTIONS, "images-speed", &md)?;
+    }
+    if o.runs("images-memory") {
+        let mut md = String::new();
+        images::memory(&mut md, &o)?;
+        report_part(&images_file, &images::SECTIONS, "images-memory", &md)?;
+    }
+    if o.runs("images-quality") {
+        let mut md = String::new();
+        images::quality(&mut md, &o, &o.images, &work)?;
+        report_part(&images_file, &images::SECTIONS, "images-quality", &md)?;
+    }
+    if image_sections {
+        println!("wrote {}", images_file.display());
     }
     if !SECTIONS.iter().any(|s| o.runs(s)) {
         let _ = std::fs::remove_dir_all(&work);
