@@ -304,8 +304,9 @@ pub struct TrainArgs {
     pub out: PathBuf,
     /// The layers of each step: notebook (affine couplings with exp, flips alternating), nice
     /// (additive couplings, then a diagonal scaling), realnvp (tanh-scaled affine couplings, batch
-    /// norm), glow (ActNorm → LU linear map → sigmoid-scaled affine coupling). The flags below
-    /// change its parts.
+    /// norm), glow (ActNorm → LU linear map → sigmoid-scaled affine coupling); for images
+    /// realnvp-image (the R-NVP paper's multi-scale flow) and glow-image (Glow's). The flags below
+    /// change the parts of the vector architectures.
     #[arg(long, default_value = "notebook")]
     pub arch: String,
     /// Coupling: affine or additive.

@@ -184,8 +184,8 @@ impl FlowConfig {
 
     /// Number of layers in the stack (`bijectors.{j}` for `j` below it), saturating.
     pub fn layer_count(&self) -> u64 {
-        if self.image.is_some() {
-            return crate::multiscale::count(self);
+        if let Some(img) = &self.image {
+            return crate::multiscale::count(&self.arch, img, self.layers);
         }
         (self.layers.max(0) as u64)
             .saturating_mul(self.arch.step_len())
@@ -194,8 +194,8 @@ impl FlowConfig {
 
     /// The kind of layer `j` of the stack (`None` past the end).
     pub fn layer(&self, j: u64) -> Option<LayerKind> {
-        if self.image.is_some() {
-            return crate::multiscale::layer(self, j).map(|(kind, _)| kind);
+        if let Some(img) = &self.image {
+            return crate::multiscale::layer(&self.arch, img, self.layers, j).map(|(kind, _)| kind);
         }
         if j >= self.layer_count() {
             return None;
@@ -205,6 +205,15 @@ impl FlowConfig {
             return Some(LayerKind::DiagonalScale);
         }
         Some(self.arch.step_layer(j % step, self.flip((j / step) as i64)))
+    }
+
+    /// The hidden activations of one row in a conditioner layer, which size the row blocks of
+    /// evaluation passes: `hidden`, or for an image flow `hidden·h·w` (saturating).
+    pub fn units_per_row(&self) -> i64 {
+        match &self.image {
+            Some(img) => self.hidden.saturating_mul(img.height).saturating_mul(img.width),
+            None => self.hidden,
+        }
     }
 
     /// Width of a coupling's conditioner input: its conditioning columns and the context.
@@ -275,9 +284,9 @@ impl FlowConfig {
                 if j.to_string() != index {
                     return None; // "01", "+1"
                 }
-                if self.image.is_some() {
-                    let (kind, shape) = crate::multiscale::layer(self, j)?;
-                    return crate::multiscale::variable_shape(self, kind, shape, rest);
+                if let Some(img) = &self.image {
+                    let (kind, shape) = crate::multiscale::layer(&self.arch, img, self.layers, j)?;
+                    return crate::multiscale::variable_shape(&self.arch, self.hidden, kind, shape, rest);
                 }
                 (self.layer(j)?, rest)
             }

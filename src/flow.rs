@@ -39,7 +39,8 @@ impl StackedNvp {
         let layers = match cfg.layout {
             Layout::Stacked if cfg.image.is_some() => (0..cfg.layer_count())
                 .map(|j| {
-                    let (kind, shape) = crate::multiscale::layer(cfg, j)
+                    let (kind, shape) = (cfg.image.as_ref())
+                        .and_then(|img| crate::multiscale::layer(&cfg.arch, img, cfg.layers, j))
                         .ok_or_else(|| Error::InvalidConfig("invariant: layer past the end".into()))?;
                     Layer::build_image(&(p / "bijectors" / j), kind, shape, cfg, loading)
                 })

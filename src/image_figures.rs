@@ -1,6 +1,7 @@
 //! The figures of a flow of images (`rnvp train --plot-dir`, `rnvp plot`): samples `F⁻¹(T·z)`
-//! at a temperature `T` (Glow's), test images beside their reconstructions `F⁻¹(F(x))`, latent
-//! interpolations between pairs of test images, and the loss curve in bits per dimension.
+//! at a temperature `T` (Glow's), images beside their reconstructions `F⁻¹(F(x))`, latent
+//! interpolations between pairs of images (test images for `plot --data`, the held-out ones for
+//! `train --plot-dir`), and the loss curve in bits per dimension.
 use crate::data::{ImageSpace, Images, Rng};
 use crate::error::Result;
 use crate::plot;
@@ -9,8 +10,10 @@ use crate::train::TrainReport;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-/// Samples per row of the samples grid.
-const PER_ROW: usize = 10;
+/// Images per row of a grid.
+pub const PER_ROW: usize = 10;
+/// The most images a grid shows.
+pub const GRID_MAX: usize = 100;
 /// Steps of an interpolation, its ends included.
 const STEPS: usize = 10;
 
@@ -74,7 +77,7 @@ impl ImageFigures<'_> {
             plot::loss_curve(&path, &self.titled("Loss (bits/dim)"), &train, &val, Some((uniform, &floor)))?;
             written.push(path);
         }
-        let n = self.n_samples.max(1);
+        let n = self.n_samples.clamp(1, GRID_MAX);
         let samples = self.pictures(&self.samples(n)?)?;
         let rows: Vec<Vec<Vec<f64>>> = samples.chunks(PER_ROW).map(<[Vec<f64>]>::to_vec).collect();
         let path = dir.join("samples.png");
@@ -91,7 +94,7 @@ impl ImageFigures<'_> {
         let rows = vec![self.pictures(&ys)?, self.pictures(&back)?];
         let labels = ["x (dequantized)".to_string(), "F⁻¹(F(x))".to_string()];
         let path = dir.join("reconstructions.png");
-        let title = self.titled(&format!("Test images and F⁻¹(F(x)): max |Δy| = {err:.1e}"));
+        let title = self.titled(&format!("Images and F⁻¹(F(x)): max |Δy| = {err:.1e}"));
         plot::image_grid(&path, &title, self.shape(), &rows, Some(&labels))?;
         written.push(path);
         // interpolations z(t) = (1 − t) F(a) + t F(b) between pairs of test images
@@ -115,7 +118,7 @@ impl ImageFigures<'_> {
         let path = dir.join("interpolation.png");
         plot::image_grid(
             &path,
-            &self.titled("Latent interpolation between test images"),
+            &self.titled("Latent interpolation between images"),
             self.shape(),
             &rows,
             None,

@@ -9,7 +9,7 @@
 //! which are the first half of the active columns, so that the active part only ever shrinks to
 //! a prefix of the row.
 //!
-//! With `S` scales and `K` = [`FlowConfig::layers`] couplings per group:
+//! With `S` scales and `K` couplings per group (`FlowConfig::layers`):
 //! - `realnvp-image`: at each scale `s < S − 1`, `K` checkerboard couplings (parities
 //!   alternating), a squeeze, `K` channel-wise couplings (halves alternating), then half the
 //!   channels factored out; at the last scale `K + 1` checkerboard couplings. Batch norm follows
@@ -17,13 +17,16 @@
 //! - `glow-image`: at each level `s < S`, a squeeze, `K` steps of ActNorm → invertible 1×1
 //!   convolution → channel-wise coupling, then (but at the last level) the split with a learned
 //!   prior before half the channels are factored out: `h` and `w` divisible by `2^S`.
-use crate::config::{Arch, FlowConfig, LayerKind, Mask};
+use crate::arch::{Arch, LayerKind, Mask};
 use crate::error::{Error, Result};
 
 /// The most scales an image flow may have.
 pub const MAX_SCALES: i64 = 16;
 /// The most couplings per group an image flow may have.
 pub const MAX_STEPS: i64 = 1024;
+/// The most values an image may have, `c·h·w` (2048 × 2048 grey pixels): a file's image size
+/// is not bounded by its weights (convolutions take any size), so it is bounded here.
+pub const MAX_DIM: i64 = 1 << 22;
 
 /// The shape of an image flow's input and its number of scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,12 @@ impl ImageShape {
         let (c, h, w, s) = (self.channels, self.height, self.width, self.scales);
         if c < 1 || h < 1 || w < 1 || c > 1 << 20 || h > 1 << 20 || w > 1 << 20 {
             return Err(Error::InvalidConfig(format!("image shape {c} × {h} × {w}: sizes 1 to 2²⁰")));
+        }
+        if self.dim() > MAX_DIM {
+            return Err(Error::InvalidConfig(format!(
+                "images of {c} × {h} × {w} = {} values (an image flow takes at most {MAX_DIM})",
+                self.dim()
+            )));
         }
         if !(1..=MAX_SCALES).contains(&s) {
             return Err(Error::InvalidConfig(format!("{s} scales (an image flow has 1 to {MAX_SCALES})")));
@@ -105,26 +114,26 @@ fn scale_len(arch: &Arch, k: u64, s: i64, scales: i64) -> u64 {
     }
 }
 
-/// Number of layers of the image flow `cfg` (0 when it is not one), saturating.
-pub fn count(cfg: &FlowConfig) -> u64 {
-    let Some(img) = cfg.image else { return 0 };
-    let k = cfg.layers.clamp(0, MAX_STEPS) as u64;
-    (0..img.scales.clamp(0, MAX_SCALES)).map(|s| scale_len(&cfg.arch, k, s, img.scales)).sum()
+/// Number of layers of the image flow `arch` on `img` with `steps` couplings per group,
+/// saturating.
+pub fn count(arch: &Arch, img: &ImageShape, steps: i64) -> u64 {
+    let k = steps.clamp(0, MAX_STEPS) as u64;
+    (0..img.scales.clamp(0, MAX_SCALES)).map(|s| scale_len(arch, k, s, img.scales)).sum()
 }
 
-/// Layer `j` of the image flow `cfg`: its kind and the image it acts on (`None` past the end).
-pub fn layer(cfg: &FlowConfig, j: u64) -> Option<(LayerKind, Shape)> {
-    let img = cfg.image?;
-    let k = cfg.layers.clamp(0, MAX_STEPS) as u64;
+/// Layer `j` of the image flow `arch` on `img` with `steps` couplings per group: its kind and the
+/// image it acts on (`None` past the end).
+pub fn layer(arch: &Arch, img: &ImageShape, steps: i64, j: u64) -> Option<(LayerKind, Shape)> {
+    let k = steps.clamp(0, MAX_STEPS) as u64;
     let mut j = j;
     for s in 0..img.scales.clamp(0, MAX_SCALES) {
-        let len = scale_len(&cfg.arch, k, s, img.scales);
+        let len = scale_len(arch, k, s, img.scales);
         if j >= len {
             j -= len;
             continue;
         }
-        let input = scale_input(&img, s);
-        return Some(if is_glow(&cfg.arch) {
+        let input = scale_input(img, s);
+        return Some(if is_glow(arch) {
             glow_layer(j, k, input)
         } else {
             realnvp_layer(j, k, input, s == img.scales - 1)
@@ -171,15 +180,20 @@ fn realnvp_layer(j: u64, k: u64, input: Shape, last: bool) -> (LayerKind, Shape)
     (coupling(i, Mask::Channel { flip: (i / 2) % 2 == 1 }), squeezed(input))
 }
 
-/// The shape of variable `key` of a layer `kind` acting on `[c, h, w]` in the image flow `cfg`,
-/// or `None` when the layer has no such variable.
-pub fn variable_shape(cfg: &FlowConfig, kind: LayerKind, [c, _, _]: Shape, key: &str) -> Option<Vec<i64>> {
-    if !kind.keys(&cfg.arch).contains(&key) {
+/// The shape of variable `key` of a layer `kind` acting on `[c, h, w]` in the image flow `arch`
+/// whose conditioners have `hidden` channels, or `None` when the layer has no such variable.
+pub fn variable_shape(
+    arch: &Arch,
+    hidden: i64,
+    kind: LayerKind,
+    [c, _, _]: Shape,
+    key: &str,
+) -> Option<Vec<i64>> {
+    if !kind.keys(arch).contains(&key) {
         return None;
     }
-    let hidden = cfg.hidden;
     let (input, out) = conditioner_channels(kind, c);
-    let middle = if is_glow(&cfg.arch) { 1 } else { 3 };
+    let middle = if is_glow(arch) { 1 } else { 3 };
     Some(match key {
         "net.0.weight" => vec![hidden, input, 3, 3],
         "net.2.weight" => vec![hidden, hidden, middle, middle],
@@ -211,15 +225,15 @@ pub fn conditioner_channels(kind: LayerKind, c: i64) -> (i64, i64) {
 mod tests {
     use super::*;
 
-    fn image(arch: Arch, k: i64, shape: ImageShape) -> FlowConfig {
-        let d = shape.dim();
-        FlowConfig { image: Some(shape), ..FlowConfig::stacked(d, d / 2, 8, k).with_arch(arch) }
+    /// The layers of `arch` on `shape` with `k` couplings per group, in order.
+    fn plan(arch: Arch, k: i64, shape: ImageShape) -> Vec<(LayerKind, Shape)> {
+        (0..count(&arch, &shape, k)).map(|j| layer(&arch, &shape, k, j).unwrap()).collect()
     }
 
     #[test]
     fn realnvp_scales_follow_the_paper() {
-        let cfg = image(Arch::REALNVP_IMAGE, 3, ImageShape { channels: 1, height: 8, width: 8, scales: 2 });
-        let kinds: Vec<(LayerKind, Shape)> = (0..count(&cfg)).map(|j| layer(&cfg, j).unwrap()).collect();
+        let shape = ImageShape { channels: 1, height: 8, width: 8, scales: 2 };
+        let kinds = plan(Arch::REALNVP_IMAGE, 3, shape);
         assert_eq!(kinds.len(), 13 + 8);
         let cb = |parity| LayerKind::ConvAffine { mask: Mask::Checkerboard { parity } };
         let ch = |flip| LayerKind::ConvAffine { mask: Mask::Channel { flip } };
@@ -233,13 +247,12 @@ mod tests {
         assert_eq!(kinds[13], (cb(false), [2, 4, 4]));
         assert_eq!(kinds[19], (cb(true), [2, 4, 4]));
         assert_eq!(kinds[20], (LayerKind::BatchNorm, [2, 4, 4]));
-        assert_eq!(layer(&cfg, 21), None);
+        assert_eq!(layer(&Arch::REALNVP_IMAGE, &shape, 3, 21), None);
     }
 
     #[test]
     fn glow_levels_squeeze_flow_and_split() {
-        let cfg = image(Arch::GLOW_IMAGE, 2, ImageShape { channels: 1, height: 8, width: 8, scales: 2 });
-        let kinds: Vec<(LayerKind, Shape)> = (0..count(&cfg)).map(|j| layer(&cfg, j).unwrap()).collect();
+        let kinds = plan(Arch::GLOW_IMAGE, 2, ImageShape { channels: 1, height: 8, width: 8, scales: 2 });
         assert_eq!(kinds.len(), 8 + 7);
         assert_eq!(kinds[0], (LayerKind::Squeeze, [1, 8, 8]));
         assert_eq!(kinds[1], (LayerKind::ActNorm, [4, 4, 4]));

@@ -126,7 +126,7 @@ impl<'a> Run<'a> {
         self.flow.check(xs, "input")?;
         let c = self.context_for(xs.size()[0])?;
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(xs, c.as_ref(), self.flow.config().hidden, |xs, c| {
+            return Ok(chunked(xs, c.as_ref(), self.flow.config().units_per_row(), |xs, c| {
                 let (zs, log_jacob) = self.flow.transform(xs, c);
                 base::log_prob(&zs) + log_jacob
             }));
@@ -145,7 +145,7 @@ impl<'a> Run<'a> {
         self.flow.check(xs, "input")?;
         let c = self.context_for(xs.size()[0])?;
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(xs, c.as_ref(), self.flow.config().hidden, |xs, c| {
+            return Ok(chunked(xs, c.as_ref(), self.flow.config().units_per_row(), |xs, c| {
                 self.flow.transform(xs, c).0
             }));
         };
@@ -211,7 +211,9 @@ impl<'a> Run<'a> {
     /// The inverse pass on `zs` given their context rows (`context_for`'s).
     fn decode_given(&self, zs: &Tensor, c: Option<&Tensor>) -> Result<Tensor> {
         let Some(pk) = self.fused_packing()? else {
-            return Ok(chunked(zs, c, self.flow.config().hidden, |zs, c| self.flow.untransform(zs, c)));
+            return Ok(chunked(zs, c, self.flow.config().units_per_row(), |zs, c| {
+                self.flow.untransform(zs, c)
+            }));
         };
         let params = pk.pack(self.flow.layers())?;
         let mut xs = kernel::flat(zs)?;
@@ -247,10 +249,10 @@ const CHUNK_UNITS: i64 = 1 << 22;
 fn chunked(
     xs: &Tensor,
     context: Option<&Tensor>,
-    hidden: i64,
+    units: i64,
     f: impl Fn(&Tensor, Option<&Tensor>) -> Tensor,
 ) -> Tensor {
-    let rows = (CHUNK_UNITS / hidden.max(1)).clamp(1, CHUNK);
+    let rows = (CHUNK_UNITS / units.max(1)).clamp(1, CHUNK);
     tch::no_grad(|| {
         let n = xs.size()[0];
         if n <= rows {

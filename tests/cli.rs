@@ -3,17 +3,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn rnvp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnvp")).args(args).output().expect("cannot run rnvp")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = rnvp(args);
-    assert!(out.status.success(), "rnvp {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use std::process::Output;
 
 /// Runs a command that must fail: non-zero exit, no panic, no libtorch backtrace, and exactly one
 /// line on stderr that contains every word of `expect`.

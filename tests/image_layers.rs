@@ -125,23 +125,7 @@ fn reversible_backprop_gives_ordinary_gradients_for_image_flows() {
     for (name, cfg) in flows() {
         let flow = trained_looking(&cfg, 7);
         let xs = seeded(8, || Tensor::randn([32, cfg.d], (Kind::Double, Device::Cpu)));
-        let grads = |reversible: bool| -> (f64, Vec<(String, Tensor)>) {
-            let vars = flow.var_store().variables();
-            for v in vars.values() {
-                let mut g = v.grad();
-                if g.defined() {
-                    let _ = g.zero_();
-                }
-            }
-            let loss = flow.stack().loss_backward(&xs, None, reversible).unwrap();
-            let mut g: Vec<(String, Tensor)> = vars
-                .into_iter()
-                .filter(|(_, v)| v.requires_grad())
-                .map(|(n, v)| (n, v.grad().copy()))
-                .collect();
-            g.sort_by(|a, b| a.0.cmp(&b.0));
-            (loss, g)
-        };
+        let grads = |reversible: bool| common::gradients(&flow, &xs, reversible);
         let (loss, plain) = grads(false);
         let (loss_rev, rev) = grads(true);
         assert!((loss - loss_rev).abs() < 1e-10, "{name}: losses {loss} and {loss_rev}");

@@ -11,17 +11,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn rnvp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnvp")).args(args).output().expect("cannot run rnvp")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = rnvp(args);
-    assert!(out.status.success(), "rnvp {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use std::process::Command;
 
 /// Stderr shows no panic and no libtorch or Rust backtrace.
 fn assert_no_panic(args: &[&str], err: &str) {

@@ -2,6 +2,7 @@
 //! = x, the log-determinant against the autograd Jacobian (float64), the 2-D density integrating
 //! to 1 on a grid, reversible backpropagation against ordinary backpropagation, and the state
 //! (ActNorm's flag, batch norm's statistics, permutations) across checkpoints.
+mod common;
 use rnvp::checkpoint::Checkpoint;
 use rnvp::{Arch, Coupling, Flow, FlowConfig, Init, Mixing, Scale};
 use tch::{Device, Kind, Tensor};
@@ -162,25 +163,7 @@ fn reversible_backprop_gives_ordinary_gradients_for_every_layer() {
     for (name, arch) in archs() {
         let flow = perturbed(arch, 5, 2, 3, 0.1, 3);
         let xs = randn(64, 5, 12);
-        let grads = |reversible: bool| -> (f64, Vec<(String, Tensor)>) {
-            let vars = flow.var_store().variables();
-            for v in vars.values() {
-                if v.requires_grad() {
-                    let mut g = v.grad();
-                    if g.defined() {
-                        let _ = g.zero_();
-                    }
-                }
-            }
-            let loss = flow.stack().loss_backward(&xs, None, reversible).unwrap();
-            let mut g: Vec<(String, Tensor)> = vars
-                .into_iter()
-                .filter(|(_, v)| v.requires_grad())
-                .map(|(n, v)| (n, v.grad().copy()))
-                .collect();
-            g.sort_by(|a, b| a.0.cmp(&b.0));
-            (loss, g)
-        };
+        let grads = |reversible: bool| common::gradients(&flow, &xs, reversible);
         let (loss, plain) = grads(false);
         let (loss_rev, rev) = grads(true);
         assert!((loss - loss_rev).abs() < 1e-10, "{name}: losses {loss} and {loss_rev}");

@@ -46,13 +46,13 @@ pub fn image_config<T: names::Shaped>(
             continue;
         }
         for steps in 1..=MAX_STEPS {
-            let cfg = FlowConfig::image(arch, shape, hidden.max(1), steps);
-            let n = count(&cfg);
+            let n = count(&arch, &shape, steps);
             if n > layers {
                 break;
             }
             if n == layers {
                 tried += 1;
+                let cfg = FlowConfig::image(arch, shape, hidden.max(1), steps);
                 if names::check_tensors(&cfg, tensors).is_ok() {
                     return Ok(cfg);
                 }
@@ -81,8 +81,28 @@ impl Checkpoint {
         let bytes = crate::data::io::read_file(path, crate::data::io::Contents::Checkpoint)?;
         if Format::detect(&bytes) == Some(Format::Safetensors) {
             let mut ck = Checkpoint::from_bytes_with(&bytes, &name, prefix)?;
-            if ck.config.image.is_none() || ck.config.d != space.dim() as i64 {
-                return Err(Error::Data(format!("{name}: not a flow of {} values per image", space.dim())));
+            let shape = |i: &ImageSpace| (i.channels as i64, i.height as i64, i.width as i64);
+            match (&ck.config.image, &ck.images) {
+                (_, Some(stored)) if *stored != space => {
+                    return Err(Error::Data(format!(
+                        "{name}: the file says its images are {} × {} × {} with {} levels (α {}); --images \
+                         and --levels say otherwise",
+                        stored.channels, stored.height, stored.width, stored.levels, stored.alpha
+                    )))
+                }
+                (Some(img), _) if (img.channels, img.height, img.width) != shape(&space) => {
+                    return Err(Error::Data(format!(
+                        "{name}: a flow of {} × {} × {} images, not {} × {} × {}",
+                        img.channels, img.height, img.width, space.channels, space.height, space.width
+                    )))
+                }
+                (None, _) if ck.config.d != space.dim() as i64 => {
+                    return Err(Error::Data(format!(
+                        "{name}: a flow of {} values per row, not of {} × {} × {} images",
+                        ck.config.d, space.channels, space.height, space.width
+                    )))
+                }
+                _ => {}
             }
             ck.images = Some(space);
             return Ok(ck);

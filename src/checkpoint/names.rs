@@ -218,6 +218,13 @@ pub fn search<T: Shaped + Clone>(
         (None, None, None) if tensors.is_empty() => {
             return Err(Error::Data("cannot infer the architecture: the file holds no tensors".into()));
         }
+        (None, None, None) if tensors.keys().any(|k| k.ends_with(".net.0.weight")) => {
+            return Err(Error::Data(
+                "an image flow (convolutional couplings): its state_dict holds no image size; read it with \
+                 `rnvp convert FILE OUT.safetensors --images CxHxW --levels L`"
+                    .into(),
+            ));
+        }
         (None, None, None) => {
             let some: Vec<String> = tensors.keys().take(4).map(|n| shown(n)).collect();
             return Err(Error::Data(format!(

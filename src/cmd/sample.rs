@@ -131,9 +131,16 @@ fn sample_images(
     }
     let out = space.to_unit(&ys);
     if let Some(png) = &a.png {
-        let pictures: Vec<Vec<f64>> = (0..out.rows).map(|i| out.row(i).to_vec()).collect();
-        let rows: Vec<Vec<Vec<f64>>> = pictures.chunks(10).map(<[Vec<f64>]>::to_vec).collect();
-        let title = format!("Samples, temperature {}", a.temperature);
+        // the grid shows the first GRID_MAX samples; --out has them all
+        let shown = out.rows.min(rnvp::image_figures::GRID_MAX);
+        let pictures: Vec<Vec<f64>> = (0..shown).map(|i| out.row(i).to_vec()).collect();
+        let rows: Vec<Vec<Vec<f64>>> =
+            pictures.chunks(rnvp::image_figures::PER_ROW).map(<[Vec<f64>]>::to_vec).collect();
+        let title = if shown < out.rows {
+            format!("Samples, temperature {} (the first {shown} of {})", a.temperature, out.rows)
+        } else {
+            format!("Samples, temperature {}", a.temperature)
+        };
         rnvp::plot::image_grid(png, &title, [space.channels, space.height, space.width], &rows, None)?;
     }
     write_rows(a.out.as_deref(), &out, &header("x", d))

@@ -162,6 +162,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     if resume.is_none() {
         check_size(&fresh, kind)?;
     }
+    check_activations(&fresh, cfg.batch_size, kind)?;
     tch::manual_seed(a.seed as i64);
     if resume.is_some() {
         let given: Vec<String> = ARCHITECTURE_FLAGS
@@ -292,8 +293,12 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     if let (Some(dir), Some(space)) = (&a.plot_dir, train_data.image_space()) {
         // reconstructions and interpolations of the held-out images (the test set stays unseen)
         let held_out = super::training_images(&spec, Some(space.levels))?;
-        let n_val = held_out.n - train_data.train_rows().unwrap_or(0);
-        let held_out = held_out.select(held_out.n - n_val..held_out.n);
+        // read again: a file that changed during training is refused, not misread
+        let start = train_data.train_rows().unwrap_or(0);
+        if held_out.n <= start || held_out.dim() != space.dim() {
+            bail!("{}: the images changed during training", spec.name());
+        }
+        let held_out = held_out.select(start..held_out.n);
         tch::manual_seed(a.seed as i64);
         ImageFigures {
             flow: flow.stack().run(cfg.engine),
@@ -572,6 +577,31 @@ fn check_size(cfg: &FlowConfig, kind: Kind) -> Result<()> {
             cfg.d,
             bytes / 1_000_000,
             limit / 1_000_000
+        );
+    }
+    Ok(())
+}
+
+/// Refuses an image flow whose training step would hold more activations than half the memory
+/// available, before anything is allocated: each convolutional conditioner keeps about six
+/// `hidden`-channel images per row for the backward pass, at the size of the images it sees.
+fn check_activations(cfg: &FlowConfig, batch: usize, kind: Kind) -> Result<()> {
+    let Some(img) = cfg.image else { return Ok(()) };
+    let per_layer = (cfg.hidden.max(1) as u128) * (img.height as u128) * (img.width as u128) * 6;
+    let bytes = per_layer * cfg.layer_count() as u128 * batch as u128 * kind.elt_size_in_bytes() as u128;
+    // the checkpoint limit is 1/8 of the memory available: half of it is four times that
+    let (limit, how) = io::limit_and_reason(io::Contents::Checkpoint);
+    let budget = u128::from(limit) * 4;
+    if bytes > budget {
+        bail!(
+            "--batch-size {batch} --hidden {} on {} × {} × {} images: a training step holds about {} of activations, \
+             more than half the memory available ({}, from {how}); lower --batch-size or --hidden",
+            cfg.hidden,
+            img.channels,
+            img.height,
+            img.width,
+            io::size_text(bytes),
+            io::size_text(budget)
         );
     }
     Ok(())

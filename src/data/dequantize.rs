@@ -46,6 +46,18 @@ impl ImageSpace {
         if !(self.alpha > 0.0 && self.alpha < 0.5) {
             return Err(Error::InvalidConfig(format!("logit α = {} (it must lie in (0, 0.5))", self.alpha)));
         }
+        let dim = (self.channels as u64)
+            .checked_mul(self.height as u64)
+            .and_then(|v| v.checked_mul(self.width as u64));
+        if dim.is_none_or(|d| d > crate::multiscale::MAX_DIM as u64) {
+            return Err(Error::InvalidConfig(format!(
+                "images of {} × {} × {} values: at most {} values per image",
+                self.channels,
+                self.height,
+                self.width,
+                crate::multiscale::MAX_DIM
+            )));
+        }
         if self.levels < 2 || self.dim() == 0 {
             return Err(Error::InvalidConfig(format!(
                 "images of {} × {} × {} with {} levels",

@@ -279,7 +279,25 @@ fn png_layout(img: &image::DynamicImage, file: &Path) -> Result<(usize, bool, &'
 /// Decodes one PNG file, read within the data size limit.
 fn decode_png(file: &Path) -> Result<image::DynamicImage> {
     let bytes = io::read_file(file, Contents::Data)?;
-    image::load_from_memory(&bytes).map_err(|e| Error::Data(format!("{}: {e}", file.display())))
+    let err = |e: image::ImageError| Error::Data(format!("{}: {e}", file.display()));
+    let reader = || image::io::Reader::with_format(std::io::Cursor::new(&bytes[..]), image::ImageFormat::Png);
+    // a small file may declare a huge image: its size is checked before it is decoded
+    let (w, h) = reader().into_dimensions().map_err(err)?;
+    let (limit, how) = io::limit_and_reason(Contents::Data);
+    let decoded = u64::from(w) * u64::from(h) * 8; // at most 4 channels of 16 bits
+    if decoded > limit {
+        return Err(Error::Data(format!(
+            "{}: declares {w} × {h} pixels, {} decoded, more than rnvp reads ({}: {how})",
+            file.display(),
+            io::size_text(decoded),
+            io::size_text(limit)
+        )));
+    }
+    let mut limits = image::io::Limits::default();
+    limits.max_alloc = Some(limit);
+    let mut r = reader();
+    r.limits(limits);
+    r.decode().map_err(err)
 }
 
 /// The images of a directory of PNG files (see [`Images::read`]).

@@ -452,6 +452,11 @@ fn element(c: &[u8], elem: Elem, big_endian: bool) -> Element {
 }
 
 /// What a `.npy` header says, and the bytes after it.
+/// The dimensions a `.npy` file's header declares (the values are not read or checked).
+pub fn npy_dims(bytes: &[u8], name: &str) -> Result<Vec<usize>> {
+    Ok(npy_header(bytes, name, false)?.dims)
+}
+
 struct NpyHeader<'a> {
     elem: Elem,
     big_endian: bool,

@@ -130,9 +130,12 @@ impl DataSpec {
     }
 }
 
-/// The number of dimensions of the `.npy` array at `path`, when it reads and parses (`None`
-/// otherwise: the table reader then says what is wrong).
+/// The number of dimensions the header of the `.npy` file at `path` declares, when it reads and
+/// its header parses (`None` otherwise: the table reader then says what is wrong). Only the
+/// first 64 KiB are read: a header is at most that long in every file numpy writes.
 fn npy_rank(path: &std::path::Path) -> Option<usize> {
-    let bytes = io::read_file(path, io::Contents::Data).ok()?;
-    io::parse_npy_array(&bytes, &path.display().to_string()).ok().map(|a| a.dims.len())
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path).ok()?.take(1 << 16).read_to_end(&mut head).ok()?;
+    io::npy_dims(&head, &path.display().to_string()).ok().map(|d| d.len())
 }

@@ -5,6 +5,35 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Kind, Tensor};
 
+/// Runs the `rnvp` binary with `args`.
+pub fn rnvp(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rnvp")).args(args).output().expect("cannot run rnvp")
+}
+
+/// Runs `rnvp ARGS`, which must succeed; returns its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = rnvp(args);
+    assert!(out.status.success(), "rnvp {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The loss and every trained variable's gradient (sorted by name) of one training step of
+/// `flow` on `xs`, by ordinary or reversible backpropagation (the gradients are zeroed first).
+pub fn gradients(flow: &rnvp::Flow, xs: &Tensor, reversible: bool) -> (f64, Vec<(String, Tensor)>) {
+    let vars = flow.var_store().variables();
+    for v in vars.values() {
+        let mut g = v.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+    let loss = flow.stack().loss_backward(xs, None, reversible).unwrap();
+    let mut g: Vec<(String, Tensor)> =
+        vars.into_iter().filter(|(_, v)| v.requires_grad()).map(|(n, v)| (n, v.grad().copy())).collect();
+    g.sort_by(|a, b| a.0.cmp(&b.0));
+    (loss, g)
+}
+
 /// The python with PyTorch that `scripts/setup` prepared (or `RNVP_PYTHON`).
 pub fn python() -> PathBuf {
     let p = std::env::var("RNVP_PYTHON")

@@ -256,7 +256,11 @@ pub fn decode(bytes: &[u8], name: &str, prefix: Option<&str>) -> Result<Checkpoi
         Some(_) => {
             let v = json("images").unwrap_or(Value::Null);
             let space = super::images_from_json(&v).map_err(|m| bad(format!("images: {m}")))?;
-            if space.dim() as i64 != config.d {
+            let same = |i: &crate::config::ImageShape| {
+                (i.channels, i.height, i.width)
+                    == (space.channels as i64, space.height as i64, space.width as i64)
+            };
+            if space.dim() as i64 != config.d || config.image.as_ref().is_some_and(|i| !same(i)) {
                 return Err(bad(format!(
                     "images: {} × {} × {} images for d = {}",
                     space.channels, space.height, space.width, config.d
