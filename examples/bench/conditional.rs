@@ -3,7 +3,7 @@
 //! engine against PyTorch), `sbi` (neural posterior estimation on sbibm tasks, rnvp's `--preset
 //! sbi` beside the `sbi` package, through scripts/sbi.py) and `tables` (held-out NLL on
 //! scikit-learn's small tables against a full-covariance Gaussian, through scripts/tables.py).
-use super::{fmt, python, repo, rnvp_bin, timed, torch, torch_version, Opts};
+use super::{fmt, python, repo, rnvp_bin, timed, torch, Opts};
 use anyhow::{Context, Result};
 use rnvp::train::{Adam, FusedAdam, TrainConfig};
 use rnvp::{Arch, Flow, FlowConfig};
@@ -34,14 +34,8 @@ pub fn header() -> Result<String> {
 
 /// The line under a section's title that says where it ran.
 fn ran_on(md: &mut String, o: &Opts) -> Result<()> {
-    let (cpu, cores, mem) = super::machine();
-    writeln!(
-        md,
-        "Ran on: {cpu}, {cores} cores, {mem:.0} GiB; PyTorch {} (the libtorch rnvp links); {} thread(s) on \
-         every side unless the section says otherwise.\n",
-        torch_version()?.trim(),
-        o.threads
-    )?;
+    let machine = super::ran_on_machine()?;
+    writeln!(md, "{machine}; {} thread(s) on every side unless the section says otherwise.\n", o.threads)?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! rnvp's image flows and a vector flow beside zuko's and normflows' flows, scripts/zoo_images.py).
 //! Figures: docs/bench_images_memory.png and docs/bench_images_quality.png; every run of the
 //! quality section is also in docs/bench_images_quality.csv.
-use super::{fmt, python, repo, rnvp, rnvp_bin, stats, timed, torch_version, Opts};
+use super::{fmt, python, repo, rnvp, rnvp_bin, stats, timed, Opts};
 use anyhow::{bail, Context, Result};
 use rnvp::config::ImageShape;
 use rnvp::data::ImageSpace;
@@ -64,14 +64,9 @@ pub fn header() -> Result<String> {
 
 /// The line under a section's title that says where it ran.
 fn ran_on(md: &mut String, o: &Opts) -> Result<()> {
-    let (cpu, cores, mem) = super::machine();
-    writeln!(
-        md,
-        "Ran on: {cpu}, {cores} cores, {mem:.0} GiB; PyTorch {} (the libtorch rnvp links); device {}.{}\n",
-        torch_version()?.trim(),
-        o.device,
-        if o.quick { " **Quick run (`--quick`): short runs, not the measured comparison.**" } else { "" }
-    )?;
+    let quick =
+        if o.quick { " **Quick run (`--quick`): short runs, not the measured comparison.**" } else { "" };
+    writeln!(md, "{}; device {}.{quick}\n", super::ran_on_machine()?, o.device)?;
     Ok(())
 }
 

@@ -386,6 +386,16 @@ fn main() -> Result<()> {
 }
 
 /// The CPU's model name, its cores, and the memory in GiB.
+/// "Ran on: CPU, N cores, M GiB; PyTorch V (the libtorch rnvp links)", which the separately run
+/// sections' files put under each title, followed by what the section adds.
+fn ran_on_machine() -> Result<String> {
+    let (cpu, cores, mem) = machine();
+    Ok(format!(
+        "Ran on: {cpu}, {cores} cores, {mem:.0} GiB; PyTorch {} (the libtorch rnvp links)",
+        torch_version()?.trim()
+    ))
+}
+
 fn machine() -> (String, usize, f64) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

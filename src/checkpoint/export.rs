@@ -130,8 +130,9 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
         flow.stack().transform(&standardize(&to_logit(&inp[0]).0), context(inp).as_ref()).0
     })?;
     written.push(path);
-    let path = dir.join("log_prob.pt");
-    trace_and_save(&path, &examples, &mut |inp| {
+    // log p(x) in the data's units: the flow's, the logit's (bounds or images) and the scaler's and
+    // whitening's log-determinants
+    let log_prob = |inp: &[Tensor]| {
         let (ys, bounds_log_det) = to_logit(&inp[0]);
         let (zs, log_jacob) = flow.stack().transform(&standardize(&ys), context(inp).as_ref());
         let lp = crate::base::log_prob(&zs) + log_jacob + log_det;
@@ -139,7 +140,9 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
             Some(b) => lp + b,
             None => lp,
         }
-    })?;
+    };
+    let path = dir.join("log_prob.pt");
+    trace_and_save(&path, &examples, &mut |inp| log_prob(inp))?;
     written.push(path);
     if let Some(images) = &ck.images {
         // bits per dimension of the discrete images whose dequantized values are x:
@@ -147,11 +150,7 @@ pub fn export_torchscript(ck: &Checkpoint, dir: &Path, kind: Kind) -> Result<Vec
         let (dims, levels) = (d as f64, f64::from(images.levels));
         let path = dir.join("bpd.pt");
         trace_and_save(&path, &examples, &mut |inp| {
-            let (ys, logit_log_det) = to_logit(&inp[0]);
-            let (zs, log_jacob) = flow.stack().transform(&ys, None);
-            let lp =
-                crate::base::log_prob(&zs) + log_jacob + logit_log_det.unwrap_or_else(|| zs.zeros_like());
-            (lp - dims * levels.ln()) / (-dims * std::f64::consts::LN_2)
+            (log_prob(inp) - dims * levels.ln()) / (-dims * std::f64::consts::LN_2)
         })?;
         written.push(path);
     }

@@ -36,6 +36,12 @@ pub(crate) fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, zero: bool) -> nn
     nn::conv2d(p, c_in, c_out, k, config)
 }
 
+/// A convolution's bias (its variable; zeros for one built without a bias, which rnvp never
+/// builds).
+pub(crate) fn bias(c: &nn::Conv2D) -> Tensor {
+    c.bs.as_ref().map_or_else(|| c.ws.zeros_like(), Tensor::shallow_clone)
+}
+
 impl ConvNet {
     /// `c_in → hidden → hidden → c_out` channels at `p`; `random`: drawn as PyTorch would (else
     /// zero, for weights about to be loaded); the last conv starts at zero either way.
@@ -51,7 +57,6 @@ impl ConvNet {
 
     /// The variables by key within the net.
     pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
-        let bias = |c: &nn::Conv2D| c.bs.as_ref().map_or_else(|| c.ws.zeros_like(), Tensor::shallow_clone);
         vec![
             ("net.0.weight", self.first.ws.shallow_clone()),
             ("net.0.bias", bias(&self.first)),

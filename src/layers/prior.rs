@@ -3,7 +3,7 @@
 //! initialised 3×3 convolution of the kept half `x₁`. As a layer it standardizes `x₂`:
 //! `z₂ = (x₂ − μ) ⊙ exp(−ℓ)`, `log|det| = −Σ ℓ`, so that `z₂` joins the base `N(0, I)`;
 //! the inverse is `x₂ = z₂ ⊙ exp(ℓ) + μ`.
-use super::conv_coupling::conv;
+use super::conv_coupling::{bias, conv};
 use crate::multiscale::Shape;
 use tch::nn::{self, Module};
 use tch::Tensor;
@@ -24,8 +24,7 @@ impl Prior {
 
     /// The variables by key within the layer.
     pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
-        let bias = self.conv.bs.as_ref().map_or_else(|| self.conv.ws.zeros_like(), Tensor::shallow_clone);
-        vec![("prior.weight", self.conv.ws.shallow_clone()), ("prior.bias", bias)]
+        vec![("prior.weight", self.conv.ws.shallow_clone()), ("prior.bias", bias(&self.conv))]
     }
 
     /// The image the layer acts on.
