@@ -452,13 +452,13 @@ pub struct EvalArgs {
     /// A toy set (fresh points) or a .csv / .npy file.
     #[arg(long)]
     pub data: String,
-    /// Points drawn from a toy set.
-    #[arg(short, default_value_t = 20_000, allow_negative_numbers = true)]
-    pub n: i64,
+    /// Points drawn from a toy set [default: 20000].
+    #[arg(short, allow_negative_numbers = true)]
+    pub n: Option<i64>,
     /// Noise of a toy set [default: the set's own].
     #[arg(long, allow_negative_numbers = true)]
     pub noise: Option<f64>,
-    /// Seed of the drawn points.
+    /// Seed of the drawn points (of images: of the dequantization noise).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Print a JSON object instead of text.
@@ -559,9 +559,9 @@ pub struct ConvertArgs {
     /// With --images: the number of levels of the images' values (17 for the digits).
     #[arg(long, value_name = "L")]
     pub levels: Option<u32>,
-    /// With --images: the α of the logit the flow was trained behind.
-    #[arg(long, default_value_t = rnvp::data::dequantize::ALPHA, allow_negative_numbers = true)]
-    pub logit_alpha: f64,
+    /// With --images: the α of the logit the flow was trained behind [default: 0.05].
+    #[arg(long, allow_negative_numbers = true)]
+    pub logit_alpha: Option<f64>,
 }
 
 #[derive(Args, Debug)]

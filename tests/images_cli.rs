@@ -557,6 +557,36 @@ fn logit_alpha_is_refused_for_tables_and_toy_sets() {
     }
 }
 
+/// Flags that would change nothing are refused, not silently ignored: `--scales` with a vector
+/// architecture on images, `--init` with an image architecture, `-n`/`--noise` when evaluating
+/// images, and `convert --logit-alpha` without `--images`.
+#[test]
+fn flags_that_would_be_ignored_are_refused() {
+    let dir = tmp_dir("img-cli-ignored");
+    let out = dir.join("x.safetensors");
+    let train = |extra: &[&str], expect: &[&str]| {
+        let mut args = vec!["train", "--data", "digits", "--out", s(&out)];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&TINY);
+        fails(&args, expect);
+    };
+    train(&["--arch", "glow", "--scales", "2"], &["--scales", "glow"]);
+    for init in ["pytorch", "identity"] {
+        train(&["--arch", "glow-image", "--init", init], &["--init"]);
+    }
+    let mut args =
+        vec!["train", "--data", "digits", "--arch", "glow-image", "--scales", "1", "--out", s(&out)];
+    args.extend_from_slice(&TINY);
+    ok(&args);
+    for extra in [&["-n", "100"][..], &["--noise", "0.1"][..]] {
+        let mut args = vec!["eval", "--checkpoint", s(&out), "--data", "digits"];
+        args.extend_from_slice(extra);
+        fails(&args, &[extra[0], "digits"]);
+    }
+    let pt = dir.join("x.pt");
+    fails(&["convert", s(&out), s(&pt), "--logit-alpha", "0.1"], &["--logit-alpha", "--images"]);
+}
+
 /// A `.npy` of images that does not exist is named as missing, not taken for a table (whose
 /// errors then say that images are needed).
 #[test]

@@ -8,8 +8,11 @@ use serde_json::json;
 
 pub(crate) fn eval(a: cli::EvalArgs) -> Result<()> {
     let (flow, ck, engine) = load_flow(&a.checkpoint, &a.compute)?;
-    let n = non_negative("-n", a.n)?;
+    let n = non_negative("-n", a.n.unwrap_or(20_000))?;
     let spec = DataSpec::parse(&a.data)?;
+    if !matches!(spec, DataSpec::Toy(_)) && (a.n.is_some() || a.noise.is_some()) {
+        bail!("-n and --noise apply to toy sets (fresh points), not to {}", spec.name());
+    }
     let run = flow.stack().run(engine);
     if ck.images.is_some() != spec.is_images() {
         bail!(

@@ -149,12 +149,13 @@ pub(crate) fn convert(a: cli::ConvertArgs) -> Result<()> {
                 height: sizes[1],
                 width: sizes[2],
                 levels,
-                alpha: a.logit_alpha,
+                alpha: a.logit_alpha.unwrap_or(rnvp::data::dequantize::ALPHA),
             };
             space.validate().with_context(|| format!("--images {text} --levels {levels}"))?;
             Checkpoint::load_image_flow(&a.input, a.prefix.as_deref(), space)?
         }
         None if a.levels.is_some() => anyhow::bail!("--levels applies with --images"),
+        None if a.logit_alpha.is_some() => anyhow::bail!("--logit-alpha applies with --images"),
         None => Checkpoint::load_with(&a.input, a.prefix.as_deref())?,
     };
     // a file rnvp would refuse to use is not written

@@ -72,6 +72,15 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     if images && !(a.logit_alpha > 0.0 && a.logit_alpha < 0.5) {
         bail!("--logit-alpha {}: the logit's α must lie in (0, 0.5)", a.logit_alpha);
     }
+    if a.resume.is_none() && !arch.image && on_command_line("scales") {
+        bail!("--scales: {} is a vector flow (on images, it models the flattened pixels); scales belong to realnvp-image and glow-image", arch.name());
+    }
+    if a.resume.is_none() && arch.image && a.init.is_some() {
+        bail!(
+            "--init: an image flow starts as the R-NVP and Glow papers start it (PyTorch's convolution draws, the last \
+             convolution of each conditioner at zero); --init applies to vector flows"
+        );
+    }
     if arch.image && a.k.is_some() {
         bail!("--k: an image flow's couplings split by masks (checkerboard, channels), not at a column");
     }
