@@ -76,7 +76,9 @@ pub(crate) fn test_images(spec: &DataSpec, space: &ImageSpace) -> Result<Images>
             let all = rnvp::data::images::digits(Some(space.levels))?;
             all.select(all.n - DIGITS_TEST..all.n)
         }
-        DataSpec::Images(p) => Images::read(p, Some(space.levels))?,
+        DataSpec::Images(p) => {
+            Images::read_for(p, Some(space.levels), Some([space.channels, space.height, space.width]))?
+        }
         other => bail!("{}: the model is a flow of images; give images (digits, a .npy of images or a directory of PNG files)", other.name()),
     };
     if (images.channels, images.height, images.width) != (space.channels, space.height, space.width) {

@@ -88,16 +88,22 @@ impl Images {
     ///
     /// `levels` must be 2..=65536.
     pub fn read(path: &Path, levels: Option<u32>) -> Result<Images> {
+        Images::read_for(path, levels, None)
+    }
+
+    /// [`Images::read`] for a model of images `[c, h, w]` (`model`): images of another shape are
+    /// an error that says so before any value is checked against `levels`.
+    pub fn read_for(path: &Path, levels: Option<u32>, model: Option<[usize; 3]>) -> Result<Images> {
         let name = path.display().to_string();
         if let Some(levels) = levels {
             check_levels(&name, levels)?;
         }
         let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
         if meta.is_dir() {
-            return read_png_dir(path, levels);
+            return read_png_dir(path, levels, model);
         }
         match path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).as_deref() {
-            Some("npy") => from_npy(&io::read_file(path, Contents::Data)?, &name, levels),
+            Some("npy") => from_npy(&io::read_file(path, Contents::Data)?, &name, levels, model),
             _ => Err(Error::Data(format!("{name}: expected a .npy file or a directory of .png files"))),
         }
     }
@@ -134,6 +140,16 @@ fn digits_from(path: &Path, levels: Option<u32>) -> Result<Images> {
         )));
     }
     Ok(images)
+}
+
+/// Errors unless the images `[c, h, w]` of `name` have the `model`'s shape (when there is one).
+fn check_model_shape(name: &str, [c, h, w]: [usize; 3], model: Option<[usize; 3]>) -> Result<()> {
+    match model {
+        Some([mc, mh, mw]) if [mc, mh, mw] != [c, h, w] => Err(Error::Data(format!(
+            "{name}: images of {c} × {h} × {w} (channels × height × width), but the model's are {mc} × {mh} × {mw}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Errors unless `levels` is 2..=65536.
@@ -182,34 +198,40 @@ fn channels_first(name: &str, hwc: &[u16], n: usize, h: usize, w: usize, c: usiz
 }
 
 /// Images from the bytes of a `.npy` file named `name` (see [`Images::read`]).
-fn from_npy(bytes: &[u8], name: &str, levels: Option<u32>) -> Result<Images> {
+fn from_npy(bytes: &[u8], name: &str, levels: Option<u32>, model: Option<[usize; 3]>) -> Result<Images> {
     if let Some(levels) = levels {
         check_levels(name, levels)?;
     }
-    let a = io::parse_npy_array(bytes, name)?;
-    let (n, h, w, c) = match a.dims[..] {
+    // the values are visited in place and kept as u16 levels (not first decoded to f64)
+    let a = io::NpyView::new(bytes, name)?;
+    let (n, h, w, c) = match a.dims()[..] {
         [n, h, w] => (n, h, w, 1),
         [n, h, w, c] => (n, h, w, c),
         _ => {
-            let dims = a.dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+            let dims = a.dims().iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
             return Err(Error::Data(format!(
                 "{name}: shape [{dims}] is not [n, h, w] (grey) or [n, h, w, c] (channels last)"
             )));
         }
     };
     let (dim, total) = image_size(name, n, c, h, w)?;
+    check_model_shape(name, [c, h, w], model)?;
     let bad =
         |k: usize, v: f64, why: String| Error::Data(format!("{name}: value {v} at image {} {why}", k / dim));
     let mut stored = alloc(name, total)?;
-    let levels = if a.integer {
+    let levels = if a.integer() {
         let levels = match levels {
             Some(levels) => levels,
-            None if a.dtype == "uint8" => 256,
+            None if a.dtype() == "uint8" => 256,
             None => {
-                if let Some(k) = a.values.iter().position(|&v| v < 0.0) {
-                    return Err(bad(k, a.values[k], "is negative (levels count from 0)".into()));
-                }
-                let max = a.values.iter().copied().fold(0.0, f64::max);
+                let mut max = 0.0f64;
+                a.for_each(|k, v| {
+                    if v < 0.0 {
+                        return Err(bad(k, v, "is negative (levels count from 0)".into()));
+                    }
+                    max = max.max(v);
+                    Ok(())
+                })?;
                 if max >= f64::from(MAX_LEVELS) {
                     return Err(Error::Data(format!(
                         "{name}: values up to {max} make more than {MAX_LEVELS} levels"
@@ -223,12 +245,13 @@ fn from_npy(bytes: &[u8], name: &str, levels: Option<u32>) -> Result<Images> {
                 max as u32 + 1
             }
         };
-        for (k, &v) in a.values.iter().enumerate() {
+        a.for_each(|k, v| {
             if v < 0.0 || v >= f64::from(levels) {
                 return Err(bad(k, v, format!("is not a level in 0..{levels}")));
             }
             stored.push(v as u16);
-        }
+            Ok(())
+        })?;
         levels
     } else {
         let Some(levels) = levels else {
@@ -237,7 +260,7 @@ fn from_npy(bytes: &[u8], name: &str, levels: Option<u32>) -> Result<Images> {
             )));
         };
         let top = f64::from(levels - 1);
-        for (k, &v) in a.values.iter().enumerate() {
+        a.for_each(|k, v| {
             if !(0.0..=1.0).contains(&v) {
                 return Err(bad(k, v, "is outside [0, 1]".into()));
             }
@@ -247,7 +270,8 @@ fn from_npy(bytes: &[u8], name: &str, levels: Option<u32>) -> Result<Images> {
                 return Err(bad(k, v, format!("is not on a grid of {levels} levels")));
             }
             stored.push(level as u16);
-        }
+            Ok(())
+        })?;
         levels
     };
     let values = if c == 1 { stored } else { channels_first(name, &stored, n, h, w, c)? };
@@ -301,7 +325,7 @@ fn decode_png(file: &Path) -> Result<image::DynamicImage> {
 }
 
 /// The images of a directory of PNG files (see [`Images::read`]).
-fn read_png_dir(dir: &Path, levels: Option<u32>) -> Result<Images> {
+fn read_png_dir(dir: &Path, levels: Option<u32>, model: Option<[usize; 3]>) -> Result<Images> {
     let dir_name = dir.display().to_string();
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
@@ -317,6 +341,7 @@ fn read_png_dir(dir: &Path, levels: Option<u32>) -> Result<Images> {
     let first = decode_png(first_file)?;
     let (c, sixteen, colour) = png_layout(&first, first_file)?;
     let (w, h) = (first.width(), first.height());
+    check_model_shape(&dir.display().to_string(), [c, h as usize, w as usize], model)?;
     let n = files.len();
     let (_, total) = image_size(&dir_name, n, c, h as usize, w as usize)?;
     let (limit, reason) = io::limit_and_reason(Contents::Data);
@@ -420,7 +445,7 @@ mod tests {
     fn npy_grey_images_round_trip_with_their_levels() {
         // 2 images of 3 × 4, uint8: 256 levels whatever the values
         let data: Vec<u8> = (0..24).map(|k| k * 10).collect();
-        let im = from_npy(&npy("|u1", &[2, 3, 4], &data), "g.npy", None).unwrap();
+        let im = from_npy(&npy("|u1", &[2, 3, 4], &data), "g.npy", None, None).unwrap();
         assert_eq!((im.n, im.channels, im.height, im.width, im.levels), (2, 1, 3, 4, 256));
         assert_eq!(im.values, data.iter().map(|&v| u16::from(v)).collect::<Vec<_>>());
         assert_eq!(im.dim(), 12);
@@ -428,20 +453,20 @@ mod tests {
         // int64: max + 1 levels, or the levels given
         let vals: Vec<i64> = (0..24).map(|k| k % 17).collect();
         let bytes = npy("<i8", &[2, 3, 4], &i64_bytes(&vals));
-        assert_eq!(from_npy(&bytes, "g.npy", None).unwrap().levels, 17);
-        let im = from_npy(&bytes, "g.npy", Some(40)).unwrap();
+        assert_eq!(from_npy(&bytes, "g.npy", None, None).unwrap().levels, 17);
+        let im = from_npy(&bytes, "g.npy", Some(40), None).unwrap();
         assert_eq!(im.levels, 40);
         assert_eq!(im.values, vals.iter().map(|&v| v as u16).collect::<Vec<_>>());
         // floats on the grid of 17 levels: k / 16
         let floats: Vec<f32> = vals.iter().map(|&v| v as f32 / 16.0).collect();
-        let im = from_npy(&npy("<f4", &[2, 3, 4], &f32_bytes(&floats)), "g.npy", Some(17)).unwrap();
+        let im = from_npy(&npy("<f4", &[2, 3, 4], &f32_bytes(&floats)), "g.npy", Some(17), None).unwrap();
         assert_eq!((im.levels, im.values.clone()), (17, vals.iter().map(|&v| v as u16).collect::<Vec<_>>()));
         // float64 on a grid of 256 levels, within 1e-3 of a level
         let f64s: Vec<u8> = [0.0, 1.0, 0.5 / 255.0 * 2.0, 254.9995 / 255.0]
             .iter()
             .flat_map(|v: &f64| v.to_le_bytes())
             .collect();
-        let im = from_npy(&npy("<f8", &[1, 2, 2], &f64s), "g.npy", Some(256)).unwrap();
+        let im = from_npy(&npy("<f8", &[1, 2, 2], &f64s), "g.npy", Some(256), None).unwrap();
         assert_eq!(im.values, [0, 255, 1, 255]);
     }
 
@@ -450,7 +475,7 @@ mod tests {
         let (n, h, w, c) = (2usize, 3usize, 4usize, 3usize);
         let stored: Vec<u16> = (0..(n * h * w * c) as u16).map(|k| (k * 7) % 101).collect();
         let bytes: Vec<u8> = stored.iter().flat_map(|v| v.to_be_bytes()).collect();
-        let im = from_npy(&npy(">u2", &[n, h, w, c], &bytes), "rgb.npy", None).unwrap();
+        let im = from_npy(&npy(">u2", &[n, h, w, c], &bytes), "rgb.npy", None, None).unwrap();
         assert_eq!((im.n, im.channels, im.height, im.width), (n, c, h, w));
         assert_eq!(im.levels, u32::from(*stored.iter().max().unwrap()) + 1);
         for i in 0..n {
@@ -465,14 +490,15 @@ mod tests {
             }
         }
         // one channel last is the grey layout
-        let grey = from_npy(&npy("|u1", &[2, 2, 2, 1], &[1, 2, 3, 4, 5, 6, 7, 8]), "g.npy", None).unwrap();
+        let grey =
+            from_npy(&npy("|u1", &[2, 2, 2, 1], &[1, 2, 3, 4, 5, 6, 7, 8]), "g.npy", None, None).unwrap();
         assert_eq!((grey.channels, grey.values), (1, vec![1, 2, 3, 4, 5, 6, 7, 8]));
     }
 
     #[test]
     fn select_and_to_matrix() {
         let data: Vec<u8> = (0..2 * 2 * 2 * 3).collect();
-        let im = from_npy(&npy("|u1", &[4, 2, 3], &data), "s.npy", Some(30)).unwrap();
+        let im = from_npy(&npy("|u1", &[4, 2, 3], &data), "s.npy", Some(30), None).unwrap();
         let part = im.select(1..3);
         assert_eq!((part.n, part.channels, part.height, part.width, part.levels), (2, 1, 2, 3, 30));
         assert_eq!(part.values, (6..18).collect::<Vec<u16>>());
@@ -551,9 +577,16 @@ mod tests {
             (ints(&[0, 1], &[1, 1, 3]), None, "b.npy: truncated: expected 24 bytes of data, found 16"),
         ];
         for (k, (bytes, levels, want)) in cases.iter().enumerate() {
-            let m = msg(from_npy(bytes, "b.npy", *levels));
+            let m = msg(from_npy(bytes, "b.npy", *levels, None));
             assert!(m.starts_with(want), "case {k}: {m}");
         }
+        // for a model of other images, the shape is the error, not the values beyond its levels
+        let rgb = npy("|u1", &[1, 2, 2, 3], &[200; 12]);
+        assert_eq!(
+            msg(from_npy(&rgb, "b.npy", Some(17), Some([1, 8, 8]))),
+            "b.npy: images of 3 × 2 × 2 (channels × height × width), but the model's are 1 × 8 × 8"
+        );
+        assert_eq!(from_npy(&rgb, "b.npy", None, Some([3, 2, 2])).unwrap().levels, 256);
         let dir = scratch("levels");
         let path = dir.join("x.npy");
         fs::write(&path, npy("|u1", &[1, 1, 2], &[0, 1])).unwrap();
@@ -654,10 +687,10 @@ mod tests {
                     let mut bad = good.clone();
                     bad[i] = b;
                     for levels in [None, Some(3), Some(65536)] {
-                        let _ = from_npy(&bad, "m.npy", levels);
+                        let _ = from_npy(&bad, "m.npy", levels, None);
                     }
                 }
-                assert!(from_npy(&good[..i], "m.npy", None).is_err());
+                assert!(from_npy(&good[..i], "m.npy", None, None).is_err());
             }
         }
     }

@@ -311,14 +311,14 @@ pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Matrix> {
     let &[rows, cols] = header.dims.as_slice() else {
         return Err(err(format!("shape {} is not 2-D [n, d]", header.shape_text)));
     };
-    let array = npy_values(&header, name)?;
+    let values = npy_values(&header, name)?;
     if rows == 0 {
         return Err(err("no data rows".into()));
     }
     if cols == 0 {
         return Err(err(format!("shape {} has no columns", header.shape_text)));
     }
-    Ok(Matrix { rows, cols, data: array.values })
+    Ok(Matrix { rows, cols, data: values })
 }
 
 /// An array of any shape read from a `.npy` file by [`parse_npy_array`].
@@ -341,11 +341,71 @@ pub struct NpyArray {
 /// (`'|u1'`, `'|i1'`, `'<u2'` … `'<i8'`), little- or big-endian, C or Fortran order. Floats must be
 /// finite; integers beyond 2⁵³ in magnitude (not exact as `f64`) are an error.
 pub fn parse_npy_array(bytes: &[u8], name: &str) -> Result<NpyArray> {
-    let header = npy_header(bytes, name, false)?;
-    if header.dims.is_empty() {
-        return Err(Error::Data(format!("{name}: shape () is a scalar, not an array")));
+    let view = NpyView::new(bytes, name)?;
+    let values = npy_values(&view.header, name)?;
+    Ok(NpyArray {
+        dims: view.dims().to_vec(),
+        values,
+        integer: view.integer(),
+        dtype: view.dtype().to_string(),
+    })
+}
+
+/// Every value of `h` in C order, as `f64`.
+fn npy_values(h: &NpyHeader, name: &str) -> Result<Vec<f64>> {
+    let count = npy_count(h, name)?;
+    let mut values = Vec::new();
+    values
+        .try_reserve_exact(count)
+        .map_err(|_| Error::Data(format!("{name}: not enough memory for {count} values")))?;
+    npy_for_each(h, name, count, |_, v| {
+        values.push(v);
+        Ok(())
+    })?;
+    Ok(values)
+}
+
+/// A `.npy` array whose header has been read and whose size has been checked against the bytes
+/// present, but whose values have not been decoded: [`NpyView::for_each`] visits them one at a
+/// time (for a caller that keeps them in a smaller type than [`NpyArray`]'s `f64`).
+pub struct NpyView<'a> {
+    header: NpyHeader<'a>,
+    name: String,
+    count: usize,
+}
+
+impl<'a> NpyView<'a> {
+    /// Reads the header of the `.npy` file `bytes` named `name` (see [`parse_npy_array`]) and
+    /// checks that the data holds exactly the values it declares.
+    pub fn new(bytes: &'a [u8], name: &str) -> Result<Self> {
+        let header = npy_header(bytes, name, false)?;
+        if header.dims.is_empty() {
+            return Err(Error::Data(format!("{name}: shape () is a scalar, not an array")));
+        }
+        let count = npy_count(&header, name)?;
+        Ok(NpyView { header, name: name.to_string(), count })
     }
-    npy_values(&header, name)
+
+    /// The shape, outermost dimension first.
+    pub fn dims(&self) -> &[usize] {
+        &self.header.dims
+    }
+
+    /// Whether the file holds integers.
+    pub fn integer(&self) -> bool {
+        !self.header.elem.is_float()
+    }
+
+    /// numpy's name of the element type (see [`NpyArray::dtype`]).
+    pub fn dtype(&self) -> &'static str {
+        self.header.elem.name()
+    }
+
+    /// Calls `f(k, value)` for every value in C order (`k` = 0, 1, …, whatever the file's order),
+    /// as [`NpyArray::values`] would hold it; stops at the first error, `f`'s or a value's.
+    pub fn for_each(&self, f: impl FnMut(usize, f64) -> Result<()>) -> Result<()> {
+        npy_for_each(&self.header, &self.name, self.count, f)
+    }
 }
 
 /// The element types [`parse_npy_array`] reads.
@@ -533,14 +593,14 @@ fn npy_header<'a>(bytes: &'a [u8], name: &str, floats_only: bool) -> Result<NpyH
 
 /// The values after a header, in C order: the data's size checked against the shape (before
 /// anything is allocated), floats checked finite, integers checked exact.
-fn npy_values(h: &NpyHeader, name: &str) -> Result<NpyArray> {
+/// The number of values `h` declares, checked against the bytes present.
+fn npy_count(h: &NpyHeader, name: &str) -> Result<usize> {
     let err = |msg: String| Error::Data(format!("{name}: {msg}"));
     let itemsize = h.elem.size();
     let count = h.dims.iter().try_fold(1usize, |acc, &k| acc.checked_mul(k));
     let expected = count
         .and_then(|k| k.checked_mul(itemsize))
         .ok_or_else(|| err(format!("shape {} is too large", h.shape_text)))?;
-    let count = expected / itemsize;
     if h.data.len() < expected {
         return Err(err(format!("truncated: expected {expected} bytes of data, found {}", h.data.len())));
     }
@@ -550,9 +610,18 @@ fn npy_values(h: &NpyHeader, name: &str) -> Result<NpyArray> {
             h.data.len()
         )));
     }
-    let mut values = Vec::new();
-    values.try_reserve_exact(count).map_err(|_| err(format!("not enough memory for {count} values")))?;
+    Ok(expected / itemsize)
+}
 
+/// Decodes the `count` values of `h` in C order, calling `f(k, value)` for each.
+fn npy_for_each(
+    h: &NpyHeader,
+    name: &str,
+    count: usize,
+    mut f: impl FnMut(usize, f64) -> Result<()>,
+) -> Result<()> {
+    let err = |msg: String| Error::Data(format!("{name}: {msg}"));
+    let itemsize = h.elem.size();
     // The element at C-order position k (multi-index idx) is the file's element `src`: k itself in
     // C order; Σ idx[j]·(dims[0]·…·dims[j-1]) in Fortran order, kept up to date as idx counts.
     let rank = h.dims.len();
@@ -583,7 +652,7 @@ fn npy_values(h: &NpyHeader, name: &str) -> Result<NpyArray> {
                 )))
             }
         };
-        values.push(v);
+        f(k, v)?;
         if h.fortran {
             // advance the C-order multi-index (last index fastest), carrying into earlier ones
             for j in (0..rank).rev() {
@@ -597,12 +666,7 @@ fn npy_values(h: &NpyHeader, name: &str) -> Result<NpyArray> {
             }
         }
     }
-    Ok(NpyArray {
-        dims: h.dims.clone(),
-        values,
-        integer: !h.elem.is_float(),
-        dtype: h.elem.name().to_string(),
-    })
+    Ok(())
 }
 
 /// `m` as a format 1.0 `.npy` file in C order, as `np.save` writes it: float32 (`'<f4'`, values
