@@ -1574,6 +1574,18 @@ def cmd_moons(a):
     np.save(a.out, X)
 
 
+def cmd_batch(a):
+    """Runs many commands in one process, so that torch is imported once: --jobs names a file with one
+    JSON list of arguments per line (each as this script takes them), run in order. Every command seeds
+    what it draws, so a job gives what it gives alone."""
+    with open(a.jobs) as f:
+        jobs = [json.loads(line) for line in f if line.strip()]
+    for args in jobs:
+        if not isinstance(args, list) or not args or args[0] == "batch":
+            raise SystemExit(f"batch: a job is a non-empty list of arguments, not another batch: {args!r}")
+        main([str(v) for v in args])
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -1686,13 +1698,15 @@ def main(argv):
     q = sub.add_parser("jit", help="run exported TorchScript functions on IO/x.npy, IO/z_in.npy")
     q.add_argument("--dir", required=True)
     q.add_argument("--io", required=True)
+    q = sub.add_parser("batch", help="run many commands in one process (one JSON argument list per line of --jobs)")
+    q.add_argument("--jobs", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("RNVP_THREADS", "2")))
     {"train": cmd_train, "sample": cmd_sample, "log-prob": cmd_log_prob, "parity": cmd_parity, "adam": cmd_adam, "moons": cmd_moons, "variants": cmd_variants, "broken": cmd_broken, "load": cmd_load,
      "jit": cmd_jit, "wrapped": cmd_wrapped, "outputs": cmd_outputs,
      "matmul": cmd_matmul, "family": cmd_family, "family-check": cmd_family_check,
      "step-time": cmd_step_time, "image-step-time": cmd_image_step_time,
-     "image-parity": cmd_image_parity}[a.cmd](a)
+     "image-parity": cmd_image_parity, "batch": cmd_batch}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use rnvp::checkpoint::{export::export_torchscript, Checkpoint};
 use rnvp::{Flow, FlowConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// rnvp's log p(x), z and inverse for the inputs in `dir`, against `{prefix}log_prob.npy`, ….
@@ -26,15 +26,26 @@ fn compare_outputs(flow: &Flow, dir: &Path, prefix: &str, tol: f64, what: &str) 
 
 #[test]
 fn every_way_pytorch_users_save_the_notebook_model_loads() {
-    for (name, args, kind, tol) in [
+    let cases = [
         ("f32", vec!["--layers", "3"], Kind::Float, 1e-5),
         ("single", vec!["--single"], Kind::Float, 1e-5),
         ("f64", vec!["--layers", "2", "--dtype", "f64"], Kind::Double, 1e-10),
-    ] {
-        let dir = tmp_dir(&format!("interop-variants-{name}"));
-        let mut a = vec!["variants", "--out", dir.to_str().unwrap(), "--half"];
-        a.extend(args);
-        reference(&a);
+    ];
+    let dir_of =
+        |name: &str| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("interop-variants-{name}"));
+    let jobs: Vec<Vec<String>> = cases
+        .iter()
+        .map(|(name, args, _, _)| {
+            let dir = tmp_dir(&format!("interop-variants-{name}"));
+            let mut a =
+                vec!["variants".to_string(), "--out".into(), dir.to_str().unwrap().into(), "--half".into()];
+            a.extend(args.iter().map(|v| v.to_string()));
+            a
+        })
+        .collect();
+    reference_batch("interop-variants", &jobs);
+    for (name, _, kind, tol) in cases {
+        let dir = dir_of(name);
         for file in [
             "state_dict.pt",
             "legacy_state_dict.pt",
@@ -143,25 +154,37 @@ fn write_inputs(dir: &Path, kind: Kind) {
 
 #[test]
 fn files_rnvp_writes_load_in_pytorch() {
+    let (mut jobs, mut written, mut flows) = (vec![], vec![], vec![]);
     for (name, cfg, kind, tol) in [
         ("stacked", FlowConfig::stacked(2, 1, 24, 3), Kind::Float, 1e-5),
         ("single", FlowConfig::single(2, 1, 24), Kind::Float, 1e-5),
         ("f64", FlowConfig::stacked(2, 1, 24, 4), Kind::Double, 1e-10),
     ] {
-        let dir = tmp_dir(&format!("interop-write-{name}"));
-        write_inputs(&dir, kind);
         let (flow, ck) = seeded_checkpoint(cfg, kind);
         for file in ["m.pt", "m.ot"] {
+            let dir = tmp_dir(&format!("interop-write-{name}-{file}"));
+            write_inputs(&dir, kind);
             let path = dir.join(file);
             ck.save(&path).unwrap();
-            reference(&["load", "--file", path.to_str().unwrap(), "--io", dir.to_str().unwrap()]);
-            compare_outputs(&flow, &dir, "torch_", tol, &format!("{name}/{file} in PyTorch"));
-            // and back into rnvp, unchanged
-            let again = Checkpoint::load(&path).unwrap();
-            assert_eq!(again.config, ck.config, "{name}/{file}");
-            for (k, t) in &ck.tensors {
-                assert_eq!(max_abs_diff(t, &again.tensors[k]), 0.0, "{name}/{file}: {k}");
-            }
+            jobs.push(
+                ["load", "--file", path.to_str().unwrap(), "--io", dir.to_str().unwrap()]
+                    .map(String::from)
+                    .to_vec(),
+            );
+            written.push((name, file, tol, dir, path));
+        }
+        flows.push((name, flow, ck));
+    }
+    // PyTorch loads every file in one process
+    reference_batch("interop-write", &jobs);
+    for (name, file, tol, dir, path) in written {
+        let (_, flow, ck) = flows.iter().find(|(n, _, _)| *n == name).unwrap();
+        compare_outputs(flow, &dir, "torch_", tol, &format!("{name}/{file} in PyTorch"));
+        // and back into rnvp, unchanged
+        let again = Checkpoint::load(&path).unwrap();
+        assert_eq!(again.config, ck.config, "{name}/{file}");
+        for (k, t) in &ck.tensors {
+            assert_eq!(max_abs_diff(t, &again.tensors[k]), 0.0, "{name}/{file}: {k}");
         }
     }
 }

@@ -5,6 +5,7 @@ use common::*;
 use rnvp::data::{io, scaler::standardize, Matrix, Rng, ToySet};
 use rnvp::train::{mean_nll, Adam, FusedAdam, TrainConfig, TrainData, Trainer};
 use rnvp::{Flow, FlowConfig};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -216,10 +217,23 @@ fn notebook_recipe_reaches_the_notebooks_quality() {
 #[test]
 fn two_moons_matches_scikit_learn() {
     let dir = tmp_dir("sklearn");
-    for n in [1, 2, 7, 100, 1001] {
-        let path = dir.join(format!("m{n}.npy"));
-        reference(&["moons", "--n", &n.to_string(), "--no-shuffle", "--out", path.to_str().unwrap()]);
-        let want = io::read_matrix(&path).unwrap();
+    let sizes = [1, 2, 7, 100, 1001];
+    let path = |n: usize| dir.join(format!("m{n}.npy")).to_str().unwrap().to_string();
+    let noisy = dir.join("noisy.npy");
+    let mut jobs: Vec<Vec<String>> = sizes
+        .iter()
+        .map(|&n| {
+            ["moons", "--n", &n.to_string(), "--no-shuffle", "--out", &path(n)].map(String::from).to_vec()
+        })
+        .collect();
+    jobs.push(
+        ["moons", "--n", "200000", "--noise", "0.05", "--out", noisy.to_str().unwrap()]
+            .map(String::from)
+            .to_vec(),
+    );
+    reference_batch("sklearn", &jobs);
+    for n in sizes {
+        let want = io::read_matrix(Path::new(&path(n))).unwrap();
         let got = rnvp::data::toy::two_moons(n, 0.0, false, &mut Rng::new(0));
         assert_eq!((got.rows, got.cols), (want.rows, want.cols));
         for (g, w) in got.data.iter().zip(&want.data) {
@@ -227,9 +241,7 @@ fn two_moons_matches_scikit_learn() {
         }
     }
     // with noise: same first two moments as scikit-learn's (shuffled, noisy) points
-    let path = dir.join("noisy.npy");
-    reference(&["moons", "--n", "200000", "--noise", "0.05", "--out", path.to_str().unwrap()]);
-    let want = io::read_matrix(&path).unwrap();
+    let want = io::read_matrix(&noisy).unwrap();
     let got = ToySet::TwoMoons.sample(200_000, 0.05, &mut Rng::new(1));
     let (a, b) = (rnvp::data::Scaler::fit(&got).unwrap(), rnvp::data::Scaler::fit(&want).unwrap());
     for c in 0..2 {

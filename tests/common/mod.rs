@@ -65,6 +65,17 @@ pub fn reference(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `jobs` (each the arguments of one `scripts/reference.py` command) in one python process
+/// (`reference.py batch`): torch is imported once instead of once per job. `name` names the
+/// scratch directory of the job list.
+pub fn reference_batch(name: &str, jobs: &[Vec<String>]) {
+    let dir = tmp_dir(&format!("{name}-jobs"));
+    let file = dir.join("jobs.jsonl");
+    let lines: Vec<String> = jobs.iter().map(|j| serde_json::to_string(j).unwrap()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    reference(&["batch", "--jobs", file.to_str().unwrap()]);
+}
+
 /// A fresh empty directory under the target directory, unique per test name.
 pub fn tmp_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
