@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
         Ok(a.get(i).map(|s| s.parse()).transpose()?.unwrap_or(d))
     };
     let (hidden, steps, threads, iters) = (num(1, 64)?, num(2, 4)?, num(3, 1)?, num(4, 20)?);
+    anyhow::ensure!(iters > 0 && threads > 0, "ITERS and THREADS must be positive");
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);
     let shape = ImageShape { channels: 1, height: 8, width: 8, scales: 2 };

@@ -43,6 +43,8 @@ Usage:
       a seeded float64 multi-scale image flow (ImageFlow, src/multiscale.rs's layers) with a non-trivial
       state; writes DIR/weights/<state_dict key>.npy, x, z, log_det, log_prob (eval mode), z_in, x_of_z
       (inverse of z_in) and train_log_prob (training mode: batch norm with the batch's statistics).
+  reference.py batch --jobs FILE           run many commands in one process (torch imported once): one
+      JSON list of arguments per line of FILE
   reference.py image-step-time --arch realnvp-image|glow-image [--hidden 64 --steps 4 --scales 2 --batch 128]
                                [--channels 1 --height 8 --width 8] [--threads T] [--reps 5 --iters 20 --warmup 3]
       seconds per training step (forward, backward, Adam lr 1e-3; float32, a fixed standard-normal batch) of
@@ -1583,7 +1585,11 @@ def cmd_batch(a):
     for args in jobs:
         if not isinstance(args, list) or not args or args[0] == "batch":
             raise SystemExit(f"batch: a job is a non-empty list of arguments, not another batch: {args!r}")
-        main([str(v) for v in args])
+        try:
+            main([str(v) for v in args])
+        except BaseException:
+            print(f"batch: the job {args!r} failed", file=sys.stderr)
+            raise
 
 
 def main(argv):

@@ -420,8 +420,9 @@ pub struct TrainArgs {
     /// Fraction of a file's rows held out for validation.
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub val_fraction: f64,
-    /// Initialisation: pytorch (the notebook's) or identity (zero last layers) [default: pytorch
-    /// for --arch notebook on a toy set, identity for the others and for data files].
+    /// Initialisation of a vector flow: pytorch (the notebook's) or identity (zero last layers)
+    /// [default: pytorch for --arch notebook on a toy set, identity for the others and for data
+    /// files]. Image flows start as their papers' (the last convolution of each conditioner at zero).
     #[arg(long)]
     pub init: Option<String>,
     /// Backpropagate without keeping activations: each layer's input is recomputed from its output

@@ -585,6 +585,12 @@ fn flags_that_would_be_ignored_are_refused() {
     }
     let pt = dir.join("x.pt");
     fails(&["convert", s(&out), s(&pt), "--logit-alpha", "0.1"], &["--logit-alpha", "--images"]);
+    // a preset's values are not flags given: --preset digits (which sets --init) trains
+    let preset = dir.join("preset.safetensors");
+    let text =
+        ok(&["train", "--data", "digits", "--preset", "digits", "--steps", "2", "--out", s(&preset), "-q"]);
+    let info = json(&ok(&["inspect", s(&preset), "--json"]));
+    assert_eq!(info["arch"], "realnvp-image", "{text}\n{info}");
 }
 
 /// A `.npy` of images that does not exist is named as missing, not taken for a table (whose

@@ -31,12 +31,12 @@ fn every_way_pytorch_users_save_the_notebook_model_loads() {
         ("single", vec!["--single"], Kind::Float, 1e-5),
         ("f64", vec!["--layers", "2", "--dtype", "f64"], Kind::Double, 1e-10),
     ];
-    let dir_of =
-        |name: &str| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("interop-variants-{name}"));
+    let dirs: Vec<PathBuf> =
+        cases.iter().map(|(name, ..)| tmp_dir(&format!("interop-variants-{name}"))).collect();
     let jobs: Vec<Vec<String>> = cases
         .iter()
-        .map(|(name, args, _, _)| {
-            let dir = tmp_dir(&format!("interop-variants-{name}"));
+        .zip(&dirs)
+        .map(|((_, args, _, _), dir)| {
             let mut a =
                 vec!["variants".to_string(), "--out".into(), dir.to_str().unwrap().into(), "--half".into()];
             a.extend(args.iter().map(|v| v.to_string()));
@@ -44,8 +44,7 @@ fn every_way_pytorch_users_save_the_notebook_model_loads() {
         })
         .collect();
     reference_batch("interop-variants", &jobs);
-    for (name, _, kind, tol) in cases {
-        let dir = dir_of(name);
+    for ((name, _, kind, tol), dir) in cases.into_iter().zip(dirs) {
         for file in [
             "state_dict.pt",
             "legacy_state_dict.pt",

@@ -329,7 +329,7 @@ enum Model {
     Python(&'static str),
 }
 
-const MODELS: [(&str, Model); 6] = [
+const MODELS: [(&str, Model); 7] = [
     (
         "rnvp glow-image 4×2, hidden 64",
         Model::Rnvp(&["--arch", "glow-image", "--layers", "4", "--hidden", "64", "--scales", "2"]),
@@ -337,6 +337,10 @@ const MODELS: [(&str, Model); 6] = [
     (
         "rnvp realnvp-image 4×2, hidden 64",
         Model::Rnvp(&["--arch", "realnvp-image", "--layers", "4", "--hidden", "64", "--scales", "2"]),
+    ),
+    (
+        "rnvp realnvp-image 4×2, hidden 32",
+        Model::Rnvp(&["--arch", "realnvp-image", "--layers", "4", "--hidden", "32", "--scales", "2"]),
     ),
     ("rnvp glow 8×256 (vector)", Model::Rnvp(&["--arch", "glow", "--layers", "8", "--hidden", "256"])),
     ("zuko NSF", Model::Python("zuko-nsf")),
@@ -551,6 +555,14 @@ pub fn quality(md: &mut String, o: &Opts, s: &ImagesOpts, work: &Path) -> Result
         runs.push(r);
     }
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    let rnvp_models = MODELS
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Model::Rnvp(flags) => Some(format!("`{}`", flags.join(" "))),
+            Model::Python(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     writeln!(md, "## Quality per second: test bits/dim after {budget:.0} s of training\n")?;
     ran_on(md, o)?;
     writeln!(
@@ -568,10 +580,8 @@ pub fn quality(md: &mut String, o: &Opts, s: &ImagesOpts, work: &Path) -> Result
          set from the pace of a {}-step calibration run (the median step time past its first two \
          steps) so that training (the log's seconds: validations and \
          checkpoints excluded) lasts about {budget:.0} s; the kept model is scored by `rnvp eval --data \
-         digits --json`. MODEL: `--arch glow-image --layers 4 --hidden 64 --scales 2`, `--arch \
-         realnvp-image --layers 4 --hidden 64 --scales 2`, and a vector flow on the 64 flattened pixels, \
-         `--arch glow --layers 8 --hidden 256` (8 steps of ActNorm, LU and affine coupling with MLP \
-         conditioners). Python (`scripts/zoo_images.py`, {versions}): training stops \
+         digits --json`. MODEL: {rnvp_models} (the last a vector flow on the 64 flattened pixels: 8 \
+         steps of ActNorm, LU and affine coupling with MLP conditioners). Python (`scripts/zoo_images.py`, {versions}): training stops \
          after {budget:.0} s of training on its own clock (validations excluded) or on patience; zuko \
          NSF: `zuko.flows.NSF(64, transforms=4, hidden_features=(256, 256))`; zuko RealNVP: \
          `zuko.flows.RealNVP(64, transforms=8, hidden_features=(256, 256))`; normflows Glow: \

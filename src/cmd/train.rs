@@ -75,7 +75,7 @@ pub(crate) fn train(mut a: cli::TrainArgs, matches: &clap::ArgMatches) -> Result
     if a.resume.is_none() && !arch.image && on_command_line("scales") {
         bail!("--scales: {} is a vector flow (on images, it models the flattened pixels); scales belong to realnvp-image and glow-image", arch.name());
     }
-    if a.resume.is_none() && arch.image && a.init.is_some() {
+    if a.resume.is_none() && arch.image && on_command_line("init") {
         bail!(
             "--init: an image flow starts as the R-NVP and Glow papers start it (PyTorch's convolution draws, the last \
              convolution of each conditioner at zero); --init applies to vector flows"

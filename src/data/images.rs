@@ -341,7 +341,7 @@ fn read_png_dir(dir: &Path, levels: Option<u32>, model: Option<[usize; 3]>) -> R
     let first = decode_png(first_file)?;
     let (c, sixteen, colour) = png_layout(&first, first_file)?;
     let (w, h) = (first.width(), first.height());
-    check_model_shape(&dir.display().to_string(), [c, h as usize, w as usize], model)?;
+    check_model_shape(&dir_name, [c, h as usize, w as usize], model)?;
     let n = files.len();
     let (_, total) = image_size(&dir_name, n, c, h as usize, w as usize)?;
     let (limit, reason) = io::limit_and_reason(Contents::Data);
@@ -423,6 +423,39 @@ mod tests {
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(data);
         out
+    }
+
+    #[test]
+    fn npy_images_in_fortran_order_and_non_finite_floats() {
+        // [2, 2, 3] uint16 stored Fortran order (first index fastest): C-order value at
+        // (n, y, x) is 100·n + 10·y + x
+        let mut fortran = vec![];
+        for x in 0..3u16 {
+            for y in 0..2u16 {
+                for n in 0..2u16 {
+                    fortran.extend_from_slice(&(100 * n + 10 * y + x).to_le_bytes());
+                }
+            }
+        }
+        let mut bytes = npy("<u2", &[2, 2, 3], &fortran);
+        let flag = b"'fortran_order': False";
+        let at = bytes.windows(flag.len()).position(|w| w == flag).unwrap();
+        bytes[at..at + flag.len()].copy_from_slice(b"'fortran_order': True ");
+        let im = from_npy(&bytes, "f.npy", Some(200), None).unwrap();
+        assert_eq!(im.values, [0, 1, 2, 10, 11, 12, 100, 101, 102, 110, 111, 112]);
+        assert_eq!(
+            msg(from_npy(&bytes, "f.npy", Some(105), None)),
+            "f.npy: value 110 at image 1 is not a level in 0..105"
+        );
+        // a NaN in float images is named, with or without --levels
+        let floats = f32_bytes(&[0.0, 0.5, f32::NAN, 1.0]);
+        for levels in [Some(3), None] {
+            let m = msg(from_npy(&npy("<f4", &[1, 2, 2], &floats), "n.npy", levels, None));
+            assert!(m.starts_with("n.npy: ") && (m.contains("NaN") || m.contains("--levels")), "{m}");
+        }
+        assert!(
+            msg(from_npy(&npy("<f4", &[1, 2, 2], &floats), "n.npy", Some(3), None)).contains("non-finite")
+        );
     }
 
     fn i64_bytes(values: &[i64]) -> Vec<u8> {

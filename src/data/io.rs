@@ -591,9 +591,8 @@ fn npy_header<'a>(bytes: &'a [u8], name: &str, floats_only: bool) -> Result<NpyH
     Ok(NpyHeader { elem, big_endian, fortran, dims, shape_text, data })
 }
 
-/// The values after a header, in C order: the data's size checked against the shape (before
-/// anything is allocated), floats checked finite, integers checked exact.
-/// The number of values `h` declares, checked against the bytes present.
+/// The number of values `h` declares, checked against the bytes present (before anything is
+/// allocated).
 fn npy_count(h: &NpyHeader, name: &str) -> Result<usize> {
     let err = |msg: String| Error::Data(format!("{name}: {msg}"));
     let itemsize = h.elem.size();
@@ -613,7 +612,8 @@ fn npy_count(h: &NpyHeader, name: &str) -> Result<usize> {
     Ok(expected / itemsize)
 }
 
-/// Decodes the `count` values of `h` in C order, calling `f(k, value)` for each.
+/// Decodes the `count` values after a header in C order, calling `f(k, value)` for each: floats
+/// checked finite, integers checked exact.
 fn npy_for_each(
     h: &NpyHeader,
     name: &str,
