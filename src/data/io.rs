@@ -311,7 +311,7 @@ pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Matrix> {
     let &[rows, cols] = header.dims.as_slice() else {
         return Err(err(format!("shape {} is not 2-D [n, d]", header.shape_text)));
     };
-    let values = npy_values(&header, name)?;
+    let values = npy_values(&header, name, npy_count(&header, name)?)?;
     if rows == 0 {
         return Err(err("no data rows".into()));
     }
@@ -342,7 +342,7 @@ pub struct NpyArray {
 /// finite; integers beyond 2⁵³ in magnitude (not exact as `f64`) are an error.
 pub fn parse_npy_array(bytes: &[u8], name: &str) -> Result<NpyArray> {
     let view = NpyView::new(bytes, name)?;
-    let values = npy_values(&view.header, name)?;
+    let values = npy_values(&view.header, name, view.count)?;
     Ok(NpyArray {
         dims: view.dims().to_vec(),
         values,
@@ -351,9 +351,8 @@ pub fn parse_npy_array(bytes: &[u8], name: &str) -> Result<NpyArray> {
     })
 }
 
-/// Every value of `h` in C order, as `f64`.
-fn npy_values(h: &NpyHeader, name: &str) -> Result<Vec<f64>> {
-    let count = npy_count(h, name)?;
+/// The `count` values of `h` (see [`npy_count`]) in C order, as `f64`.
+fn npy_values(h: &NpyHeader, name: &str, count: usize) -> Result<Vec<f64>> {
     let mut values = Vec::new();
     values
         .try_reserve_exact(count)
@@ -511,12 +510,12 @@ fn element(c: &[u8], elem: Elem, big_endian: bool) -> Element {
     }
 }
 
-/// What a `.npy` header says, and the bytes after it.
 /// The dimensions a `.npy` file's header declares (the values are not read or checked).
 pub fn npy_dims(bytes: &[u8], name: &str) -> Result<Vec<usize>> {
     Ok(npy_header(bytes, name, false)?.dims)
 }
 
+/// What a `.npy` header says, and the bytes after it.
 struct NpyHeader<'a> {
     elem: Elem,
     big_endian: bool,
