@@ -13,6 +13,7 @@
 //! input). Its last conv starts at zero, so the coupling starts as the identity (`sigmoid`:
 //! a contraction by `σ(2)`).
 use super::affine::{log_scale, scale_key, scale_variable};
+use super::small_conv::SmallConv;
 use crate::config::{Mask, Scale};
 use crate::multiscale::Shape;
 use tch::nn::{self, Module};
@@ -21,9 +22,9 @@ use tch::Tensor;
 /// The conditioner network of an image coupling: variables `net.{0,2,4}.{weight,bias}`.
 #[derive(Debug)]
 pub struct ConvNet {
-    first: nn::Conv2D,
-    middle: nn::Conv2D,
-    last: nn::Conv2D,
+    first: SmallConv,
+    middle: SmallConv,
+    last: SmallConv,
     residual: bool,
 }
 
@@ -43,14 +44,23 @@ pub(crate) fn bias(c: &nn::Conv2D) -> Tensor {
 }
 
 impl ConvNet {
-    /// `c_in → hidden → hidden → c_out` channels at `p`; `random`: drawn as PyTorch would (else
-    /// zero, for weights about to be loaded); the last conv starts at zero either way.
-    pub fn build(p: nn::Path, c_in: i64, hidden: i64, c_out: i64, residual: bool, random: bool) -> Self {
+    /// `c_in → hidden → hidden → c_out` channels at `p`, for images of `image` = `[h, w]` pixels;
+    /// `random`: drawn as PyTorch would (else zero, for weights about to be loaded); the last conv
+    /// starts at zero either way.
+    pub fn build(
+        p: nn::Path,
+        c_in: i64,
+        hidden: i64,
+        c_out: i64,
+        image: [i64; 2],
+        residual: bool,
+        random: bool,
+    ) -> Self {
         let middle_k = if residual { 3 } else { 1 };
         ConvNet {
-            first: conv(&p / 0, c_in, hidden, 3, !random),
-            middle: conv(&p / 2, hidden, hidden, middle_k, !random),
-            last: conv(&p / 4, hidden, c_out, 3, true),
+            first: SmallConv::new(conv(&p / 0, c_in, hidden, 3, !random), image),
+            middle: SmallConv::new(conv(&p / 2, hidden, hidden, middle_k, !random), image),
+            last: SmallConv::new(conv(&p / 4, hidden, c_out, 3, true), image),
             residual,
         }
     }
@@ -58,18 +68,18 @@ impl ConvNet {
     /// The variables by key within the net.
     pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
         vec![
-            ("net.0.weight", self.first.ws.shallow_clone()),
-            ("net.0.bias", bias(&self.first)),
-            ("net.2.weight", self.middle.ws.shallow_clone()),
-            ("net.2.bias", bias(&self.middle)),
-            ("net.4.weight", self.last.ws.shallow_clone()),
-            ("net.4.bias", bias(&self.last)),
+            ("net.0.weight", self.first.conv.ws.shallow_clone()),
+            ("net.0.bias", bias(&self.first.conv)),
+            ("net.2.weight", self.middle.conv.ws.shallow_clone()),
+            ("net.2.bias", bias(&self.middle.conv)),
+            ("net.4.weight", self.last.conv.ws.shallow_clone()),
+            ("net.4.bias", bias(&self.last.conv)),
         ]
     }
 
     /// The first conv's weight (its dtype and device are the layer's).
     pub fn probe(&self) -> &Tensor {
-        &self.first.ws
+        &self.first.conv.ws
     }
 }
 
@@ -107,7 +117,7 @@ impl ConvCoupling {
     ) -> Self {
         let kind = crate::config::LayerKind::ConvAffine { mask };
         let (c_in, c_out) = crate::multiscale::conditioner_channels(kind, shape[0]);
-        let net = ConvNet::build(p / "net", c_in, hidden, 2 * c_out, residual, random);
+        let net = ConvNet::build(p / "net", c_in, hidden, 2 * c_out, [shape[1], shape[2]], residual, random);
         let map_var = scale_variable(p, scale, &[c_out, 1, 1]);
         ConvCoupling { net, mask, shape, scale, map_var }
     }

@@ -17,6 +17,7 @@ pub mod lu;
 pub mod permutation;
 pub mod prior;
 pub mod scale;
+mod small_conv;
 
 pub use actnorm::ActNorm;
 pub use additive::Additive;

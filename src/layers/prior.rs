@@ -4,6 +4,7 @@
 //! `z₂ = (x₂ − μ) ⊙ exp(−ℓ)`, `log|det| = −Σ ℓ`, so that `z₂` joins the base `N(0, I)`;
 //! the inverse is `x₂ = z₂ ⊙ exp(ℓ) + μ`.
 use super::conv_coupling::{bias, conv};
+use super::small_conv::SmallConv;
 use crate::multiscale::Shape;
 use tch::nn::{self, Module};
 use tch::Tensor;
@@ -11,7 +12,7 @@ use tch::Tensor;
 /// The learned prior of a split: variables `prior.weight`, `prior.bias`.
 #[derive(Debug)]
 pub struct Prior {
-    conv: nn::Conv2D,
+    conv: SmallConv,
     shape: Shape,
 }
 
@@ -19,12 +20,12 @@ impl Prior {
     /// The prior of the split of images `shape` (starting as `N(0, I)`).
     pub fn build(p: &nn::Path, shape: Shape) -> Self {
         let (kept, out) = crate::multiscale::conditioner_channels(crate::config::LayerKind::Prior, shape[0]);
-        Prior { conv: conv(p / "prior", kept, 2 * out, 3, true), shape }
+        Prior { conv: SmallConv::new(conv(p / "prior", kept, 2 * out, 3, true), [shape[1], shape[2]]), shape }
     }
 
     /// The variables by key within the layer.
     pub fn variables(&self) -> Vec<(&'static str, Tensor)> {
-        vec![("prior.weight", self.conv.ws.shallow_clone()), ("prior.bias", bias(&self.conv))]
+        vec![("prior.weight", self.conv.conv.ws.shallow_clone()), ("prior.bias", bias(&self.conv.conv))]
     }
 
     /// The image the layer acts on.
@@ -34,7 +35,7 @@ impl Prior {
 
     /// The convolution's weight.
     pub(crate) fn probe(&self) -> &Tensor {
-        &self.conv.ws
+        &self.conv.conv.ws
     }
 
     /// `(x₁, μ, ℓ)` of images `x`.
