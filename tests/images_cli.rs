@@ -388,6 +388,8 @@ fn rgb_npy_and_png_directories_train_and_read_alike() {
     let ints = dir.join("small.npy");
     npy_i64(&ints, &[40, 4, 4], &(0..40 * 16).map(|k| k % 9).collect::<Vec<_>>());
     fails(&["eval", "--checkpoint", s(&grey), "--data", s(&ints)], &["small.npy", "1 × 4 × 4", "1 × 8 × 8"]);
+    // the same check on a directory of PNG files (colour, 4 × 4), before any level is looked at
+    fails(&["eval", "--checkpoint", s(&grey), "--data", s(&pngs)], &["pngs", "3 × 4 × 4", "1 × 8 × 8"]);
     fails(
         &["plot", "--checkpoint", s(&grey), "--data", s(&ints), "--out-dir", s(&figs)],
         &["small.npy", "1 × 8 × 8"],
