@@ -8,17 +8,24 @@
 //!
 //! On a CPU, a convolution routine's set-up per call costs more than its arithmetic on images of
 //! 2 × 2 or 4 × 4 pixels (the last levels of a multi-scale flow), while `M` is then small: one
-//! matrix product is quicker, forward and backward. So a [`SmallConv`] whose `M` has at most
-//! [`MAX_ENTRIES`] entries runs as a product on the CPU; gradients reach `W` through the gather
-//! that builds `M`. Larger images and channel counts, other kernels and other devices keep the
-//! convolution.
+//! matrix product is quicker, forward and backward. So a [`SmallConv`] of images of at most
+//! [`MAX_PIXELS`] pixels whose `M` has at most [`MAX_ENTRIES`] entries runs as a product on the
+//! CPU; gradients reach `W` through the gather that builds `M`. Larger images and channel counts,
+//! other kernels and other devices keep the convolution. The price: autograd keeps `M` (at most
+//! 256 KiB in float32) for the backward pass, where a convolution keeps only its weight.
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
 /// The most entries `M` may have (256 KiB in float32) for the product to be used: measured on a
 /// Zen 3 core, the product wins up to here and loses when `M` has 2²⁰ entries (64 → 64 channels
 /// on 4 × 4 pixels), where building `M` and sending its gradient back to `W` dominate.
-pub const MAX_ENTRIES: i64 = 1 << 16;
+pub(crate) const MAX_ENTRIES: i64 = 1 << 16;
+
+/// The most pixels an image may have for the product to be used (4 × 4): the product multiplies
+/// `p / 9` times as often as the convolution (every pixel pair, not only neighbours), which pays
+/// only while the convolution's set-up per call dominates (measured at 2 × 2 and 4 × 4; it lost
+/// on 8 × 8).
+pub(crate) const MAX_PIXELS: i64 = 16;
 
 /// A convolution (3 × 3 with padding 1, or 1 × 1) of `h × w` images.
 #[derive(Debug)]
@@ -33,20 +40,24 @@ pub(crate) struct SmallConv {
 }
 
 impl SmallConv {
-    /// `conv` on images of `h × w` pixels.
+    /// `conv` on images of `h × w` pixels. A 3 × 3 `conv` must have been built as every rnvp
+    /// convolution is ([`super::conv_coupling::conv`]): zero padding 1, stride 1, no dilation, one
+    /// group (tch keeps a convolution's configuration private, so it cannot be checked here).
     pub(crate) fn new(conv: nn::Conv2D, [h, w]: [i64; 2]) -> Self {
         let s = conv.ws.size();
-        let (o, c, p) = (s[0], s[1], h * w);
+        let (o, c, p) = (s[0], s[1], h.saturating_mul(w));
         let entries = c.saturating_mul(p).saturating_mul(o).saturating_mul(p);
-        let product = s[2..] == [3, 3] && conv.ws.device() == Device::Cpu && entries <= MAX_ENTRIES;
+        let product =
+            s[2..] == [3, 3] && conv.ws.device() == Device::Cpu && p <= MAX_PIXELS && entries <= MAX_ENTRIES;
         let taps = product.then(|| Tensor::from_slice(&tap_index(h, w)));
         SmallConv { conv, image: [h, w], taps }
     }
 
-    /// Whether images of `x`'s size and device run as a product.
+    /// The tap index, if the images `x` (their channels, size and device) run as a product.
     fn as_product(&self, x: &Tensor) -> Option<&Tensor> {
         let s = x.size();
-        let fits = x.device() == Device::Cpu && s.len() == 4 && s[2..] == self.image;
+        let channels = self.conv.ws.size()[1];
+        let fits = x.device() == Device::Cpu && s.len() == 4 && s[1] == channels && s[2..] == self.image;
         self.taps.as_ref().filter(|_| fits)
     }
 }
@@ -66,8 +77,10 @@ impl Module for SmallConv {
 fn matrix(weight: &Tensor, taps: &Tensor, p: i64) -> Tensor {
     let s = weight.size();
     let (o, c) = (s[0], s[1]);
-    let zero = Tensor::zeros([o, c, 1], (weight.kind(), weight.device()));
-    Tensor::cat(&[weight.reshape([o, c, 9]), zero], 2)
+    // the taps and a zero after them (index 9)
+    weight
+        .reshape([o, c, 9])
+        .constant_pad_nd([0, 1])
         .index_select(2, taps)
         .reshape([o, c, p, p])
         .permute([1, 2, 0, 3])
@@ -123,6 +136,8 @@ mod tests {
             let (want, got) = (small.conv.forward(&x), small.forward(&x));
             let err = (&want - &got).abs().max().double_value(&[]);
             assert!(err < 1e-12, "{c}→{o} on {h}×{w}: forward differs by {err}");
+            let empty = Tensor::zeros([0, c, h, w], (Kind::Double, Device::Cpu));
+            assert_eq!(small.forward(&empty).size(), [0, o, h, w]);
             for (i, (a, b)) in grads(want).iter().zip(grads(got)).enumerate() {
                 let err = (a - b).abs().max().double_value(&[]);
                 assert!(err < 1e-12, "{c}→{o} on {h}×{w}: gradient {i} differs by {err}");
@@ -142,6 +157,16 @@ mod tests {
         // M of 2²⁰ entries
         let (_vs, big) = conv(64, 64, 3, Kind::Float);
         assert!(SmallConv::new(big, [4, 4]).as_product(&x).is_none());
+        // more than 16 pixels, though M would be small
+        let (_vs, tiny) = conv(1, 1, 3, Kind::Float);
+        assert!(SmallConv::new(tiny, [8, 8])
+            .as_product(&Tensor::zeros([2, 1, 8, 8], (Kind::Float, Device::Cpu)))
+            .is_none());
+        // another channel count than the weight's
+        let (_vs, two) = conv(2, 3, 3, Kind::Float);
+        let two = SmallConv::new(two, [2, 2]);
+        assert!(two.as_product(&Tensor::zeros([2, 2, 2, 2], (Kind::Float, Device::Cpu))).is_some());
+        assert!(two.as_product(&Tensor::zeros([2, 3, 2, 2], (Kind::Float, Device::Cpu))).is_none());
         let (_vs, one) = conv(2, 3, 1, Kind::Float);
         assert!(SmallConv::new(one, [2, 2])
             .as_product(&Tensor::zeros([2, 2, 2, 2], (Kind::Float, Device::Cpu)))
