@@ -58,9 +58,9 @@ impl ConvNet {
     ) -> Self {
         let middle_k = if residual { 3 } else { 1 };
         ConvNet {
-            first: SmallConv::new(conv(&p / 0, c_in, hidden, 3, !random), image),
-            middle: SmallConv::new(conv(&p / 2, hidden, hidden, middle_k, !random), image),
-            last: SmallConv::new(conv(&p / 4, hidden, c_out, 3, true), image),
+            first: SmallConv::build(&p / 0, c_in, hidden, 3, !random, image),
+            middle: SmallConv::build(&p / 2, hidden, hidden, middle_k, !random, image),
+            last: SmallConv::build(&p / 4, hidden, c_out, 3, true, image),
             residual,
         }
     }

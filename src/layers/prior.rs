@@ -3,7 +3,7 @@
 //! initialised 3×3 convolution of the kept half `x₁`. As a layer it standardizes `x₂`:
 //! `z₂ = (x₂ − μ) ⊙ exp(−ℓ)`, `log|det| = −Σ ℓ`, so that `z₂` joins the base `N(0, I)`;
 //! the inverse is `x₂ = z₂ ⊙ exp(ℓ) + μ`.
-use super::conv_coupling::{bias, conv};
+use super::conv_coupling::bias;
 use super::small_conv::SmallConv;
 use crate::multiscale::Shape;
 use tch::nn::{self, Module};
@@ -20,7 +20,7 @@ impl Prior {
     /// The prior of the split of images `shape` (starting as `N(0, I)`).
     pub fn build(p: &nn::Path, shape: Shape) -> Self {
         let (kept, out) = crate::multiscale::conditioner_channels(crate::config::LayerKind::Prior, shape[0]);
-        Prior { conv: SmallConv::new(conv(p / "prior", kept, 2 * out, 3, true), [shape[1], shape[2]]), shape }
+        Prior { conv: SmallConv::build(p / "prior", kept, 2 * out, 3, true, [shape[1], shape[2]]), shape }
     }
 
     /// The variables by key within the layer.

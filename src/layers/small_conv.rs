@@ -40,10 +40,17 @@ pub(crate) struct SmallConv {
 }
 
 impl SmallConv {
-    /// `conv` on images of `h × w` pixels. A 3 × 3 `conv` must have been built as every rnvp
-    /// convolution is ([`super::conv_coupling::conv`]): zero padding 1, stride 1, no dilation, one
-    /// group (tch keeps a convolution's configuration private, so it cannot be checked here).
-    pub(crate) fn new(conv: nn::Conv2D, [h, w]: [i64; 2]) -> Self {
+    /// A `k × k` convolution `c_in → c_out` at `p` (see [`super::conv_coupling::conv`]; `zero`:
+    /// weights at zero) of images of `image` = `[h, w]` pixels.
+    pub(crate) fn build(p: nn::Path, c_in: i64, c_out: i64, k: i64, zero: bool, image: [i64; 2]) -> Self {
+        Self::new(super::conv_coupling::conv(p, c_in, c_out, k, zero), image)
+    }
+
+    /// `conv` on images of `h × w` pixels. A 3 × 3 `conv` must have been built as
+    /// [`super::conv_coupling::conv`] builds it: zero padding 1, stride 1, no dilation, one group
+    /// (tch keeps a convolution's configuration private, so it cannot be checked here; outside the
+    /// tests, [`SmallConv::build`] is the only caller).
+    fn new(conv: nn::Conv2D, [h, w]: [i64; 2]) -> Self {
         let s = conv.ws.size();
         let (o, c, p) = (s[0], s[1], h.saturating_mul(w));
         let entries = c.saturating_mul(p).saturating_mul(o).saturating_mul(p);
